@@ -1,0 +1,99 @@
+//! The serializable state of any optimizer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Best, Cma, Ga, Ipop, Optimizer, RandomSearch, SearchError, SepCma, Termination};
+
+/// Any optimizer of this crate, as one serializable value.
+///
+/// It implements [`Optimizer`] by delegation. Its JSON form is the whole state, random
+/// generator and pending generation included: restoring it and going on produces exactly
+/// the candidates the uninterrupted run would have produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerState {
+    /// Full-covariance CMA-ES.
+    Cma(Box<Cma>),
+    /// sep-CMA-ES.
+    SepCma(Box<SepCma>),
+    /// IPOP restarts of either.
+    Ipop(Box<Ipop>),
+    /// Genetic algorithm.
+    Ga(Box<Ga>),
+    /// Random search.
+    Random(Box<RandomSearch>),
+}
+
+impl OptimizerState {
+    fn inner(&self) -> &dyn Optimizer {
+        match self {
+            OptimizerState::Cma(o) => o.as_ref(),
+            OptimizerState::SepCma(o) => o.as_ref(),
+            OptimizerState::Ipop(o) => o.as_ref(),
+            OptimizerState::Ga(o) => o.as_ref(),
+            OptimizerState::Random(o) => o.as_ref(),
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut dyn Optimizer {
+        match self {
+            OptimizerState::Cma(o) => o.as_mut(),
+            OptimizerState::SepCma(o) => o.as_mut(),
+            OptimizerState::Ipop(o) => o.as_mut(),
+            OptimizerState::Ga(o) => o.as_mut(),
+            OptimizerState::Random(o) => o.as_mut(),
+        }
+    }
+
+    /// The state as JSON (floats written so that they parse back to the same bits).
+    pub fn to_json(&self) -> Result<String, SearchError> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    /// Restores a state written by [`OptimizerState::to_json`].
+    pub fn from_json(json: &str) -> Result<Self, SearchError> {
+        Ok(serde_json::from_str(json)?)
+    }
+}
+
+impl Optimizer for OptimizerState {
+    fn dim(&self) -> usize {
+        self.inner().dim()
+    }
+
+    fn population_size(&self) -> usize {
+        self.inner().population_size()
+    }
+
+    fn ask(&mut self) -> Vec<Vec<f64>> {
+        self.inner_mut().ask()
+    }
+
+    fn tell(&mut self, fitness: &[Option<f64>]) -> Result<(), SearchError> {
+        self.inner_mut().tell(fitness)
+    }
+
+    fn best(&self) -> Option<&Best> {
+        self.inner().best()
+    }
+
+    fn mean(&self) -> Vec<f64> {
+        self.inner().mean()
+    }
+
+    fn sigma(&self) -> Option<f64> {
+        self.inner().sigma()
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner().generation()
+    }
+
+    fn evaluations(&self) -> u64 {
+        self.inner().evaluations()
+    }
+
+    fn should_stop(&self) -> Option<Termination> {
+        self.inner().should_stop()
+    }
+}
