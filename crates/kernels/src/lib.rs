@@ -1,0 +1,165 @@
+//! Merge arithmetic on burn tensors: one small function per method family, any device.
+//!
+//! Every function here takes the input tensors of one output tensor (already converted to `f32`
+//! and placed on a burn [`Device`]: flex on the CPU by default, wgpu with the `wgpu` feature) and
+//! returns the merged tensor on the same device. The math follows mergekit's definitions exactly
+//! (see `shared/reference/mergekit-methods-and-evolve.md` §1), including its less obvious choices
+//! — weighted sign election with ties going positive, DARE's L1-matching rescale, SLERP's
+//! colinear fallback — and fixes its known bugs (Breadcrumbs' `n_top == 0`, linear's division by
+//! a zero weight sum, DELLA on one-column tensors). Arithmetic is always `f32`.
+//!
+//! Tensors are passed as 2-D views `[rows, cols]`: a 1-D tensor of `n` values is `[1, n]`, a
+//! matrix is itself, and higher ranks fold their leading dimensions into rows ([`view_shape`]).
+//! Methods that work on whole flattened tensors (most of them) do not care; the row-wise ones
+//! (DELLA's ranks, NuSLERP without flattening, filter-wise Model Stock) use the rows.
+//!
+//! Random masks (DARE, DELLA) never use a global generator: each comes from [`MaskRng`], a
+//! ChaCha stream derived from `(seed, tensor name, model index)`, drawn on the host and uploaded,
+//! so a merge gives the same result whatever the thread schedule and whatever the device.
+//!
+//! Not for: reading checkpoints, resolving recipes (see `evomerge-merge`).
+//!
+//! ```
+//! use evomerge_kernels::{Device, tensor_from, values_of, slerp};
+//! let device = Device::flex();
+//! let v0 = tensor_from(&[1.0, 0.0], &[2], &device);
+//! let v1 = tensor_from(&[0.0, 1.0], &[2], &device);
+//! let mid = values_of(slerp(0.5, v0, v1));
+//! assert!((mid[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+//! ```
+
+mod device;
+mod interpolate;
+mod model_stock;
+mod rng;
+mod task_arithmetic;
+
+pub use burn::tensor::Device;
+pub use device::{DeviceChoice, wgpu_available};
+pub use interpolate::{karcher, linear, multislerp, nuslerp, passthrough, slerp};
+pub use model_stock::model_stock;
+pub use rng::MaskRng;
+pub use task_arithmetic::{
+    Consensus, Rescale, Sparsify, TaskVector, consensus_mask, generalized_task_arithmetic, sparsify,
+};
+
+use burn::tensor::{Tensor, TensorData};
+
+/// A merge input or output: a 2-D `f32` tensor (see the crate docs for the view).
+pub type T2 = Tensor<2>;
+
+/// Errors a merge function reports instead of producing garbage.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KernelError {
+    #[error("{method}: needs {needed}, got {got}")]
+    WrongInputCount {
+        method: &'static str,
+        needed: &'static str,
+        got: usize,
+    },
+    #[error("{method}: input shapes differ: {a:?} vs {b:?}")]
+    ShapeMismatch {
+        method: &'static str,
+        a: [usize; 2],
+        b: [usize; 2],
+    },
+    #[error("{method}: {what}")]
+    BadParameter { method: &'static str, what: String },
+}
+
+/// Result type of this crate.
+pub type Result<T, E = KernelError> = std::result::Result<T, E>;
+
+/// The 2-D view of a tensor shape: leading dimensions folded into rows, the last one kept.
+/// Scalars and 1-D tensors become one row.
+pub fn view_shape(shape: &[usize]) -> [usize; 2] {
+    match shape {
+        [] => [1, 1],
+        [n] => [1, *n],
+        [lead @ .., last] => [lead.iter().product(), *last],
+    }
+}
+
+/// Upload host values with the given (original) shape as a 2-D view tensor.
+pub fn tensor_from(values: &[f32], shape: &[usize], device: &Device) -> T2 {
+    let [r, c] = view_shape(shape);
+    assert_eq!(
+        r * c,
+        values.len(),
+        "tensor_from: {} values for shape {shape:?}",
+        values.len()
+    );
+    Tensor::from_data(TensorData::new(values.to_vec(), [r, c]), device)
+}
+
+/// Upload owned host values (no copy on the CPU device).
+pub fn tensor_from_vec(values: Vec<f32>, shape: &[usize], device: &Device) -> T2 {
+    let [r, c] = view_shape(shape);
+    assert_eq!(
+        r * c,
+        values.len(),
+        "tensor_from_vec: {} values for shape {shape:?}",
+        values.len()
+    );
+    Tensor::from_data(TensorData::new(values, [r, c]), device)
+}
+
+/// Download a tensor's values (row-major).
+pub fn values_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 tensor data")
+}
+
+/// Read a one-element tensor as a host scalar.
+pub(crate) fn scalar(t: Tensor<1>) -> f32 {
+    t.into_scalar::<f32>()
+}
+
+pub(crate) fn check_same_shapes(method: &'static str, tensors: &[&T2]) -> Result<[usize; 2]> {
+    let first = tensors[0].dims();
+    for t in &tensors[1..] {
+        if t.dims() != first {
+            return Err(KernelError::ShapeMismatch {
+                method,
+                a: first,
+                b: t.dims(),
+            });
+        }
+    }
+    Ok(first)
+}
+
+/// Euclidean norm of a whole tensor as a host scalar.
+pub(crate) fn norm(t: &T2) -> f32 {
+    scalar(t.clone().square().sum()).sqrt()
+}
+
+/// Dot product of two whole tensors as a host scalar.
+pub(crate) fn dot(a: &T2, b: &T2) -> f32 {
+    scalar(a.clone().mul(b.clone()).sum())
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn dev() -> Device {
+        Device::flex()
+    }
+
+    pub fn t(values: &[f32]) -> T2 {
+        tensor_from(values, &[values.len()], &dev())
+    }
+
+    pub fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len(), "length: got {got:?}, want {want:?}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol,
+                "element {i}: got {g}, want {w} (all: {got:?} vs {want:?})"
+            );
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! Generalized task arithmetic: task vectors, their sparsifiers (TIES' magnitude pruning, DARE's
+//! random drop, Breadcrumbs' outlier cut, DELLA's magnitude-ranked drop), sign consensus, and the
+//! weighted sum that task_arithmetic / ties / dare_* / breadcrumbs* / della* all share.
+
+use crate::{KernelError, MaskRng, Result, T2, scalar};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+
+/// How a task vector is thinned before merging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sparsify {
+    /// Keep everything (task arithmetic).
+    None,
+    /// Keep the `k = floor(density * n)` largest magnitudes (TIES).
+    Magnitude,
+    /// Keep each entry with probability `density` (DARE).
+    Random,
+    /// Drop the largest `gamma * n` magnitudes and the smallest ones so `density * n` remain
+    /// (Model Breadcrumbs).
+    MagnitudeOutliers,
+    /// Keep each entry with a probability from `density - epsilon` (smallest magnitude in its
+    /// row) to `density + epsilon` (largest) (DELLA).
+    Della,
+}
+
+/// How the kept entries are scaled back up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rescale {
+    /// No rescaling.
+    None,
+    /// Multiply the kept entries so the tensor's L1 norm is exactly what it was (mergekit's
+    /// `rescale: true`; the same for every draw).
+    L1,
+    /// Divide each kept entry by its keep probability (`1/density`, or `1/p_i` for DELLA), as
+    /// the DARE and DELLA papers do (keeps the expectation).
+    InverseDensity,
+}
+
+/// Sign election across task vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consensus {
+    /// Every task vector counts everywhere.
+    None,
+    /// The sign of the sum of the weighted deltas wins (ties go positive); entries of the other
+    /// sign, and zeros, are dropped (TIES, as mergekit does it).
+    Sum,
+    /// The sign held by more weighted deltas wins (ties go positive).
+    Count,
+}
+
+/// One model's contribution: its (already sparsified) delta from the base and its weight.
+#[derive(Debug, Clone)]
+pub struct TaskVector {
+    pub delta: T2,
+    pub weight: f32,
+}
+
+fn mask_from_indices(indices: Tensor<1, Int>, n: usize, like: &T2) -> T2 {
+    let device = like.device();
+    let k = indices.dims()[0];
+    let [r, c] = like.dims();
+    if k == 0 {
+        return like.zeros_like();
+    }
+    Tensor::<1>::zeros([n], &device)
+        .scatter(
+            0,
+            indices,
+            Tensor::<1>::ones([k], &device),
+            IndexingUpdateOp::Assign,
+        )
+        .reshape([r, c])
+}
+
+fn apply_rescale(x: &T2, masked: T2, rescale: Rescale, density: f32) -> T2 {
+    match rescale {
+        Rescale::None => masked,
+        Rescale::InverseDensity => masked.div_scalar(density),
+        Rescale::L1 => {
+            let before = scalar(x.clone().abs().sum());
+            let after = scalar(masked.clone().abs().sum());
+            if before < 1e-7 || after < 1e-7 {
+                masked
+            } else {
+                masked.mul_scalar(before / after)
+            }
+        }
+    }
+}
+
+fn uniform_like(x: &T2, rng: &mut MaskRng) -> T2 {
+    let [r, c] = x.dims();
+    Tensor::from_data(TensorData::new(rng.uniform(r * c), [r, c]), &x.device())
+}
+
+/// Thin one task vector. `rng` is only drawn from by the random methods (DARE, DELLA); pass the
+/// stream for this tensor and model ([`MaskRng::new`]).
+///
+/// `density` must be in (0, 1] (checked by the recipe layer; here `>= 1` means keep all).
+/// Unlike mergekit, magnitude pruning keeps at least one entry when `density * n < 1` instead
+/// of failing, and Breadcrumbs with `gamma * n < 1` drops no top entries instead of dropping
+/// the whole tensor.
+pub fn sparsify(
+    x: T2,
+    method: Sparsify,
+    density: f32,
+    gamma: f32,
+    epsilon: f32,
+    rescale: Rescale,
+    rng: &mut MaskRng,
+) -> Result<T2> {
+    if method == Sparsify::None || density >= 1.0 {
+        return Ok(x);
+    }
+    if density.is_nan() || density <= 0.0 {
+        if method == Sparsify::Della {
+            return Ok(x.zeros_like());
+        }
+        return Err(KernelError::BadParameter {
+            method: "sparsify",
+            what: format!("density {density} must be in (0, 1]"),
+        });
+    }
+    let [r, c] = x.dims();
+    let n = r * c;
+    match method {
+        Sparsify::None => unreachable!(),
+        Sparsify::Magnitude => {
+            let k = ((density as f64 * n as f64) as usize).max(1);
+            let order = x.clone().abs().reshape([n]).argsort_descending(0);
+            let mask = mask_from_indices(order.slice(0..k), n, &x);
+            Ok(apply_rescale(&x, x.clone().mul(mask), rescale, density))
+        }
+        Sparsify::Random => {
+            let keep = uniform_like(&x, rng).lower_elem(density).float();
+            Ok(apply_rescale(&x, x.clone().mul(keep), rescale, density))
+        }
+        Sparsify::MagnitudeOutliers => {
+            if !(0.0..1.0).contains(&gamma) {
+                return Err(KernelError::BadParameter {
+                    method: "breadcrumbs",
+                    what: format!("gamma {gamma} must be in [0, 1)"),
+                });
+            }
+            let target = (density as f64 * n as f64) as i64;
+            let mut n_top = (gamma as f64 * n as f64) as i64;
+            let mut n_bot = n as i64 - target - n_top;
+            if n_bot < 0 {
+                n_top += n_bot;
+                n_bot = 0;
+            }
+            let (lo, hi) = (n_bot as usize, n - n_top.max(0) as usize);
+            let order = x.clone().abs().reshape([n]).argsort(0);
+            let mask = mask_from_indices(order.slice(lo..hi.max(lo)), n, &x);
+            Ok(apply_rescale(&x, x.clone().mul(mask), rescale, density))
+        }
+        Sparsify::Della => {
+            if !(density - epsilon > 0.0 && density + epsilon < 1.0) {
+                return Err(KernelError::BadParameter {
+                    method: "della",
+                    what: format!(
+                        "density - epsilon and density + epsilon must lie in (0, 1); got density {density}, epsilon {epsilon}"
+                    ),
+                });
+            }
+            // Rank of each |x| within its row, 0 = smallest, normalised to [0, 1].
+            let ranks = x.clone().abs().argsort(1).argsort(1).float();
+            let rank_norm = if c > 1 {
+                ranks.div_scalar((c - 1) as f32)
+            } else {
+                ranks.add_scalar(0.5) // one column: every entry gets the middle probability
+            };
+            let p = rank_norm
+                .mul_scalar(2.0 * epsilon)
+                .add_scalar(density - epsilon);
+            let keep = uniform_like(&x, rng).lower(p.clone()).float();
+            let masked = x.clone().mul(keep);
+            Ok(match rescale {
+                Rescale::InverseDensity => masked.div(p),
+                other => apply_rescale(&x, masked, other, density),
+            })
+        }
+    }
+}
+
+/// The per-model masks of a sign election over weighted deltas: `mask[i]` is 1 where
+/// `sign(weighted[i])` equals the elected sign (zeros never match).
+pub fn consensus_mask(weighted: &[T2], consensus: Consensus) -> Vec<T2> {
+    if consensus == Consensus::None || weighted.is_empty() {
+        return weighted.iter().map(|w| w.ones_like()).collect();
+    }
+    let mut acc = match consensus {
+        Consensus::Sum => weighted[0].clone(),
+        _ => weighted[0].clone().sign(),
+    };
+    for w in &weighted[1..] {
+        acc = acc.add(match consensus {
+            Consensus::Sum => w.clone(),
+            _ => w.clone().sign(),
+        });
+    }
+    // +1 where acc >= 0, else -1
+    let majority = acc
+        .greater_equal_elem(0.0)
+        .float()
+        .mul_scalar(2.0)
+        .sub_scalar(1.0);
+    weighted
+        .iter()
+        .map(|w| w.clone().sign().equal(majority.clone()).float())
+        .collect()
+}
+
+/// `base + lambda * combine(weight_i * delta_i)`: with a consensus, only entries agreeing with
+/// the elected sign count; with `normalize`, the sum is divided by the sum of the weights that
+/// counted (per entry with a consensus, zero divisors replaced by 1; globally without, with
+/// |sum| < 1e-8 replaced by 1), exactly as mergekit's generalized task arithmetic.
+pub fn generalized_task_arithmetic(
+    base: T2,
+    task_vectors: Vec<TaskVector>,
+    consensus: Consensus,
+    normalize: bool,
+    lambda: f32,
+) -> Result<T2> {
+    if task_vectors.is_empty() {
+        return Ok(base);
+    }
+    for tv in &task_vectors {
+        if tv.delta.dims() != base.dims() {
+            return Err(KernelError::ShapeMismatch {
+                method: "task_arithmetic",
+                a: base.dims(),
+                b: tv.delta.dims(),
+            });
+        }
+    }
+    let weighted: Vec<T2> = task_vectors
+        .iter()
+        .map(|tv| tv.delta.clone().mul_scalar(tv.weight))
+        .collect();
+    let mut mixed;
+    if consensus == Consensus::None {
+        mixed = weighted[0].clone();
+        for w in &weighted[1..] {
+            mixed = mixed.add(w.clone());
+        }
+        if normalize {
+            let mut div: f32 = task_vectors.iter().map(|tv| tv.weight).sum();
+            if div.abs() < 1e-8 {
+                div = 1.0;
+            }
+            mixed = mixed.div_scalar(div);
+        }
+    } else {
+        let masks = consensus_mask(&weighted, consensus);
+        mixed = base.zeros_like();
+        let mut divisor = base.zeros_like();
+        for ((w, m), tv) in weighted.into_iter().zip(masks).zip(&task_vectors) {
+            mixed = mixed.add(w.mul(m.clone()));
+            divisor = divisor.add(m.mul_scalar(tv.weight));
+        }
+        if normalize {
+            let zero = divisor.clone().equal_elem(0.0);
+            mixed = mixed.div(divisor.mask_fill(zero, 1.0));
+        }
+    }
+    if lambda != 1.0 {
+        mixed = mixed.mul_scalar(lambda);
+    }
+    Ok(base.add(mixed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, t};
+    use crate::values_of;
+
+    fn rng() -> MaskRng {
+        MaskRng::new(0, "t", 0)
+    }
+
+    fn tv(delta: &[f32], weight: f32) -> TaskVector {
+        TaskVector {
+            delta: t(delta),
+            weight,
+        }
+    }
+
+    fn ties(a: &[f32], b: &[f32], w: [f32; 2], density: f32) -> Vec<f32> {
+        let base = t(&vec![0.0; a.len()]);
+        let sa = sparsify(
+            t(a),
+            Sparsify::Magnitude,
+            density,
+            0.0,
+            0.0,
+            Rescale::None,
+            &mut rng(),
+        )
+        .unwrap();
+        let sb = sparsify(
+            t(b),
+            Sparsify::Magnitude,
+            density,
+            0.0,
+            0.0,
+            Rescale::None,
+            &mut rng(),
+        )
+        .unwrap();
+        let tvs = vec![
+            TaskVector {
+                delta: sa,
+                weight: w[0],
+            },
+            TaskVector {
+                delta: sb,
+                weight: w[1],
+            },
+        ];
+        values_of(generalized_task_arithmetic(base, tvs, Consensus::Sum, true, 1.0).unwrap())
+    }
+
+    #[test]
+    fn golden_task_arithmetic() {
+        let base = t(&[0., 0., 0., 0.]);
+        let out = generalized_task_arithmetic(
+            base,
+            vec![tv(&[1., -2., 3., 0.], 1.), tv(&[1., 2., -1., 0.], 1.)],
+            Consensus::None,
+            false,
+            1.0,
+        )
+        .unwrap();
+        assert_close(&values_of(out), &[2., 0., 2., 0.], 1e-6);
+    }
+
+    #[test]
+    fn golden_ties() {
+        assert_close(
+            &ties(&[1., -2., 3., 0.], &[1., 2., -1., 0.], [1., 1.], 1.0),
+            &[1., 2., 3., 0.],
+            1e-6,
+        );
+        assert_close(
+            &ties(&[1., -2., 3., 0.5], &[0.5, 2., -1., 3.], [1., 1.], 0.5),
+            &[0., 2., 3., 3.],
+            1e-6,
+        );
+        assert_close(
+            &ties(&[1., -2., 3., 0.5], &[0.5, 2., -1., 3.], [0.7, 0.3], 0.5),
+            &[0., -2., 3., 3.],
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn count_consensus_votes_by_sign() {
+        // sum says + (3 - 1 - 1 = 1) but two of three are negative: count says -
+        let w = [t(&[3.]), t(&[-1.]), t(&[-1.])];
+        let m: Vec<f32> = consensus_mask(&w, Consensus::Count)
+            .into_iter()
+            .flat_map(values_of)
+            .collect();
+        assert_eq!(m, vec![0., 1., 1.]);
+        let m: Vec<f32> = consensus_mask(&w, Consensus::Sum)
+            .into_iter()
+            .flat_map(values_of)
+            .collect();
+        assert_eq!(m, vec![1., 0., 0.]);
+    }
+
+    #[test]
+    fn golden_breadcrumbs_and_fixed_bug() {
+        let d: Vec<f32> = (1..=10).map(|v| v as f32).collect();
+        let out = sparsify(
+            t(&d),
+            Sparsify::MagnitudeOutliers,
+            0.5,
+            0.1,
+            0.0,
+            Rescale::None,
+            &mut rng(),
+        )
+        .unwrap();
+        assert_close(
+            &values_of(out),
+            &[0., 0., 0., 0., 5., 6., 7., 8., 9., 0.],
+            0.0,
+        );
+        // mergekit zeroes everything here (n_top == 0); we keep the 5 largest
+        let out = sparsify(
+            t(&d),
+            Sparsify::MagnitudeOutliers,
+            0.5,
+            0.01,
+            0.0,
+            Rescale::None,
+            &mut rng(),
+        )
+        .unwrap();
+        assert_close(
+            &values_of(out),
+            &[0., 0., 0., 0., 0., 6., 7., 8., 9., 10.],
+            0.0,
+        );
+    }
+
+    fn randn(n: usize, seed: u64) -> Vec<f32> {
+        // Box-Muller from the mask stream: a deterministic pseudo-normal sample for property tests.
+        let u = MaskRng::new(seed, "randn", 0).uniform(2 * n);
+        (0..n)
+            .map(|i| {
+                let (a, b) = (u[2 * i].max(1e-7), u[2 * i + 1]);
+                (-2.0 * a.ln()).sqrt() * (2.0 * std::f32::consts::PI * b).cos()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn magnitude_keeps_exactly_k() {
+        let x = randn(128 * 64, 1);
+        let out = values_of(
+            sparsify(
+                t(&x),
+                Sparsify::Magnitude,
+                0.5,
+                0.0,
+                0.0,
+                Rescale::None,
+                &mut rng(),
+            )
+            .unwrap(),
+        );
+        assert_eq!(out.iter().filter(|v| **v != 0.0).count(), 128 * 64 / 2);
+        // kept entries are the large ones
+        let min_kept = out
+            .iter()
+            .filter(|v| **v != 0.0)
+            .map(|v| v.abs())
+            .fold(f32::MAX, f32::min);
+        let max_dropped = x
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| **o == 0.0)
+            .map(|(v, _)| v.abs())
+            .fold(0.0, f32::max);
+        assert!(min_kept >= max_dropped);
+    }
+
+    #[test]
+    fn breadcrumbs_counts() {
+        let x = randn(128 * 64, 2);
+        let n = x.len();
+        for gamma0 in [0.1f32, 0.2, 0.5, 1.0] {
+            for density in [0.1f32, 0.3, 0.5, 0.6, 0.9] {
+                let gamma = gamma0 * (1.0 - density);
+                if gamma >= 1.0 {
+                    continue;
+                }
+                let out = values_of(
+                    sparsify(
+                        t(&x),
+                        Sparsify::MagnitudeOutliers,
+                        density,
+                        gamma,
+                        0.0,
+                        Rescale::None,
+                        &mut rng(),
+                    )
+                    .unwrap(),
+                );
+                let nnz = out.iter().filter(|v| **v != 0.0).count();
+                assert_eq!(
+                    nnz,
+                    (n as f64 * density as f64) as usize,
+                    "gamma {gamma} density {density}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dare_l1_rescale_is_exact_for_every_draw() {
+        let x = randn(4096, 3);
+        let l1: f32 = x.iter().map(|v| v.abs()).sum();
+        for model in 0..5 {
+            let mut r = MaskRng::new(9, "w", model);
+            let out = values_of(
+                sparsify(t(&x), Sparsify::Random, 0.3, 0.0, 0.0, Rescale::L1, &mut r).unwrap(),
+            );
+            let got: f32 = out.iter().map(|v| v.abs()).sum();
+            assert!((got - l1).abs() / l1 < 1e-4, "{got} vs {l1}");
+            let kept = out.iter().filter(|v| **v != 0.0).count() as f32 / out.len() as f32;
+            assert!((kept - 0.3).abs() < 0.03, "kept share {kept}");
+        }
+    }
+
+    #[test]
+    fn dare_inverse_density_keeps_the_expectation() {
+        let x = vec![1.0f32; 1000];
+        let mut total = 0.0f64;
+        let draws = 50;
+        for model in 0..draws {
+            let mut r = MaskRng::new(4, "w", model);
+            let out = values_of(
+                sparsify(
+                    t(&x),
+                    Sparsify::Random,
+                    0.25,
+                    0.0,
+                    0.0,
+                    Rescale::InverseDensity,
+                    &mut r,
+                )
+                .unwrap(),
+            );
+            assert!(out.iter().all(|v| *v == 0.0 || (*v - 4.0).abs() < 1e-6));
+            total += out.iter().map(|v| *v as f64).sum::<f64>();
+        }
+        let mean = total / (draws as f64 * 1000.0);
+        assert!((mean - 1.0).abs() < 0.03, "mean {mean}");
+    }
+
+    #[test]
+    fn della_probabilities_follow_rank() {
+        // one row of 1000 increasing magnitudes: keep rate rises from d-e to d+e
+        let x: Vec<f32> = (1..=1000).map(|v| v as f32).collect();
+        let mut low = 0usize;
+        let mut high = 0usize;
+        for model in 0..40 {
+            let mut r = MaskRng::new(5, "w", model);
+            let out = values_of(
+                sparsify(t(&x), Sparsify::Della, 0.5, 0.0, 0.4, Rescale::None, &mut r).unwrap(),
+            );
+            low += out[..100].iter().filter(|v| **v != 0.0).count();
+            high += out[900..].iter().filter(|v| **v != 0.0).count();
+        }
+        let (pl, ph) = (low as f32 / 4000.0, high as f32 / 4000.0);
+        assert!((pl - 0.14).abs() < 0.04, "low keep rate {pl}");
+        assert!((ph - 0.86).abs() < 0.04, "high keep rate {ph}");
+        let e = sparsify(
+            t(&x),
+            Sparsify::Della,
+            0.5,
+            0.0,
+            1.35,
+            Rescale::None,
+            &mut rng(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("epsilon"), "{e}");
+        // one column does not produce NaN
+        let dev = crate::testing::dev();
+        let col = crate::tensor_from(&[1., 2., 3.], &[3, 1], &dev);
+        let out = values_of(
+            sparsify(col, Sparsify::Della, 0.5, 0.0, 0.1, Rescale::L1, &mut rng()).unwrap(),
+        );
+        assert!(out.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn ties_output_signs_agree_with_election() {
+        let a = randn(2000, 6);
+        let b = randn(2000, 7);
+        let c = randn(2000, 8);
+        let base = t(&vec![0.0; 2000]);
+        let w = [0.5f32, 1.0, 0.8];
+        let tvs: Vec<TaskVector> = [&a, &b, &c]
+            .iter()
+            .zip(w)
+            .map(|(d, w)| TaskVector {
+                delta: sparsify(
+                    t(d),
+                    Sparsify::Magnitude,
+                    0.6,
+                    0.0,
+                    0.0,
+                    Rescale::None,
+                    &mut rng(),
+                )
+                .unwrap(),
+                weight: w,
+            })
+            .collect();
+        let weighted: Vec<Vec<f32>> = tvs
+            .iter()
+            .map(|tv| values_of(tv.delta.clone().mul_scalar(tv.weight)))
+            .collect();
+        let out =
+            values_of(generalized_task_arithmetic(base, tvs, Consensus::Sum, true, 1.0).unwrap());
+        for i in 0..2000 {
+            let s: f32 = weighted.iter().map(|w| w[i]).sum();
+            let elected = if s >= 0.0 { 1.0 } else { -1.0 };
+            assert!(
+                out[i] == 0.0 || out[i].signum() == elected,
+                "entry {i}: {} vs {elected}",
+                out[i]
+            );
+        }
+    }
+
+    #[test]
+    fn weight_minus_one_then_plus_one_returns_base() {
+        let base = [0.5f32, -1.0, 2.0];
+        let m = [1.5f32, 0.0, -3.0];
+        let delta: Vec<f32> = m.iter().zip(&base).map(|(a, b)| a - b).collect();
+        let away = generalized_task_arithmetic(
+            t(&base),
+            vec![tv(&delta, -1.0)],
+            Consensus::None,
+            false,
+            1.0,
+        )
+        .unwrap();
+        let away_v = values_of(away.clone());
+        let back_delta: Vec<f32> = delta.clone();
+        let back = generalized_task_arithmetic(
+            away,
+            vec![tv(&back_delta, 1.0)],
+            Consensus::None,
+            false,
+            1.0,
+        )
+        .unwrap();
+        assert_close(&values_of(back), &base, 1e-6);
+        assert_close(&away_v, &[-0.5, -2.0, 7.0], 1e-6);
+    }
+}
