@@ -263,6 +263,12 @@ impl Bounds {
 }
 
 /// How the CMA-ES family keeps candidates inside the bounds.
+///
+/// The default is [`BoundaryMode::Transform`]: with an optimum on the boundary (a density of
+/// exactly 1, a weight of exactly 0) full CMA-ES with resample-and-clip loses its step-size
+/// control — the truncated samples drive C towards singular and sigma up — exactly as the
+/// `cmaes` library does (see the test `bounded_optimum_on_the_boundary`); the transform does
+/// not have that problem. Choose `resample-clip` to reproduce Optuna-based results.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BoundaryMode {
@@ -270,11 +276,11 @@ pub enum BoundaryMode {
     /// [`MAX_RESAMPLING`] times, then clip the last draw. The update uses the returned
     /// (possibly clipped) point. The mean is never repaired (it stays a convex combination of
     /// feasible points).
-    #[default]
     ResampleClip,
     /// pycma's `BoundTransform`: the distribution lives in an unbounded genotype space; each
     /// candidate is the linear-quadratic periodic transform of its genotype (identity inside
     /// the box away from the margins). The initial mean is the inverse transform of `x0`.
+    #[default]
     Transform,
 }
 

@@ -22,7 +22,7 @@ pub fn default_population_size(dim: usize) -> usize {
 /// ```toml
 /// optimizer = "cma"           # or "sep-cma"
 /// population_size = 12        # default 4 + floor(3 ln n)
-/// boundary = "resample-clip"  # or "transform" (pycma's BoundTransform)
+/// boundary = "transform"      # (pycma's BoundTransform) or "resample-clip" (cmaes/Optuna)
 /// max_evaluations = 1000      # default: no budget
 /// [termination]               # every key optional, see `Tolerances`
 /// tol_fun = 1e-12
@@ -430,5 +430,52 @@ impl Optimizer for Cma {
 
     fn should_stop(&self) -> Option<Termination> {
         self.run.stop
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eigendecomposition_is_lazy_for_large_n_and_c_stays_symmetric() {
+        let n = 200;
+        let mut cma = Cma::new(
+            &CmaConfig::default(),
+            Bounds::unbounded(n).unwrap(),
+            &vec![1.0; n],
+            0.5,
+            3,
+        )
+        .unwrap();
+        assert_eq!(cma.params.eigen_interval, 2);
+        let mut last_b = cma.b.clone();
+        for g in 1..=6u64 {
+            let fitness: Vec<Option<f64>> = cma
+                .ask()
+                .iter()
+                .map(|x| {
+                    Some(
+                        x.iter()
+                            .enumerate()
+                            .map(|(i, v)| (i + 1) as f64 * v * v)
+                            .sum(),
+                    )
+                })
+                .collect();
+            cma.tell(&fitness).unwrap();
+            assert_eq!(cma.c, cma.c.transpose(), "C not symmetric at {g}");
+            if g % 2 == 0 {
+                assert_eq!(cma.eigen_generation, g);
+                assert_ne!(cma.b, last_b, "no decomposition at {g}");
+                let d2 = cma.d.map(|d| d * d);
+                let rebuilt = &cma.b * DMatrix::from_diagonal(&d2) * cma.b.transpose();
+                assert!((rebuilt - &cma.c).abs().max() < 1e-12);
+                last_b = cma.b.clone();
+            } else {
+                assert_eq!(cma.b, last_b, "decomposed at {g}");
+            }
+        }
+        assert_eq!(cma.should_stop(), None);
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cma::default_population_size;
 use crate::es::{check_budget, check_population, check_start};
-use crate::optimizer::{Progress, check_fitness_len, ranking};
+use crate::optimizer::{Progress, check_fitness_len, ranking, valid};
 use crate::{Best, Bounds, Optimizer, SearchError, Termination};
 
 /// How two parents make a child.
@@ -84,6 +84,7 @@ impl Default for GaConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Member {
     x: Vec<f64>,
+    /// Finite fitness, or `None` for a failed evaluation.
     f: Option<f64>,
 }
 
@@ -294,7 +295,7 @@ impl Optimizer for Ga {
             batch
                 .into_iter()
                 .zip(fitness)
-                .map(|(x, f)| Member { x, f: *f }),
+                .map(|(x, f)| Member { x, f: valid(*f) }),
         );
         let order = ranking(&members.iter().map(|m| m.f).collect::<Vec<_>>());
         self.population = order.iter().map(|&i| members[i].clone()).collect();

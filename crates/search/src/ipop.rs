@@ -32,7 +32,7 @@ pub enum RestartPoint {
 /// population_factor = 2       # lambda multiplies by this at each restart
 /// max_restarts = 9
 /// restart_from = "uniform"    # or "x0"
-/// boundary = "resample-clip"
+/// boundary = "transform"     # or "resample-clip"
 /// max_evaluations = 100000
 /// [termination]               # of each run
 /// tol_fun = 1e-12
