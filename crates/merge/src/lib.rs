@@ -1,1 +1,65 @@
-//! placeholder
+//! Merge recipes into checkpoints: recipe -> plan -> tensors.
+//!
+//! A [`Recipe`] says what to merge (mergekit's schema: `merge_method`, `base_model`, `models` or
+//! `slices`, `parameters` with scalars, layer gradients and filters, `dtype`/`out_dtype`,
+//! `tokenizer_source`), read from our TOML or from a mergekit YAML file. [`Plan::build`] turns
+//! it into one [`TensorPlan`] per output tensor — which tensors of which models, every parameter
+//! resolved with mergekit's precedence (source > slice > module > top level > default) — while
+//! checking shapes, names and values, so mistakes surface before anything is written.
+//! [`merge_to_disk`] then runs the plan tensor by tensor (in parallel, streaming into the
+//! output shards) and [`merge_in_memory`] does the same into device tensors for a search.
+//!
+//! Methods live in [`method::registry`]; their math in `evomerge-kernels`.
+//!
+//! Not for: searching recipes (`evomerge-genome`, `evomerge-search`), running models.
+//!
+//! ```no_run
+//! use evomerge_merge::{MergeOptions, Plan, PlanOptions, Recipe, Sources, merge_to_disk};
+//! # fn main() -> Result<(), evomerge_merge::MergeError> {
+//! let recipe = Recipe::from_yaml(r#"
+//! merge_method: ties
+//! base_model: models/base
+//! models:
+//!   - model: models/math
+//!     parameters: {weight: 1.0, density: 0.5}
+//!   - model: models/ja
+//!     parameters: {weight: 1.0, density: 0.5}
+//! "#)?;
+//! let sources = Sources::open(&recipe, None)?;
+//! let plan = Plan::build(&recipe, &sources, &PlanOptions::default())?;
+//! merge_to_disk(&plan, &sources, "out/merged".as_ref(), &MergeOptions::default(), &[])?;
+//! # Ok(()) }
+//! ```
+
+mod execute;
+pub mod method;
+mod plan;
+mod recipe;
+
+pub use execute::{
+    MergeOptions, MergeReport, TensorSource, merge_in_memory, merge_tensor, merge_to_disk,
+};
+pub use plan::{
+    Action, Plan, PlanInput, PlanOptions, SourceModel, Sources, TensorPlan, referenced_models,
+};
+pub use recipe::{
+    FilterEntry, InputModel, ModelPath, ModelRef, Module, OutputSlice, ParamSetting, ParamValue,
+    Params, Recipe, RecipeFormat, ScalarOrGradient, SliceSource, TokenizerConfig,
+};
+
+/// What can go wrong between a recipe and a merged checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// The recipe is wrong (unknown method or parameter, bad value, inconsistent slices, ...).
+    #[error("recipe: {0}")]
+    Recipe(String),
+    /// A model folder is missing or does not fit the recipe.
+    #[error("model {model}: {message}")]
+    Model { model: String, message: String },
+    /// Reading or writing a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] evomerge_checkpoint::CheckpointError),
+    /// A method could not produce a tensor.
+    #[error("tensor '{tensor}': {message}")]
+    Kernel { tensor: String, message: String },
+}
