@@ -21,6 +21,9 @@ pub const MAX_RESAMPLING: usize = 100;
 pub struct Bounds {
     lower: Vec<f64>,
     upper: Vec<f64>,
+    /// Per coordinate, the interval where the boundary transform is the identity
+    /// (`[lower + al, upper - au]`, infinite on an open side); derived, not serialized.
+    linear: Vec<(f64, f64)>,
 }
 
 /// Serialized form of [`Bounds`]: `None` stands for an infinite bound (JSON has no infinity).
@@ -81,7 +84,22 @@ impl Bounds {
                 });
             }
         }
-        Ok(Bounds { lower, upper })
+        let linear = lower
+            .iter()
+            .zip(&upper)
+            .map(|(&lb, &ub)| {
+                let (al, au) = margins(lb, ub);
+                (
+                    if lb.is_finite() { lb + al } else { lb },
+                    if ub.is_finite() { ub - au } else { ub },
+                )
+            })
+            .collect();
+        Ok(Bounds {
+            lower,
+            upper,
+            linear,
+        })
     }
 
     /// Bounds from `(lower, upper)` pairs.
@@ -167,15 +185,8 @@ impl Bounds {
         Ok(())
     }
 
-    /// Widths of pycma's quadratic margins `(al, au)` for coordinate `i`:
-    /// `min((ub - lb)/2, (1 + |b|)/20)` on each finite side.
     fn margins(&self, i: usize) -> (f64, f64) {
-        let (lb, ub) = (self.lower[i], self.upper[i]);
-        let half = (ub - lb) / 2.0; // +inf when a side is open
-        (
-            half.min((1.0 + lb.abs()) / 20.0),
-            half.min((1.0 + ub.abs()) / 20.0),
-        )
+        margins(self.lower[i], self.upper[i])
     }
 
     /// pycma's `BoxConstraintsLinQuadTransformation` for one coordinate: maps an unbounded
@@ -247,8 +258,16 @@ impl Bounds {
     pub fn transform(&self, genotype: &[f64]) -> Vec<f64> {
         genotype
             .iter()
+            .zip(&self.linear)
             .enumerate()
-            .map(|(i, &x)| self.transform_coordinate(i, x))
+            .map(|(i, (&x, &(lo, hi)))| {
+                // fast path: the identity region (same value as the full formula)
+                if x >= lo && x <= hi {
+                    x
+                } else {
+                    self.transform_coordinate(i, x)
+                }
+            })
             .collect()
     }
 
@@ -260,6 +279,16 @@ impl Bounds {
             .map(|(i, &y)| self.inverse_transform_coordinate(i, y))
             .collect()
     }
+}
+
+/// Widths of pycma's quadratic margins `(al, au)` of an interval:
+/// `min((ub - lb)/2, (1 + |b|)/20)` on each finite side (+inf on an open side).
+fn margins(lb: f64, ub: f64) -> (f64, f64) {
+    let half = (ub - lb) / 2.0; // +inf when a side is open
+    (
+        half.min((1.0 + lb.abs()) / 20.0),
+        half.min((1.0 + ub.abs()) / 20.0),
+    )
 }
 
 /// How the CMA-ES family keeps candidates inside the bounds.
@@ -391,6 +420,14 @@ mod tests {
             for i in 0..4 {
                 let y = b.transform_coordinate(i, x);
                 assert!(y >= b.lower()[i] && y <= b.upper()[i], "i={i} x={x} y={y}");
+            }
+        }
+        // the vector form (with its identity fast path) equals the coordinate formula
+        for k in -400..=400 {
+            let x = [f64::from(k) * 0.0173; 4];
+            let v = b.transform(&x);
+            for i in 0..4 {
+                assert_eq!(v[i].to_bits(), b.transform_coordinate(i, x[i]).to_bits());
             }
         }
         // identity in the interior, away from the margins

@@ -136,11 +136,9 @@ impl EsRun {
             .len();
         check_fitness_len(expected, fitness)?;
         let mut genotypes = self.pending.take().unwrap_or_default();
-        let phenotypes: Vec<Vec<f64>> = genotypes
-            .iter()
-            .map(|x| self.boundary.phenotype(&self.bounds, x))
-            .collect();
-        self.progress.record(&phenotypes, fitness);
+        let (boundary, bounds) = (self.boundary, &self.bounds);
+        self.progress
+            .record(fitness, |i| boundary.phenotype(bounds, &genotypes[i]));
         let order = ranking(fitness);
         let sorted: Vec<f64> = order.iter().filter_map(|&i| valid(fitness[i])).collect();
         self.history.push(&sorted);

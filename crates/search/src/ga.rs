@@ -285,7 +285,7 @@ impl Optimizer for Ga {
             .len();
         check_fitness_len(expected, fitness)?;
         let batch = self.pending.take().unwrap_or_default();
-        self.progress.record(&batch, fitness);
+        self.progress.record(fitness, |i| batch[i].clone());
         let mut members: Vec<Member> = if self.population.is_empty() {
             Vec::new()
         } else {

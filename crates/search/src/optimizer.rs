@@ -102,21 +102,28 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// Records one told generation. Call after validating the fitness length.
-    pub fn record(&mut self, candidates: &[Vec<f64>], fitness: &[Option<f64>]) {
-        for (i, (x, f)) in candidates.iter().zip(fitness).enumerate() {
+    /// Records one told generation (call after validating the fitness length);
+    /// `candidate(i)` gives candidate `i` as handed out (only called for a new best).
+    pub fn record(&mut self, fitness: &[Option<f64>], candidate: impl FnOnce(usize) -> Vec<f64>) {
+        let mut generation_best: Option<(usize, f64)> = None;
+        for (i, f) in fitness.iter().enumerate() {
             if let Some(f) = valid(*f)
-                && self.best.as_ref().is_none_or(|b| f < b.f)
+                && generation_best.is_none_or(|(_, b)| f < b)
             {
-                self.best = Some(Best {
-                    x: x.clone(),
-                    f,
-                    evaluation: self.evaluations + i as u64 + 1,
-                    generation: self.generation,
-                });
+                generation_best = Some((i, f));
             }
         }
-        self.evaluations += candidates.len() as u64;
+        if let Some((i, f)) = generation_best
+            && self.best.as_ref().is_none_or(|b| f < b.f)
+        {
+            self.best = Some(Best {
+                x: candidate(i),
+                f,
+                evaluation: self.evaluations + i as u64 + 1,
+                generation: self.generation,
+            });
+        }
+        self.evaluations += fitness.len() as u64;
         self.generation += 1;
     }
 }
@@ -157,11 +164,11 @@ mod tests {
     #[test]
     fn progress_keeps_the_first_strict_best() {
         let mut p = Progress::default();
-        p.record(
-            &[vec![0.0], vec![1.0], vec![2.0]],
-            &[None, Some(2.0), Some(2.0)],
-        );
-        p.record(&[vec![3.0], vec![4.0]], &[Some(f64::NAN), Some(1.5)]);
+        let xs = [vec![0.0], vec![1.0], vec![2.0]];
+        p.record(&[None, Some(2.0), Some(2.0)], |i| xs[i].clone());
+        assert_eq!(p.best.as_ref().unwrap().x, vec![1.0]);
+        let xs = [vec![3.0], vec![4.0]];
+        p.record(&[Some(f64::NAN), Some(1.5)], |i| xs[i].clone());
         let b = p.best.unwrap();
         assert_eq!(
             (b.x, b.f, b.evaluation, b.generation),

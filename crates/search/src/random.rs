@@ -111,7 +111,7 @@ impl Optimizer for RandomSearch {
             .len();
         check_fitness_len(expected, fitness)?;
         let batch = self.pending.take().unwrap_or_default();
-        self.progress.record(&batch, fitness);
+        self.progress.record(fitness, |i| batch[i].clone());
         if self
             .max_evaluations
             .is_some_and(|m| self.progress.evaluations >= m)

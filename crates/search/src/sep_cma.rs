@@ -281,9 +281,11 @@ impl Optimizer for SepCma {
         let d: Vec<f64> = self.c.iter().map(|c| std_dev(*c)).collect();
         let (mean, sigma) = (&self.mean, self.sigma);
         self.run.ask_with(self.params.lambda, |rng, out| {
+            for o in out.iter_mut() {
+                *o = rng.sample(StandardNormal);
+            }
             for ((o, m), di) in out.iter_mut().zip(mean).zip(&d) {
-                let z: f64 = rng.sample(StandardNormal);
-                *o = m + sigma * di * z;
+                *o = m + sigma * di * *o;
             }
         })
     }
