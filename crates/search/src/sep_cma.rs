@@ -25,7 +25,8 @@ pub struct SepCmaParams {
     pub mu_eff: f64,
     /// Rank-one learning rate 2 / ((n + 1.3)² + mu_eff).
     pub c1: f64,
-    /// Rank-mu learning rate, the full-CMA value of Ros & Hansen scaled by (n + 2) / 3.
+    /// Rank-mu learning rate: Ros & Hansen's full-CMA value scaled by (n + 2) / 3, capped
+    /// at 1 - c1 (the cap only binds for large populations).
     pub c_mu: f64,
     /// (mu_eff + 2) / (n + mu_eff + 3).
     pub c_sigma: f64,
@@ -60,7 +61,9 @@ impl SepCmaParams {
         let c_mu_full = 2.0 / mu_eff / (n + 2f64.sqrt()).powi(2)
             + (1.0 - 1.0 / mu_eff)
                 * (1f64).min((2.0 * mu_eff - 1.0) / ((n + 2.0).powi(2) + mu_eff));
-        let c_mu = (n + 2.0) / 3.0 * c_mu_full;
+        // Ros & Hansen cap the scaled rate so that C keeps a positive decay factor; `cmaes`
+        // does not, and with large populations (IPOP) its c_mu exceeds 1 and C diverges.
+        let c_mu = ((n + 2.0) / 3.0 * c_mu_full).min(1.0 - c1);
         let c_sigma = (mu_eff + 2.0) / (n + mu_eff + 3.0);
         let d_sigma = 1.0 + 2.0 * (((mu_eff - 1.0) / (n + 1.0)).sqrt() - 1.0).max(0.0) + c_sigma;
         let c_c = 4.0 / (n + 4.0);

@@ -195,3 +195,13 @@ fn population_size_is_validated() {
     assert_eq!((p.lambda, p.mu), (2, 1));
     assert_eq!(p.weights[0], 1.0);
 }
+
+#[test]
+fn sep_cma_rank_mu_rate_is_capped_for_large_populations() {
+    // (n + 2)/3 · c_mu_full exceeds 1 for n = 10, lambda = 640 (IPOP's 7th run); uncapped,
+    // as in `cmaes.SepCMA`, C gets a negative decay factor and diverges
+    let p = SepCmaParams::new(10, Some(640)).unwrap();
+    assert_eq!(p.c_mu, 1.0 - p.c1);
+    let small = SepCmaParams::new(10, Some(20)).unwrap();
+    assert!(small.c_mu < 1.0 - small.c1);
+}
