@@ -89,7 +89,10 @@ mod tests {
         assert_eq!(llama["num_hidden_layers"], 4);
         assert_eq!(gpt2["n_layer"], 24);
         assert!(gpt2.get("num_hidden_layers").is_none());
-        assert_eq!(num_layers(&json!({"text_config": {"num_hidden_layers": 7}})), Some(7));
+        assert_eq!(
+            num_layers(&json!({"text_config": {"num_hidden_layers": 7}})),
+            Some(7)
+        );
     }
 
     #[test]

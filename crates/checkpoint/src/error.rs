@@ -55,9 +55,7 @@ pub enum CheckpointError {
     },
     #[error("unsupported dtype '{0}' (use float32, float16 or bfloat16)")]
     UnknownDtype(String),
-    #[error(
-        "output folder {0} already exists; choose another path or pass --force to replace it"
-    )]
+    #[error("output folder {0} already exists; choose another path or pass --force to replace it")]
     OutputExists(PathBuf),
     #[error("writer: tensor '{0}' is not part of the output plan")]
     NotPlanned(String),

@@ -37,13 +37,13 @@ mod role;
 mod write;
 
 pub use config::{
-    config_dtype_name, num_layers, set_num_layers, set_torch_dtype, tie_word_embeddings,
-    NUM_LAYER_KEYS, TOKENIZER_FILES,
+    NUM_LAYER_KEYS, TOKENIZER_FILES, config_dtype_name, num_layers, set_num_layers,
+    set_torch_dtype, tie_word_embeddings,
 };
 pub use dtype::Dtype;
 pub use error::CheckpointError;
 pub use read::{Checkpoint, TensorInfo};
-pub use role::{rename_layer, tied_embedding_name, TensorRole};
+pub use role::{TensorRole, rename_layer, tied_embedding_name};
 pub use write::{CheckpointWriter, OutputTensor, WriterOptions};
 
 /// Result type of this crate.

@@ -174,8 +174,12 @@ impl Checkpoint {
         let data_start = 8 + header_len;
         let shard = self.shards.len();
         for (name, info) in metadata.tensors() {
-            let dtype = Dtype::from_safetensors(info.dtype)
-                .ok_or_else(|| bad(format!("tensor '{name}' has unsupported dtype {:?}", info.dtype)))?;
+            let dtype = Dtype::from_safetensors(info.dtype).ok_or_else(|| {
+                bad(format!(
+                    "tensor '{name}' has unsupported dtype {:?}",
+                    info.dtype
+                ))
+            })?;
             let (s, e) = info.data_offsets;
             let entry = TensorInfo {
                 dtype,
@@ -212,11 +216,7 @@ impl Checkpoint {
 
     /// `config.architectures[0]`, e.g. `LlamaForCausalLM`.
     pub fn architecture(&self) -> Option<&str> {
-        self.config
-            .as_ref()?
-            .get("architectures")?
-            .get(0)?
-            .as_str()
+        self.config.as_ref()?.get("architectures")?.get(0)?.as_str()
     }
 
     /// The decoder layer count from `config.json`, or else from the tensor names.
@@ -322,6 +322,24 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Drop a tensor's pages from this process's memory map after it has been read (they stay
+    /// in the page cache). Streaming merges call this so resident memory stays near one tensor
+    /// per input instead of growing to the size of every input file.
+    pub fn release(&self, name: &str) {
+        if let Some(t) = self.tensors.get(name) {
+            // SAFETY: the mapping is a read-only shared file mapping: after MADV_DONTNEED the
+            // pages read back from the file with the same contents, so no reader can observe a
+            // change, whatever other thread touches the same pages.
+            let _ = unsafe {
+                self.shards[t.shard].map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    t.start,
+                    t.end - t.start,
+                )
+            };
+        }
+    }
+
     /// The shard file a tensor is stored in.
     pub fn shard_path(&self, name: &str) -> Option<&Path> {
         self.tensors
@@ -331,7 +349,10 @@ impl Checkpoint {
 }
 
 /// The closest candidate by edit distance, if it is reasonably close.
-pub(crate) fn nearest<'a>(target: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn nearest<'a>(
+    target: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .map(|c| (strsim::levenshtein(target, c), c))
         .min_by_key(|(d, _)| *d)

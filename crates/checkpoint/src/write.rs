@@ -341,8 +341,12 @@ impl CheckpointWriter {
                 .sync_all()
                 .map_err(|e| CheckpointError::io(self.tmp_dir.join(&shard.file_name), e))?;
         }
-        for entry in std::fs::read_dir(&self.tmp_dir).map_err(|e| CheckpointError::io(&self.tmp_dir, e))? {
-            let path = entry.map_err(|e| CheckpointError::io(&self.tmp_dir, e))?.path();
+        for entry in
+            std::fs::read_dir(&self.tmp_dir).map_err(|e| CheckpointError::io(&self.tmp_dir, e))?
+        {
+            let path = entry
+                .map_err(|e| CheckpointError::io(&self.tmp_dir, e))?
+                .path();
             if !path.extension().is_some_and(|e| e == "safetensors") {
                 File::open(&path)
                     .and_then(|f| f.sync_all())
@@ -359,7 +363,11 @@ impl CheckpointWriter {
         std::fs::rename(&self.tmp_dir, &self.final_dir)
             .map_err(|e| CheckpointError::io(&self.final_dir, e))?;
         if let Some(parent) = self.final_dir.parent() {
-            if let Ok(d) = File::open(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }) {
+            if let Ok(d) = File::open(if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            }) {
                 let _ = d.sync_all();
             }
         }
@@ -416,7 +424,8 @@ mod tests {
             w.write_f32("c", &[7.0, 8.0, 9.0]).unwrap();
             w.write_f32("a", &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
             w.write_f32("b", &[0.5, -0.5, 1.5, 2.0]).unwrap();
-            w.finish(Some(json!({"num_hidden_layers": 1})), None).unwrap();
+            w.finish(Some(json!({"num_hidden_layers": 1})), None)
+                .unwrap();
             let c = Checkpoint::open(&out).unwrap();
             assert_eq!(c.read_f32("a").unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
             assert_eq!(c.read_f32("b").unwrap(), vec![0.5, -0.5, 1.5, 2.0]);
@@ -425,7 +434,10 @@ mod tests {
             assert_eq!(c.info("b").unwrap().dtype, Dtype::BF16);
             let sharded = max == 1;
             assert_eq!(out.join("model.safetensors.index.json").exists(), sharded);
-            assert_eq!(out.join("model-00002-of-00003.safetensors").exists(), sharded);
+            assert_eq!(
+                out.join("model-00002-of-00003.safetensors").exists(),
+                sharded
+            );
             assert_eq!(out.join("model.safetensors").exists(), !sharded);
             // nothing else left next to the output
             assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
@@ -440,7 +452,10 @@ mod tests {
             let w = CheckpointWriter::create(&out, plan3(), WriterOptions::default()).unwrap();
             w.write_f32("a", &[0.0; 6]).unwrap();
             let err = w.finish(None, None).unwrap_err();
-            assert!(matches!(err, CheckpointError::NotWritten(ref n) if n == "b"), "{err}");
+            assert!(
+                matches!(err, CheckpointError::NotWritten(ref n) if n == "b"),
+                "{err}"
+            );
         }
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }

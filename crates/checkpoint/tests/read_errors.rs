@@ -24,8 +24,11 @@ fn write_model(dir: &Path, max_shard_bytes: u64, with_head: bool) {
         },
     )
     .unwrap();
-    w.write_f32("model.embed_tokens.weight", &[1., 2., 3., 4., 5., 6., 7., 8.])
-        .unwrap();
+    w.write_f32(
+        "model.embed_tokens.weight",
+        &[1., 2., 3., 4., 5., 6., 7., 8.],
+    )
+    .unwrap();
     w.write_f32("model.layers.0.mlp.up_proj.weight", &[0.5, 0.25, -1., 2.])
         .unwrap();
     w.write_f32("model.norm.weight", &[1., 1.]).unwrap();
@@ -66,7 +69,10 @@ fn tied_head_resolves_to_embedding() {
     write_model(&tmp.path().join("tied"), u64::MAX, false);
     let c = Checkpoint::open(tmp.path().join("tied")).unwrap();
     assert!(!c.contains("lm_head.weight"));
-    assert_eq!(c.resolve("lm_head.weight"), Some("model.embed_tokens.weight"));
+    assert_eq!(
+        c.resolve("lm_head.weight"),
+        Some("model.embed_tokens.weight")
+    );
     assert_eq!(c.resolve("model.norm.weight"), Some("model.norm.weight"));
     assert_eq!(c.resolve("nope"), None);
 }
@@ -90,7 +96,10 @@ fn corrupt_header_names_the_file() {
     bytes[10] = b'#'; // inside the JSON header
     std::fs::write(&file, &bytes).unwrap();
     let err = Checkpoint::open(&dir).unwrap_err();
-    assert!(matches!(err, CheckpointError::BadSafetensors { .. }), "{err}");
+    assert!(
+        matches!(err, CheckpointError::BadSafetensors { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 }
 
@@ -137,5 +146,8 @@ fn bad_config_json() {
     write_model(&dir, u64::MAX, true);
     std::fs::write(dir.join("config.json"), "{not json").unwrap();
     let err = Checkpoint::open(&dir).unwrap_err().to_string();
-    assert!(err.contains("config.json") && err.contains("invalid JSON"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("invalid JSON"),
+        "{err}"
+    );
 }

@@ -1,1 +1,51 @@
-fn main() {}
+//! `evomerge`: merge model checkpoints from recipes, and search for better recipes.
+//!
+//! Each subcommand lives in its own module; this file only parses the command line.
+
+mod bench;
+mod demo;
+mod merge_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Find and apply model-merge recipes by evolutionary search.
+///
+/// Start with `evomerge demo` (builds toy models and merges them), then
+/// `evomerge merge RECIPE OUT_DIR` on your own checkpoints. `evomerge methods` lists the merge
+/// methods and their parameters.
+#[derive(Parser)]
+#[command(name = "evomerge", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Merge checkpoints described by a recipe (our TOML, or a mergekit YAML config).
+    Merge(merge_cmd::MergeArgs),
+    /// List the merge methods and their parameters.
+    Methods,
+    /// Build tiny toy checkpoints and merge them with several methods (no download needed).
+    Demo(demo::DemoArgs),
+    /// Benchmarks (merge throughput, search optimizers).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Merge(args) => merge_cmd::run(args),
+        Command::Methods => {
+            merge_cmd::print_methods();
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

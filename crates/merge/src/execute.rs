@@ -30,6 +30,7 @@ impl TensorSource for Sources {
             message: format!("has no tensor '{name}'"),
         })?;
         let values = c.read_f32(name)?;
+        c.release(name);
         Ok(tensor_from_vec(values, &info.shape, device))
     }
 }
@@ -257,8 +258,9 @@ pub fn merge_to_disk(
         match tp.action {
             Action::Copy => {
                 let i = &tp.inputs[0];
-                let bytes = sources.models[i.model].checkpoint.bytes(&i.tensor)?;
-                writer.write_bytes(&tp.name, bytes)?;
+                let c = &sources.models[i.model].checkpoint;
+                writer.write_bytes(&tp.name, c.bytes(&i.tensor)?)?;
+                c.release(&i.tensor);
             }
             Action::Merge => {
                 let merged = merge_tensor(plan, tp, sources, &options.device, options.seed)?;
