@@ -217,6 +217,11 @@ impl Ipop {
         })
     }
 
+    /// Which CMA-ES is restarted.
+    pub fn variant(&self) -> IpopVariant {
+        self.variant
+    }
+
     /// Number of restarts so far.
     pub fn restarts(&self) -> u32 {
         self.restarts

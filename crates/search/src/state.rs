@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Best, Cma, Ga, Ipop, Optimizer, RandomSearch, SearchError, SepCma, Termination};
+use crate::{
+    Best, Cma, Ga, Ipop, IpopVariant, Optimizer, RandomSearch, SearchError, SepCma, Termination,
+};
 
 /// Any optimizer of this crate, as one serializable value.
 ///
@@ -42,6 +44,20 @@ impl OptimizerState {
             OptimizerState::Ipop(o) => o.as_mut(),
             OptimizerState::Ga(o) => o.as_mut(),
             OptimizerState::Random(o) => o.as_mut(),
+        }
+    }
+
+    /// The optimizer's name as in [`crate::OptimizerConfig`] (`cma`, `ipop-sep-cma`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerState::Cma(_) => "cma",
+            OptimizerState::SepCma(_) => "sep-cma",
+            OptimizerState::Ipop(o) => match o.variant() {
+                IpopVariant::Cma => "ipop-cma",
+                IpopVariant::SepCma => "ipop-sep-cma",
+            },
+            OptimizerState::Ga(_) => "ga",
+            OptimizerState::Random(_) => "random",
         }
     }
 

@@ -180,3 +180,20 @@ fn population_sizes_follow_the_config() {
     assert_eq!(ga.ask().len(), 17);
     assert_eq!(ga.population_size(), 17);
 }
+
+#[test]
+fn states_know_their_names_and_one_dimension_works() {
+    for name in OptimizerConfig::NAMES {
+        let config: OptimizerConfig = name.parse().unwrap();
+        let mut opt = config
+            .build(Bounds::uniform(1, -3.0, 3.0).unwrap(), &[2.0], 1.0, 0)
+            .unwrap();
+        assert_eq!(opt.name(), name);
+        assert_eq!(opt.dim(), 1);
+        for _ in 0..200 {
+            let fit: Vec<Option<f64>> = opt.ask().iter().map(|x| Some(x[0] * x[0])).collect();
+            opt.tell(&fit).unwrap();
+        }
+        assert!(opt.best().unwrap().f < 1e-2, "{name}: {:?}", opt.best());
+    }
+}
