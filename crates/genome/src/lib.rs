@@ -1,0 +1,36 @@
+//! Search spaces: turn optimizer vectors into things evomerge can run, and back.
+//!
+//! - [`PsGenome`] (parameter space): genes for `[layer groups x source models x filter sets x
+//!   method parameters]` (weights and densities), decoded into the same [`Recipe`] that
+//!   `evomerge merge` runs, printable as TOML or mergekit YAML; [`PsGenome::encode`] turns a
+//!   hand-written recipe back into a vector to seed a search. Presets reproduce the Sakana
+//!   paper's global setting and mergekit-evolve's.
+//!
+//! Not for: optimizing (see `evomerge-search`) or running models.
+//!
+//! ```
+//! use evomerge_genome::{PsGenome, PsSpec};
+//! let g = PsGenome::new(PsSpec::sakana(), vec!["ja".into(), "math".into(), "abel".into()], Some("base".into()), 32).unwrap();
+//! assert_eq!(g.dim(), 6); // one weight and one density per model
+//! let recipe = g.decode(&g.initial()).unwrap();
+//! assert_eq!(recipe.merge_method, "dare_ties");
+//! println!("{}", recipe.to_yaml());
+//! ```
+//!
+//! [`Recipe`]: evomerge_merge::Recipe
+
+mod lookup;
+mod ps;
+
+pub use ps::{EMBED_FILTERS, Gene, MethodGene, Preset, PsGenome, PsSpec};
+
+/// Errors decoding or building a genome.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GenomeError {
+    #[error("genome: {0}")]
+    Spec(String),
+    #[error("genome: the vector has {got} values but the genome has {expected} genes")]
+    WrongLength { expected: usize, got: usize },
+    #[error("genome: gene {index} ({name}) is not a finite number")]
+    NotFinite { index: usize, name: String },
+}
