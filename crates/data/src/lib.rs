@@ -287,7 +287,7 @@ mod tests {
             d.class_counts()
         );
         assert!(d.features.iter().all(|v| (0.0..=1.0).contains(v)));
-        assert!(d.features.iter().any(|v| *v == 1.0));
+        assert!(d.features.contains(&1.0));
     }
 
     #[test]
