@@ -5,6 +5,7 @@
 mod bench;
 mod demo;
 mod merge_cmd;
+mod study_data;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,8 @@ enum Command {
     /// Benchmarks (merge throughput, search optimizers).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Reproduce the data-using and permutation merge findings on digits (report + plots).
+    DataMergeStudy(study_data::StudyDataArgs),
 }
 
 fn main() {
@@ -43,6 +46,7 @@ fn main() {
         }
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::DataMergeStudy(args) => study_data::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -156,6 +156,12 @@ pub fn merge_tensor(
             model_stock(b, &xs, tp.global_flag("filter_wise")).map_err(kernel_err)?
         }
         Kernel::Passthrough => passthrough(inputs[0].clone(), tp.input_f32(0, "scale")),
+        Kernel::Data => {
+            return Err(MergeError::Recipe(format!(
+                "{} is a whole-model method (it runs the models on data), not a per-tensor one; run it with merge_to_disk (`evomerge merge`)",
+                plan.method.name
+            )));
+        }
     })
 }
 
@@ -223,6 +229,9 @@ pub fn merge_to_disk(
     options: &MergeOptions,
     extra_files: &[(&str, Vec<u8>)],
 ) -> Result<MergeReport, MergeError> {
+    if plan.method.kernel == Kernel::Data {
+        return crate::data::merge_to_disk(plan, sources, out_dir, options, extra_files);
+    }
     let start = Instant::now();
     let outputs: Vec<OutputTensor> = plan
         .tensors

@@ -31,11 +31,13 @@
 //! # Ok(()) }
 //! ```
 
+mod data;
 mod execute;
 pub mod method;
 mod plan;
 mod recipe;
 
+pub use data::{DataOverride, DataSection, is_data_method};
 pub use execute::{
     MergeOptions, MergeReport, TensorSource, merge_in_memory, merge_tensor, merge_to_disk,
 };

@@ -30,6 +30,8 @@ pub enum Kernel {
     },
     ModelStock,
     Passthrough,
+    /// A whole-model method that runs the models on data (`crate::data`).
+    Data,
 }
 
 /// A parameter a method reads, with its default (`None`: required).
@@ -249,7 +251,74 @@ pub fn registry() -> Vec<MethodSpec> {
             global_params: vec![],
             summary: "copy one model's tensors (layer stacking / frankenmerges), optionally scaled",
         },
+        data_method(
+            "fisher",
+            vec![
+                word("fisher", "exact"),
+                num("epsilon", 1e-6),
+                flag("normalize", true),
+            ],
+            "Fisher-weighted average (diagonal Fisher, exact or empirical) of MLP classifiers; needs `data`",
+        ),
+        data_method(
+            "regmean",
+            vec![
+                num("alpha", 1.0),
+                num("ridge", 1e-6),
+                word("gram", "sum"),
+                flag("average_head", false),
+            ],
+            "RegMean: per linear layer (sum G_i)^-1 sum G_i W_i from input Grams on each model's data; needs `data`",
+        ),
+        data_method(
+            "git_rebasin",
+            vec![
+                word("matching", "weight"),
+                num("t", 0.5),
+                num("max_iter", 100.0),
+            ],
+            "Git Re-Basin: permute model B's hidden units to match model A (weight or activation matching), then interpolate at t",
+        ),
+        data_method(
+            "repair",
+            vec![
+                word("matching", "weight"),
+                num("t", 0.5),
+                num("max_iter", 100.0),
+                flag("include_output", false),
+            ],
+            "align as git_rebasin, interpolate at t, then REPAIR each channel's mean/std on `data`",
+        ),
+        data_method(
+            "greedy_soup",
+            vec![],
+            "greedy model soup: add models by validation accuracy while it improves; `data` is the validation set",
+        ),
     ]
+}
+
+/// A parameter whose value is a word (e.g. `fisher = "exact"`).
+fn word(name: &'static str, v: &str) -> ParamSpec {
+    ParamSpec {
+        name,
+        default: Some(ParamValue::Text(v.to_string())),
+    }
+}
+
+/// A data-using method (see `crate::data`): per-model `weight` (default 1), no base.
+fn data_method(
+    name: &'static str,
+    global_params: Vec<ParamSpec>,
+    summary: &'static str,
+) -> MethodSpec {
+    MethodSpec {
+        name,
+        kernel: Kernel::Data,
+        base: BaseUse::Ignored,
+        tensor_params: vec![num("weight", 1.0)],
+        global_params,
+        summary,
+    }
 }
 
 /// Parameter names some mergekit method uses but that no evomerge method reads; a recipe may

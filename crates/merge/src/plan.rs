@@ -224,6 +224,8 @@ pub struct Plan {
     pub tokenizer_from: Option<usize>,
     /// Things the user should know that do not stop the merge.
     pub warnings: Vec<String>,
+    /// The recipe's `data` section (data-using methods).
+    pub data: Option<crate::data::DataSection>,
 }
 
 /// Options that override what the recipe says.
@@ -571,6 +573,19 @@ impl Plan {
         }
 
         let tokenizer_from = tokenizer_source(recipe, sources, donor, recipe_base)?;
+        if method.kernel == Kernel::Data {
+            let global = tensors
+                .iter()
+                .find(|t| t.action == Action::Merge)
+                .map(|t| t.global.clone())
+                .unwrap_or_default();
+            crate::data::check_recipe(method.name, recipe.data.as_ref(), &global)?;
+        } else if recipe.data.is_some() {
+            warnings.push(format!(
+                "the `data` section is not used by {} (a data-free method); it is ignored",
+                method.name
+            ));
+        }
         Ok(Plan {
             method,
             tensors,
@@ -578,6 +593,7 @@ impl Plan {
             num_layers: out_layer,
             tokenizer_from,
             warnings,
+            data: recipe.data.clone(),
         })
     }
 
@@ -891,7 +907,7 @@ fn validate(tp: &TensorPlan, method: &MethodSpec, sources: &Sources) -> Result<(
         .iter()
         .chain(tp.per_input.iter().flat_map(|m| m.iter()))
     {
-        let textual = matches!(*k, "rescale" | "consensus");
+        let textual = matches!(*k, "rescale" | "consensus" | "fisher" | "matching" | "gram");
         if !textual && matches!(v, ParamValue::Text(_)) {
             return err(format!(
                 "parameter '{k}' must be a number or true/false, got '{v}'"

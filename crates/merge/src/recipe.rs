@@ -309,6 +309,10 @@ pub struct Recipe {
     pub slices: Option<Vec<OutputSlice>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modules: Option<BTreeMap<String, Module>>,
+    /// Data for the data-using methods (`fisher`, `regmean`, `git_rebasin` with activation
+    /// matching, `repair`, `greedy_soup`); an evomerge extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<crate::data::DataSection>,
 }
 
 /// The format of a recipe file, from its extension.
@@ -352,10 +356,14 @@ impl Recipe {
             RecipeFormat::Toml => Recipe::from_toml(&text),
             RecipeFormat::Yaml => Recipe::from_yaml(&text),
         };
-        parsed.map_err(|e| match e {
+        let mut recipe = parsed.map_err(|e| match e {
             MergeError::Recipe(msg) => MergeError::Recipe(format!("{}: {msg}", path.display())),
             other => other,
-        })
+        })?;
+        if let (Some(data), Some(dir)) = (recipe.data.as_mut(), path.parent()) {
+            data.relative_to(dir);
+        }
+        Ok(recipe)
     }
 
     /// The recipe as TOML (what `evomerge merge` reads back).
