@@ -27,8 +27,10 @@ for key, r in ours.items():
     rng = f" ({r['min_evaluations']}–{r['max_evaluations_success']})" if med else ""
     c_succ = f"{c['successes']}/{c['runs']}" if c else "–"
     c_med = (c["median_evaluations"] or "–") if c else "–"
+    # medians compare only where both reached the target equally often
+    same_rate = c and c["successes"] == r["successes"] and c["runs"] == r["runs"]
     ratio = (f"{float(med) / float(c['median_evaluations']):.2f}"
-             if c and med and c["median_evaluations"] else "–")
+             if same_rate and med and c["median_evaluations"] else "–")
     print(f"| {r['function']} | {r['dim']} | {r['x0']}, {r['sigma0']} | {r['max_evaluations']} "
           f"| {r['optimizer']} | {r['successes']}/{r['runs']} | {med or '–'}{rng} "
           f"| {r['ert'] or '–'} | {c_succ} | {c_med} | {ratio} |")
