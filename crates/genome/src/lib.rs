@@ -6,6 +6,12 @@
 //!   hand-written recipe back into a vector to seed a search. Presets reproduce the Sakana
 //!   paper's global setting and mergekit-evolve's.
 //!
+//! - [`DfsGenome`] (data-flow space): an indicator array of length `T = M x r` over all `M`
+//!   layers of models A, B, ... repeated `r` times and an optional scaling matrix `W = 1 +
+//!   theta` (`M x M`), decoded into a [`LayerPath`](evomerge_models::LayerPath) that starts
+//!   and ends with A's first and last layers; [`export_path`] / [`export_plain`] write a path
+//!   as a checkpoint.
+//!
 //! Not for: optimizing (see `evomerge-search`) or running models.
 //!
 //! ```
@@ -19,9 +25,15 @@
 //!
 //! [`Recipe`]: evomerge_merge::Recipe
 
+mod dfs;
+mod export;
 mod lookup;
 mod ps;
 
+pub use dfs::{DfsGenome, DfsSpec};
+pub use export::{
+    PATH_ARCHITECTURE, export_path, export_plain, is_path_config, load_path_checkpoint,
+};
 pub use ps::{EMBED_FILTERS, Gene, MethodGene, Preset, PsGenome, PsSpec};
 
 /// Errors decoding or building a genome.
