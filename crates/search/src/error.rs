@@ -103,6 +103,14 @@ pub enum SearchError {
         "unknown benchmark function `{0}`: expected one of sphere, ellipsoid, rotated-ellipsoid, rosenbrock, rastrigin"
     )]
     UnknownFunction(String),
+    /// A state file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
     /// A saved state could not be written or read back.
     #[error("optimizer state JSON: {0}")]
     State(#[from] serde_json::Error),

@@ -21,12 +21,14 @@
 //! The whole state — distribution, counters, best-so-far, the pending generation and the
 //! ChaCha random generator — is one serde value, [`OptimizerState`]. Saved as JSON after any
 //! generation (floats round-trip bit for bit) and restored, it produces exactly the candidates
-//! the uninterrupted run would have produced. [`bench`] holds the benchmark driver behind
+//! the uninterrupted run would have produced; [`OptimizerState::save`] writes it atomically
+//! (temporary file, fsync, rename). [`bench`] holds the benchmark driver behind
 //! `evomerge bench search`.
 //!
 //! **What it is not for.** It knows nothing about models, genomes or evaluation: the genome
-//! crate maps recipes to vectors and bounds, the runner evaluates, logs and writes
-//! `state.json` atomically. It runs no objective itself and starts no threads.
+//! crate maps recipes to vectors and bounds, the runner evaluates and logs. It runs no
+//! objective itself and starts no threads. Full CMA-ES is for up to a few hundred dimensions;
+//! the DFS genome (thousands) wants `sep-cma`.
 //!
 //! # Example
 //!

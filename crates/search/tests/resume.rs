@@ -172,3 +172,21 @@ fn json_round_trips_every_f64_bit_for_bit() {
         assert_eq!(a.to_bits(), b.to_bits(), "{a:e} came back as {b:e}");
     }
 }
+
+#[test]
+fn save_and_load_through_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut opt = start("cma", 3);
+    drive(&mut opt, 5, None);
+    opt.save(&path).unwrap();
+    opt.save(&path).unwrap(); // overwriting is fine
+    assert!(!dir.path().join("state.json.tmp").exists());
+    let mut back = OptimizerState::load(&path).unwrap();
+    assert_eq!(back, opt);
+    assert_eq!(back.ask(), opt.ask());
+    let err = OptimizerState::load(&dir.path().join("missing.json")).unwrap_err();
+    assert!(err.to_string().contains("missing.json"), "{err}");
+    std::fs::write(&path, "{\"cma\": 1}").unwrap();
+    assert!(OptimizerState::load(&path).is_err());
+}
