@@ -1,0 +1,369 @@
+//! The Llama / Mistral / Qwen2 decoder: parameters under their Hugging Face names, one decoder
+//! layer's forward pass, the rotary tables.
+//!
+//! Parameters are held as burn tensors on one device, prepared once at load time for a fast
+//! forward pass: q/k/v projections fused into one matrix, gate/up into another, every matrix
+//! stored transposed (`x @ W^T` becomes `x @ Wt`). Running the model (batches, KV cache,
+//! generation, layer paths) is [`crate::Decoder`]'s job.
+
+use crate::{LlamaConfig, ModelError, WeightSource};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Int, Tensor, TensorData};
+use evomerge_checkpoint::Checkpoint;
+use evomerge_kernels::{Device, view_shape};
+use std::path::Path;
+
+/// One decoder layer's parameters (transposed and fused, see the module docs).
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    attn_norm: Tensor<2>,
+    wqkv: Tensor<2>,
+    bqkv: Option<Tensor<2>>,
+    wo: Tensor<2>,
+    bo: Option<Tensor<2>>,
+    mlp_norm: Tensor<2>,
+    wgu: Tensor<2>,
+    bgu: Option<Tensor<2>>,
+    wdown: Tensor<2>,
+    bdown: Option<Tensor<2>>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    intermediate: usize,
+    eps: f64,
+}
+
+/// Rotary tables of one model: `cos` and `sin` with the rotate-half sign folded in, `[P, head_dim]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Rope {
+    pub cos: Tensor<2>,
+    pub sin: Tensor<2>,
+    pub positions: usize,
+}
+
+impl Rope {
+    fn new(config: &LlamaConfig, device: &Device) -> Rope {
+        let hd = config.head_dim;
+        let half = hd / 2;
+        let p = config.max_position_embeddings;
+        let inv = config.inv_freq();
+        let mut cos = vec![0f32; p * hd];
+        let mut sin = vec![0f32; p * hd];
+        for pos in 0..p {
+            for (i, f) in inv.iter().enumerate() {
+                let angle = pos as f64 * f;
+                let (s, c) = angle.sin_cos();
+                cos[pos * hd + i] = c as f32;
+                cos[pos * hd + half + i] = c as f32;
+                // rotate_half(x) = [-x2, x1]; we multiply [x2, x1] by [-sin, sin].
+                sin[pos * hd + i] = -s as f32;
+                sin[pos * hd + half + i] = s as f32;
+            }
+        }
+        Rope {
+            cos: Tensor::from_data(TensorData::new(cos, [p, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [p, hd]), device),
+            positions: p,
+        }
+    }
+
+    /// cos/sin rows for `positions` (flattened `[B*S]`), shaped `[B, S, 1, hd]`.
+    pub fn gather(&self, positions: &Tensor<1, Int>, b: usize, s: usize) -> (Tensor<4>, Tensor<4>) {
+        let hd = self.cos.dims()[1];
+        let cos = self.cos.clone().select(0, positions.clone());
+        let sin = self.sin.clone().select(0, positions.clone());
+        (cos.reshape([b, s, 1, hd]), sin.reshape([b, s, 1, hd]))
+    }
+}
+
+/// RMSNorm over the last dimension with weight `w` (`[1, H]`), in f32 like transformers.
+pub(crate) fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
+    let inv = x
+        .clone()
+        .square()
+        .mean_dim(1)
+        .add_scalar(eps)
+        .powf_scalar(-0.5);
+    x.mul(inv).mul(w.clone())
+}
+
+fn add_bias(x: Tensor<2>, b: &Option<Tensor<2>>) -> Tensor<2> {
+    match b {
+        Some(b) => x.add(b.clone()),
+        None => x,
+    }
+}
+
+/// What one layer needs besides its input: the batch geometry, the rotary rows and the
+/// additive attention mask.
+pub(crate) struct LayerInput<'a> {
+    pub batch: usize,
+    pub seq: usize,
+    pub cos: &'a Tensor<4>,
+    pub sin: &'a Tensor<4>,
+    /// `[B, 1, group * S, T]`: 0 where a query may attend to a key, a large negative number
+    /// where it may not.
+    pub mask: &'a Tensor<4>,
+}
+
+/// Keys and values a layer has seen so far, `[B, kv_heads, T, head_dim]` each.
+pub(crate) type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
+
+impl DecoderLayer {
+    /// Queries per key-value head.
+    pub fn group_size(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    /// The head dimension (selects the rotary table).
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// Run the layer on hidden states `[B*S, H]`, appending this call's keys and values to
+    /// `cache` when one is given.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<2>,
+        input: &LayerInput<'_>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<2> {
+        let (b, s) = (input.batch, input.seq);
+        let (nh, nkv, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let rep = nh / nkv;
+        let h = rms_norm(x.clone(), &self.attn_norm, self.eps);
+        let qkv = add_bias(h.matmul(self.wqkv.clone()), &self.bqkv);
+        // Rotary embedding on q and k together: [B, S, nh + nkv, hd].
+        let qk = qkv
+            .clone()
+            .narrow(1, 0, (nh + nkv) * hd)
+            .reshape([b, s, nh + nkv, hd]);
+        let rotated = Tensor::cat(
+            vec![
+                qk.clone().narrow(3, hd / 2, hd / 2),
+                qk.clone().narrow(3, 0, hd / 2),
+            ],
+            3,
+        );
+        let qk = qk
+            .mul(input.cos.clone())
+            .add(rotated.mul(input.sin.clone()));
+        // Query head g*rep + r uses key-value head g (transformers' repeat_kv); fold the group
+        // into the query rows so keys and values are never repeated.
+        let q = qk
+            .clone()
+            .narrow(2, 0, nh)
+            .swap_dims(1, 2)
+            .reshape([b, nkv, rep * s, hd]);
+        let k = qk.narrow(2, nh, nkv).swap_dims(1, 2);
+        let v = qkv
+            .narrow(1, (nh + nkv) * hd, nkv * hd)
+            .reshape([b, s, nkv, hd])
+            .swap_dims(1, 2);
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let o = attention(
+            q,
+            k,
+            v,
+            None,
+            Some(input.mask.clone()),
+            AttentionModuleOptions::default(),
+        );
+        let o = o
+            .reshape([b, nh, s, hd])
+            .swap_dims(1, 2)
+            .reshape([b * s, nh * hd]);
+        let x = x.add(add_bias(o.matmul(self.wo.clone()), &self.bo));
+        let h = rms_norm(x.clone(), &self.mlp_norm, self.eps);
+        let gu = add_bias(h.matmul(self.wgu.clone()), &self.bgu);
+        let i = self.intermediate;
+        let act = silu(gu.clone().narrow(1, 0, i)).mul(gu.narrow(1, i, i));
+        x.add(add_bias(act.matmul(self.wdown.clone()), &self.bdown))
+    }
+}
+
+/// A loaded Llama-family model: its config and parameters on one device.
+///
+/// Build it from a folder ([`Llama::from_dir`]) or from tensors already in memory
+/// ([`Llama::load`] with a [`crate::TensorMap`]); both read the same Hugging Face names.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    config: LlamaConfig,
+    device: Device,
+    pub(crate) embed: Tensor<2>,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) norm: Tensor<2>,
+    /// `[H, V]`.
+    pub(crate) head: Tensor<2>,
+    pub(crate) rope: Rope,
+}
+
+struct Loader<'a> {
+    source: &'a dyn WeightSource,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    /// A required tensor with its true shape checked against the config.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor<2>, ModelError> {
+        let t = self.source.tensor(name, self.device)?.ok_or_else(|| {
+            let names = self.source.names();
+            let hint = names
+                .iter()
+                .filter(|n| n.ends_with(name.rsplit('.').next().unwrap_or(name)))
+                .take(3)
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>();
+            ModelError::MissingTensor {
+                source_name: self.source.source_name(),
+                tensor: name.to_string(),
+                hint: if hint.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (it has {})", hint.join(", "))
+                },
+            }
+        })?;
+        let want = view_shape(shape);
+        if t.dims() != want {
+            return Err(ModelError::WrongShape {
+                source_name: self.source.source_name(),
+                tensor: name.to_string(),
+                expected: shape.to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    fn maybe(&self, on: bool, name: &str, shape: &[usize]) -> Result<Option<Tensor<2>>, ModelError> {
+        if on { self.get(name, shape).map(Some) } else { Ok(None) }
+    }
+}
+
+impl Llama {
+    /// Load a model folder (`config.json` + safetensors) onto `device`.
+    pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Llama, ModelError> {
+        let dir = dir.as_ref();
+        let config = LlamaConfig::from_dir(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
+        Llama::load(config, &ckpt, device)
+    }
+
+    /// Build the model from any weight source: a [`Checkpoint`] or an in-memory
+    /// [`crate::TensorMap`] (the merge engine's output). Tensor names are Hugging Face's.
+    pub fn load(
+        config: LlamaConfig,
+        source: &dyn WeightSource,
+        device: &Device,
+    ) -> Result<Llama, ModelError> {
+        let ld = Loader { source, device };
+        let c = &config;
+        let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let embed = ld.get("model.embed_tokens.weight", &[v, h])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let p = format!("model.layers.{l}.");
+            let n = |s: &str| format!("{p}{s}");
+            let wq = ld.get(&n("self_attn.q_proj.weight"), &[q, h])?;
+            let wk = ld.get(&n("self_attn.k_proj.weight"), &[kv, h])?;
+            let wv = ld.get(&n("self_attn.v_proj.weight"), &[kv, h])?;
+            let bqkv = if c.qkv_bias {
+                Some(Tensor::cat(
+                    vec![
+                        ld.get(&n("self_attn.q_proj.bias"), &[q])?,
+                        ld.get(&n("self_attn.k_proj.bias"), &[kv])?,
+                        ld.get(&n("self_attn.v_proj.bias"), &[kv])?,
+                    ],
+                    1,
+                ))
+            } else {
+                None
+            };
+            let wg = ld.get(&n("mlp.gate_proj.weight"), &[i, h])?;
+            let wu = ld.get(&n("mlp.up_proj.weight"), &[i, h])?;
+            let bgu = if c.mlp_bias {
+                Some(Tensor::cat(
+                    vec![
+                        ld.get(&n("mlp.gate_proj.bias"), &[i])?,
+                        ld.get(&n("mlp.up_proj.bias"), &[i])?,
+                    ],
+                    1,
+                ))
+            } else {
+                None
+            };
+            layers.push(DecoderLayer {
+                attn_norm: ld.get(&n("input_layernorm.weight"), &[h])?,
+                wqkv: contiguous_t(Tensor::cat(vec![wq, wk, wv], 0)),
+                bqkv,
+                wo: contiguous_t(ld.get(&n("self_attn.o_proj.weight"), &[h, q])?),
+                bo: ld.maybe(c.o_bias, &n("self_attn.o_proj.bias"), &[h])?,
+                mlp_norm: ld.get(&n("post_attention_layernorm.weight"), &[h])?,
+                wgu: contiguous_t(Tensor::cat(vec![wg, wu], 0)),
+                bgu,
+                wdown: contiguous_t(ld.get(&n("mlp.down_proj.weight"), &[h, i])?),
+                bdown: ld.maybe(c.mlp_bias, &n("mlp.down_proj.bias"), &[h])?,
+                heads: c.num_heads,
+                kv_heads: c.num_kv_heads,
+                head_dim: c.head_dim,
+                intermediate: i,
+                eps: c.rms_norm_eps,
+            });
+        }
+        let norm = ld.get("model.norm.weight", &[h])?;
+        let head = if c.tie_word_embeddings {
+            contiguous_t(embed.clone())
+        } else {
+            contiguous_t(ld.get("lm_head.weight", &[v, h])?)
+        };
+        Ok(Llama {
+            rope: Rope::new(c, device),
+            config,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            head,
+        })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device its parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The decoder layers (a layer path runs them in any order).
+    pub fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+}
+
+/// Transpose a matrix into a contiguous buffer (so every later matmul reads it row-major).
+fn contiguous_t(w: Tensor<2>) -> Tensor<2> {
+    // `transpose` is a view; adding zero materialises it once instead of on every matmul.
+    w.transpose().add_scalar(0.0)
+}

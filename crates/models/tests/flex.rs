@@ -1,0 +1,38 @@
+//! The decoder on flex (CPU) against an independent f64 reference.
+
+mod common;
+
+use common::checks;
+use common::{llama_spec, qwen_spec};
+use evomerge_kernels::Device;
+
+#[test]
+fn llama_logits_match_reference() {
+    checks::logits_match_reference(&llama_spec(), 1, &Device::flex());
+}
+
+#[test]
+fn qwen2_logits_match_reference() {
+    checks::logits_match_reference(&qwen_spec(), 2, &Device::flex());
+}
+
+#[test]
+fn cached_generation_equals_uncached_and_reference() {
+    checks::cached_generation_matches(&llama_spec(), &Device::flex());
+    checks::cached_generation_matches(&qwen_spec(), &Device::flex());
+}
+
+#[test]
+fn layer_paths_match_reference() {
+    checks::layer_paths_match(&Device::flex());
+}
+
+#[test]
+fn in_memory_weights_equal_disk_weights() {
+    checks::in_memory_equals_disk(&Device::flex());
+}
+
+#[test]
+fn loglik_matches_reference() {
+    checks::loglik_matches_reference(&Device::flex());
+}

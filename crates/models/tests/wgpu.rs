@@ -1,0 +1,32 @@
+//! The decoder on wgpu against the same f64 reference (lavapipe on machines without a GPU).
+//! Skipped when no adapter exists, except under CI=true, where that fails.
+
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use common::checks;
+use common::{llama_spec, qwen_spec};
+use evomerge_kernels::{Device, DeviceChoice};
+
+fn device() -> Option<Device> {
+    match DeviceChoice::Wgpu.device() {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipping wgpu test: {e}");
+            None
+        }
+        Err(e) => panic!("CI=true but no wgpu adapter: {e}"),
+    }
+}
+
+#[test]
+fn wgpu_logits_generation_paths_and_memory_weights() {
+    let Some(d) = device() else { return };
+    checks::logits_match_reference(&llama_spec(), 1, &d);
+    checks::logits_match_reference(&qwen_spec(), 2, &d);
+    checks::cached_generation_matches(&llama_spec(), &d);
+    checks::layer_paths_match(&d);
+    checks::in_memory_equals_disk(&d);
+    checks::loglik_matches_reference(&d);
+}
