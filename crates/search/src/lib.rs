@@ -5,7 +5,14 @@
 //! ([`Optimizer::ask`]) and learns from their fitness ([`Optimizer::tell`]). Everything is
 //! **minimised**: a runner that maximises accuracy tells `-accuracy`. A failed candidate is told
 //! as `None` (NaN and ±inf count as failures too): it ranks after every valid candidate,
-//! never becomes the best, and never corrupts the state.
+//! never becomes the best, and never corrupts the state. In the CMA family a failed candidate
+//! takes a worst rank (a negative weight in active CMA, never a positive one); a generation in
+//! which every candidate failed leaves the distribution unchanged, and
+//! `max_failed_generations` (10) such generations in a row stop the run
+//! ([`Termination::NoValidFitness`]).
+//!
+//! Candidates always lie inside the bounds. The CMA family uses pycma's boundary transform by
+//! default, or the `cmaes`/Optuna resample-then-clip ([`BoundaryMode`] says why the default).
 //!
 //! The optimizers, all behind one trait and one config enum ([`OptimizerConfig`], tagged by
 //! `optimizer = "..."` in TOML, unknown keys rejected):
