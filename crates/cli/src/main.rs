@@ -3,8 +3,11 @@
 //! Each subcommand lives in its own module; this file only parses the command line.
 
 mod bench;
+mod bench_lm;
 mod demo;
+mod inspect;
 mod merge_cmd;
+mod run_cmd;
 mod study_data;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +26,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an experiment: search merge recipes, log every candidate, report the best.
+    Run(run_cmd::RunArgs),
+    /// Continue a run after a crash or interruption, exactly where it stopped.
+    Resume(run_cmd::ResumeArgs),
+    /// Write a run's best as a checkpoint (merged model, or layer-path model).
+    Export(run_cmd::ExportArgs),
     /// Merge checkpoints described by a recipe (our TOML, or a mergekit YAML config).
     Merge(merge_cmd::MergeArgs),
     /// List the merge methods and their parameters.
@@ -32,6 +41,9 @@ enum Command {
     /// Benchmarks (merge throughput, search optimizers).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Look inside a model with evomerge's forward pass (logits as JSON, greedy generation).
+    #[command(subcommand)]
+    Inspect(inspect::InspectCommand),
     /// Reproduce the data-using and permutation merge findings on digits (report + plots).
     DataMergeStudy(study_data::StudyDataArgs),
 }
@@ -39,6 +51,9 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run_cmd::run(args),
+        Command::Resume(args) => run_cmd::resume(args),
+        Command::Export(args) => run_cmd::export(args),
         Command::Merge(args) => merge_cmd::run(args),
         Command::Methods => {
             merge_cmd::print_methods();
@@ -46,6 +61,7 @@ fn main() {
         }
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Inspect(cmd) => inspect::run(cmd),
         Command::DataMergeStudy(args) => study_data::run(args),
     };
     if let Err(e) = result {

@@ -18,5 +18,7 @@
 //! ```
 
 mod tiny;
+mod toy_run;
 
 pub use tiny::{TinyLlama, Weights, word_level_tokenizer};
+pub use toy_run::toy_experiment;

@@ -1,0 +1,87 @@
+//! `evomerge run | resume | export`: experiments.
+
+use anyhow::Result;
+use clap::Args;
+use evomerge_kernels::DeviceChoice;
+use evomerge_runner::{ExportFormat, RunOptions, export_run};
+use std::path::PathBuf;
+
+/// Run an experiment file: search, log every candidate, score the best on the test split.
+///
+/// Results go to OUTPUT/NAME/RUN_ID (default results/NAME/seed{SEED}); the run can be
+/// continued after a crash or Ctrl-C with `evomerge resume RUN_DIR`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// The experiment file (TOML; see the README for every key).
+    pub experiment: PathBuf,
+    /// Name of the run folder (default seed{SEED}).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// No progress bars.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Continue a run exactly where it stopped.
+#[derive(Args)]
+pub struct ResumeArgs {
+    /// The run folder (holds run.toml and state.json).
+    pub run_dir: PathBuf,
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Write a run's best as a checkpoint.
+#[derive(Args)]
+pub struct ExportArgs {
+    pub run_dir: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// For data-flow results: `path` (unique layers + input_layers/input_scales) or `plain`
+    /// (layers duplicated along the path; only when every scale is 1).
+    #[arg(long, default_value = "path")]
+    pub format: String,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// cpu, wgpu or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let dir = evomerge_runner::start(
+        &args.experiment,
+        &RunOptions {
+            run_id: args.run_id,
+            progress: !args.quiet,
+        },
+    )?;
+    eprintln!("run finished: {}", dir.display());
+    Ok(())
+}
+
+pub fn resume(args: ResumeArgs) -> Result<()> {
+    let dir = evomerge_runner::resume(
+        &args.run_dir,
+        &RunOptions {
+            run_id: None,
+            progress: !args.quiet,
+        },
+    )?;
+    eprintln!("run finished: {}", dir.display());
+    Ok(())
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let format = match args.format.as_str() {
+        "path" => ExportFormat::Path,
+        "plain" => ExportFormat::Plain,
+        other => anyhow::bail!("unknown --format '{other}' (use path or plain)"),
+    };
+    let device = args.device.device().map_err(anyhow::Error::msg)?;
+    let out = export_run(&args.run_dir, &args.out, format, args.force, &device)?;
+    eprintln!("exported {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,421 @@
+//! The experiment file: what to search, with what, for how long.
+
+use crate::RunError;
+use evomerge_eval_command::CommandConfig;
+use evomerge_genome::{DfsSpec, PsSpec};
+use evomerge_kernels::DeviceChoice;
+use evomerge_search::OptimizerConfig;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Which search space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum GenomeKind {
+    /// Parameter space: weights/densities decoded into a merge recipe.
+    #[serde(rename = "ps")]
+    Ps,
+    /// Data-flow space: a layer path through the source models.
+    #[serde(rename = "dfs")]
+    Dfs,
+    /// PS first, then DFS over {the PS result as model A, `partner` as model B}.
+    #[serde(rename = "ps+dfs")]
+    PsDfs,
+}
+
+/// The source models.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesSpec {
+    /// The common ancestor (needed by task-vector methods and the baselines).
+    #[serde(default)]
+    pub base: Option<String>,
+    /// The fine-tuned models whose weights (PS) or layers (DFS) are searched.
+    pub models: Vec<String>,
+}
+
+/// `[genome]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenomeSpec {
+    pub kind: GenomeKind,
+    /// Parameter-space settings (`[genome.ps]`); default: the Sakana preset.
+    #[serde(default)]
+    pub ps: Option<PsSpec>,
+    /// Data-flow settings (`[genome.dfs]`).
+    #[serde(default)]
+    pub dfs: Option<DfsSpec>,
+    /// DFS models in order A, B, ... (default: the sources' models).
+    #[serde(default)]
+    pub dfs_models: Option<Vec<String>>,
+    /// For `ps+dfs`: model B next to the PS result (default: the first source model).
+    #[serde(default)]
+    pub partner: Option<String>,
+}
+
+/// When to stop a stage (whichever comes first; at least one is required).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Candidates (evaluated or answered from the cache).
+    #[serde(default)]
+    pub evaluations: Option<u64>,
+    #[serde(default)]
+    pub generations: Option<u64>,
+    /// Wall-clock seconds of the whole run.
+    #[serde(default)]
+    pub wall_seconds: Option<f64>,
+}
+
+/// One evaluator; several are combined as a weighted sum of fitnesses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum EvaluatorSpec {
+    /// In-process LM task (`task` = a task TOML file).
+    Lm {
+        task: PathBuf,
+        #[serde(default = "one")]
+        weight: f64,
+        #[serde(default)]
+        batch_size: Option<usize>,
+    },
+    /// An external command (see `evomerge-eval-command`).
+    Command {
+        #[serde(default = "one")]
+        weight: f64,
+        #[serde(flatten)]
+        config: CommandConfig,
+    },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl EvaluatorSpec {
+    pub fn weight(&self) -> f64 {
+        match self {
+            EvaluatorSpec::Lm { weight, .. } | EvaluatorSpec::Command { weight, .. } => *weight,
+        }
+    }
+}
+
+/// `[validation]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSpec {
+    /// Score the best-so-far on the validation split every this many generations (0 = never).
+    #[serde(default)]
+    pub every: u64,
+}
+
+impl Default for ValidationSpec {
+    fn default() -> Self {
+        ValidationSpec { every: 0 }
+    }
+}
+
+/// An untuned baseline merge scored at the end.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineSpec {
+    pub method: String,
+    #[serde(default = "one")]
+    pub weight: f64,
+    #[serde(default)]
+    pub density: Option<f64>,
+}
+
+fn default_baselines() -> Vec<BaselineSpec> {
+    vec![
+        BaselineSpec {
+            method: "task_arithmetic".into(),
+            weight: 1.0,
+            density: None,
+        },
+        BaselineSpec {
+            method: "ties".into(),
+            weight: 1.0,
+            density: Some(0.5),
+        },
+        BaselineSpec {
+            method: "dare_ties".into(),
+            weight: 1.0,
+            density: Some(0.5),
+        },
+    ]
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[report]`: what the final test table holds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    /// Score each source model (and the base) on the test split.
+    #[serde(default = "yes")]
+    pub sources: bool,
+    /// Untuned merges of all sources (default: task arithmetic, TIES and DARE-TIES with
+    /// weight 1 and density 0.5).
+    #[serde(default = "default_baselines")]
+    pub baselines: Vec<BaselineSpec>,
+    /// Score on the test split at all (off for quick searches).
+    #[serde(default = "yes")]
+    pub test: bool,
+}
+
+impl Default for ReportSpec {
+    fn default() -> Self {
+        ReportSpec {
+            sources: true,
+            baselines: default_baselines(),
+            test: true,
+        }
+    }
+}
+
+fn default_output() -> PathBuf {
+    PathBuf::from("results")
+}
+
+fn default_parallelism() -> usize {
+    1
+}
+
+/// An experiment file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Names the results folder: `OUTPUT/NAME/RUN_ID`.
+    pub name: String,
+    /// Seeds the optimizer, the per-generation item subsample and (unless `merge_seed` is set)
+    /// the random merge masks.
+    #[serde(default)]
+    pub seed: u64,
+    /// Seed of DARE/DELLA masks (default: `seed`).
+    #[serde(default)]
+    pub merge_seed: Option<u64>,
+    /// cpu, wgpu or auto.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// Candidates evaluated at the same time.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
+    /// Root folder of the results (relative to the working directory).
+    #[serde(default = "default_output")]
+    pub output: PathBuf,
+    /// Free text kept in run.toml.
+    #[serde(default)]
+    pub description: Option<String>,
+    pub sources: SourcesSpec,
+    pub genome: GenomeSpec,
+    /// The optimizer (`optimizer = "cma"` and its settings; see `evomerge-search`).
+    pub optimizer: OptimizerConfig,
+    /// The optimizer of the DFS stage of a `ps+dfs` run (default: `optimizer`).
+    #[serde(default)]
+    pub optimizer_dfs: Option<OptimizerConfig>,
+    pub budget: Budget,
+    /// The DFS stage's budget in a `ps+dfs` run (default: `budget`).
+    #[serde(default)]
+    pub budget_dfs: Option<Budget>,
+    /// `[[evaluators]]`.
+    pub evaluators: Vec<EvaluatorSpec>,
+    #[serde(default)]
+    pub validation: ValidationSpec,
+    #[serde(default)]
+    pub report: ReportSpec,
+}
+
+/// Keys holding paths, resolved against the experiment file's folder.
+fn resolve_paths(value: &mut toml::Value, base: &Path) {
+    let abs = |v: &mut toml::Value| {
+        if let toml::Value::String(s) = v {
+            let p = Path::new(s.as_str());
+            if p.is_relative() {
+                *s = base.join(p).to_string_lossy().into_owned();
+            }
+        }
+    };
+    let Some(root) = value.as_table_mut() else {
+        return;
+    };
+    if let Some(sources) = root.get_mut("sources").and_then(toml::Value::as_table_mut) {
+        if let Some(b) = sources.get_mut("base") {
+            abs(b);
+        }
+        if let Some(toml::Value::Array(ms)) = sources.get_mut("models") {
+            ms.iter_mut().for_each(abs);
+        }
+    }
+    if let Some(genome) = root.get_mut("genome").and_then(toml::Value::as_table_mut) {
+        if let Some(p) = genome.get_mut("partner") {
+            abs(p);
+        }
+        if let Some(toml::Value::Array(ms)) = genome.get_mut("dfs_models") {
+            ms.iter_mut().for_each(abs);
+        }
+    }
+    if let Some(toml::Value::Array(evs)) = root.get_mut("evaluators") {
+        for e in evs.iter_mut().filter_map(toml::Value::as_table_mut) {
+            for key in ["task", "cwd", "temp_dir"] {
+                if let Some(v) = e.get_mut(key) {
+                    abs(v);
+                }
+            }
+        }
+    }
+}
+
+impl Experiment {
+    /// Parse an experiment file; relative model, task and folder paths are resolved against
+    /// the file's folder. Returns the experiment and the resolved TOML (kept as run.toml).
+    pub fn load(path: &Path) -> Result<(Experiment, toml::Value), RunError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| RunError::Config(format!("{}: {e}", path.display())))?;
+        let base = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."));
+        let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+        Experiment::from_toml(&text, &base)
+            .map_err(|e| RunError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parse experiment text with paths relative to `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<(Experiment, toml::Value), String> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        resolve_paths(&mut value, base);
+        let exp = Experiment::from_value(value.clone())?;
+        Ok((exp, value))
+    }
+
+    /// Parse an already resolved experiment (run.toml without its `[run]` table).
+    pub fn from_value(mut value: toml::Value) -> Result<Experiment, String> {
+        if let Some(t) = value.as_table_mut() {
+            t.remove("run");
+        }
+        let exp: Experiment = value
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        exp.validate()?;
+        Ok(exp)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() || self.name.contains('/') {
+            return Err(format!(
+                "name '{}' must be a non-empty folder name",
+                self.name
+            ));
+        }
+        if self.sources.models.is_empty() {
+            return Err(
+                "[sources] models is empty; list the fine-tuned models to search over".into(),
+            );
+        }
+        if self.evaluators.is_empty() {
+            return Err("no [[evaluators]]; add at least one (kind = \"lm\" with a task file, or kind = \"command\")".into());
+        }
+        if self.parallelism == 0 {
+            return Err("parallelism must be at least 1".into());
+        }
+        for b in std::iter::once(&self.budget).chain(self.budget_dfs.as_ref()) {
+            if b.evaluations.is_none() && b.generations.is_none() && b.wall_seconds.is_none() {
+                return Err(
+                    "[budget] sets no limit; give evaluations, generations or wall_seconds".into(),
+                );
+            }
+        }
+        match self.genome.kind {
+            GenomeKind::Ps | GenomeKind::PsDfs if self.sources.base.is_none() => {
+                let ps = self.genome.ps.clone().unwrap_or_else(PsSpec::sakana);
+                let fixed = matches!(&ps.merge_method, evomerge_genome::MethodGene::Fixed(m) if m == "linear" || m == "multislerp" || m == "nuslerp");
+                if !fixed {
+                    return Err(
+                        "[sources] base is required for task-vector methods (ties, dare_ties, ...)"
+                            .into(),
+                    );
+                }
+            }
+            GenomeKind::Dfs if self.genome.ps.is_some() => {
+                return Err(
+                    "[genome.ps] is set but kind = \"dfs\"; remove it or use kind = \"ps+dfs\""
+                        .into(),
+                );
+            }
+            GenomeKind::Ps if self.genome.dfs.is_some() => {
+                return Err(
+                    "[genome.dfs] is set but kind = \"ps\"; remove it or use kind = \"ps+dfs\""
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The DARE/DELLA mask seed.
+    pub fn merge_seed(&self) -> u64 {
+        self.merge_seed.unwrap_or(self.seed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[sources]
+base = "models/base"
+models = ["models/a", "models/b"]
+[genome]
+kind = "ps"
+[optimizer]
+optimizer = "cma"
+[budget]
+evaluations = 10
+[[evaluators]]
+kind = "lm"
+task = "tasks/t.toml"
+"#;
+
+    #[test]
+    fn parses_and_resolves_paths() {
+        let (e, v) = Experiment::from_toml(MINIMAL, Path::new("/exp")).unwrap();
+        assert_eq!(e.sources.models, vec!["/exp/models/a", "/exp/models/b"]);
+        assert_eq!(e.sources.base.as_deref(), Some("/exp/models/base"));
+        match &e.evaluators[0] {
+            EvaluatorSpec::Lm { task, weight, .. } => {
+                assert_eq!(task, Path::new("/exp/tasks/t.toml"));
+                assert_eq!(*weight, 1.0);
+            }
+            _ => panic!(),
+        }
+        assert_eq!(v["sources"]["models"][0].as_str(), Some("/exp/models/a"));
+        assert_eq!(e.report.baselines.len(), 3);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key() {
+        let e = Experiment::from_toml(
+            &MINIMAL.replace("[budget]", "[budget]\nevals = 3"),
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.contains("evals"), "{e}");
+        let e =
+            Experiment::from_toml(&format!("colour = 1\n{MINIMAL}"), Path::new("/")).unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        let e = Experiment::from_toml(&MINIMAL.replace("evaluations = 10", ""), Path::new("/"))
+            .unwrap_err();
+        assert!(e.contains("no limit"), "{e}");
+    }
+}

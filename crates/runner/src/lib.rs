@@ -1,0 +1,82 @@
+//! Experiments: long-running searches over merge recipes, that survive a crash.
+//!
+//! `evomerge run EXPERIMENT.toml` reads an [`Experiment`] (sources, genome, optimizer,
+//! evaluators, budget), searches, and leaves everything in `OUTPUT/NAME/RUN_ID/`:
+//!
+//! | file | what |
+//! |---|---|
+//! | `run.toml` | the resolved experiment (absolute paths) and a `[run]` table: id, evomerge version, start time |
+//! | `state.json` | optimizer state with its RNG, evaluation cache, best-so-far, validation history; written atomically after every generation |
+//! | `candidates.csv` | one row per candidate (see below) |
+//! | `generations.csv` | one row per generation (see below) |
+//! | `best.toml` | the best recipe (parameter-space stages), runnable by `evomerge merge` |
+//! | `best_path.json` | the best layer path (data-flow stages) with its models |
+//! | `results.csv`, `results.md` | the final test table: best, every source, untuned baselines |
+//! | `plots/*.png`, `plots/*.svg` | fitness vs evaluations, best genome heatmap, DFS path |
+//!
+//! A `ps+dfs` run has two stages; the second stage's logs are `dfs_candidates.csv` and
+//! `dfs_generations.csv` (same columns), its plots `plots/dfs_*`.
+//!
+//! `candidates.csv` columns, in order: `stage` (`ps` or `dfs`), `generation`, `index` (within
+//! the generation), `status` (`ok`, `failed`, `cached`), `fitness` (search split; empty when
+//! failed), `metrics` (JSON object of the evaluators' metrics), `merge_ms`, `eval_ms`, `key`
+//! (hex hash of the decoded recipe/path, the cache key), `error`, then the decoded parameters
+//! (PS: one column per gene with readable names such as `g0.model1.weight`, plus `method`;
+//! DFS: `hops` and `path`, the path written `m:l*scale` hop after hop, e.g. `0:0*1.000 1:3*0.900`),
+//! then the raw genome values `x.0 .. x.{n-1}` (only when n <= 256).
+//!
+//! `generations.csv` columns: `stage`, `generation`, `evaluations` (cumulative, this stage),
+//! `best` (best search fitness so far), `gen_best`, `mean`, `q25`, `median`, `q75` (of the
+//! generation's valid fitnesses), `sigma` (optimizer step size, empty if none), `failed`
+//! (count), `elapsed_s` (cumulative wall time of the run), `validation` (the validation
+//! fitness of the best-so-far when it was scored this generation, else empty).
+//!
+//! `results.csv` columns: `name`, `kind` (`best`, `source`, `baseline`), `split`, `fitness`,
+//! `metrics` (JSON).
+//!
+//! Not for: merge math, optimizers, model execution (the crates below it).
+
+pub mod compare;
+mod experiment;
+mod export;
+pub mod plot;
+mod report;
+mod run;
+mod space;
+mod state;
+
+pub use compare::{ComparisonSummary, compare_runs};
+pub use experiment::{
+    BaselineSpec, Budget, EvaluatorSpec, Experiment, GenomeKind, GenomeSpec, ReportSpec,
+    SourcesSpec, ValidationSpec,
+};
+pub use export::{ExportFormat, export_run};
+pub use plot::{PlotError, plot_run};
+pub use report::{ResultRow, checkpoint_candidate, path_candidate, recipe_candidate};
+pub use run::{Evaluators, RunOptions, resume, stage_files, start};
+pub use space::{Decoded, Resident, key_of, path_text};
+pub use state::{RunState, Scored, Snapshot, StageState};
+
+/// What can stop a run. Each message names the file, model or key involved.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The experiment (or run folder) is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// Reading or writing run files failed.
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Merge(#[from] evomerge_merge::MergeError),
+    #[error(transparent)]
+    Genome(#[from] evomerge_genome::GenomeError),
+    #[error(transparent)]
+    Search(#[from] evomerge_search::SearchError),
+    #[error(transparent)]
+    Model(#[from] evomerge_models::ModelError),
+    #[error(transparent)]
+    Checkpoint(#[from] evomerge_checkpoint::CheckpointError),
+    /// The evaluation setup is broken (the same for every candidate).
+    #[error("evaluation: {0}")]
+    Eval(#[from] evomerge_eval::EvalError),
+}

@@ -1,0 +1,425 @@
+//! The end of a run: the best recipe/path files and the test table (best, sources, untuned
+//! baselines).
+
+use crate::RunError;
+use crate::experiment::{Experiment, GenomeKind};
+use crate::run::{Setup, write_atomic};
+use crate::state::{RunState, Snapshot};
+use evomerge_eval::{Candidate, EvalRequest, MergedCandidate, PathCandidate, Split};
+use evomerge_kernels::Device;
+use evomerge_merge::{
+    InputModel, ModelRef, ParamSetting, Params, Plan, PlanOptions, Recipe, Sources, merge_in_memory,
+};
+use evomerge_models::{LayerPath, Llama, TensorMap, Tokenizer};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One row of the final table.
+#[derive(Debug, Clone)]
+pub struct ResultRow {
+    pub name: String,
+    pub kind: &'static str,
+    pub split: Split,
+    pub fitness: Option<f64>,
+    pub metrics: BTreeMap<String, f64>,
+    pub note: String,
+}
+
+/// The models of a DFS stage, A first.
+pub(crate) fn dfs_model_dirs(dir: &Path, exp: &Experiment, stage: usize) -> Vec<PathBuf> {
+    if stage > 0 {
+        let partner = exp
+            .genome
+            .partner
+            .clone()
+            .unwrap_or_else(|| exp.sources.models[0].clone());
+        vec![dir.join("ps_best_model"), PathBuf::from(partner)]
+    } else {
+        exp.genome
+            .dfs_models
+            .clone()
+            .unwrap_or_else(|| exp.sources.models.clone())
+            .into_iter()
+            .map(PathBuf::from)
+            .collect()
+    }
+}
+
+fn tokenizer_for(dirs: &[PathBuf]) -> Result<(Arc<Tokenizer>, PathBuf), RunError> {
+    let d = dirs
+        .iter()
+        .find(|d| d.join("tokenizer.json").exists())
+        .ok_or_else(|| RunError::Config("no model has a tokenizer.json".into()))?;
+    Ok((Arc::new(Tokenizer::from_dir(d)?), d.clone()))
+}
+
+/// Merge a recipe (reading the sources from disk) into an in-memory candidate.
+pub fn recipe_candidate(
+    recipe: &Recipe,
+    label: &str,
+    device: &Device,
+    seed: u64,
+) -> Result<MergedCandidate, RunError> {
+    let sources = Sources::open(recipe, None)?;
+    let plan = Plan::build(recipe, &sources, &PlanOptions::default())?;
+    let merged = merge_in_memory(&plan, &sources, device, seed)?;
+    let dirs: Vec<PathBuf> = plan
+        .tokenizer_from
+        .iter()
+        .map(|i| sources.models[*i].path.clone())
+        .chain(sources.models.iter().map(|m| m.path.clone()))
+        .collect();
+    let (tok, tok_dir) = tokenizer_for(&dirs)?;
+    let config = plan
+        .config
+        .clone()
+        .ok_or_else(|| RunError::Config("the merged model has no config.json".into()))?;
+    Ok(MergedCandidate::new(
+        label,
+        config,
+        TensorMap::from_views(label, merged),
+        tok,
+        Some(tok_dir),
+        device,
+    )?)
+}
+
+/// A checkpoint folder as a candidate.
+pub fn checkpoint_candidate(
+    dir: &Path,
+    label: &str,
+    device: &Device,
+) -> Result<MergedCandidate, RunError> {
+    let ckpt = evomerge_checkpoint::Checkpoint::open(dir)?;
+    let config = ckpt
+        .config()
+        .cloned()
+        .ok_or_else(|| RunError::Config(format!("{}: no config.json", dir.display())))?;
+    let tensors = TensorMap::from_checkpoint(&ckpt, device)?;
+    let tok = Arc::new(Tokenizer::from_dir(dir)?);
+    Ok(MergedCandidate::new(
+        label,
+        config,
+        tensors,
+        tok,
+        Some(dir.to_path_buf()),
+        device,
+    )?)
+}
+
+/// A layer path over checkpoint folders as a candidate.
+pub fn path_candidate(
+    dirs: &[PathBuf],
+    path: &LayerPath,
+    label: &str,
+    device: &Device,
+) -> Result<PathCandidate, RunError> {
+    let models = dirs
+        .iter()
+        .map(|d| Llama::from_dir(d, device).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (tok, _) = tokenizer_for(dirs)?;
+    Ok(PathCandidate::new(label, models, path.clone(), tok)?)
+}
+
+fn baseline_recipe(exp: &Experiment, method: &str, weight: f64, density: Option<f64>) -> Recipe {
+    let models = exp
+        .sources
+        .models
+        .iter()
+        .map(|m| {
+            let mut p = Params::new();
+            p.insert("weight".into(), ParamSetting::from(weight));
+            if let Some(d) = density {
+                p.insert("density".into(), ParamSetting::from(d));
+            }
+            InputModel {
+                model: ModelRef::from(m.as_str()),
+                parameters: p,
+            }
+        })
+        .collect();
+    Recipe {
+        merge_method: method.into(),
+        base_model: exp.sources.base.as_deref().map(ModelRef::from),
+        dtype: None,
+        out_dtype: None,
+        tokenizer_source: None,
+        chat_template: None,
+        name: None,
+        tokenizer: None,
+        parameters: Params::new(),
+        models: Some(models),
+        slices: None,
+        modules: None,
+        data: None,
+    }
+}
+
+fn stage_label(exp: &Experiment, kind: &str) -> String {
+    match (exp.genome.kind, kind) {
+        (GenomeKind::PsDfs, "dfs") => "PS+DFS best".into(),
+        (_, k) => format!("{} best", k.to_uppercase()),
+    }
+}
+
+/// Build the candidate a stage's snapshot describes.
+fn snapshot_candidate(
+    dir: &Path,
+    exp: &Experiment,
+    stage: usize,
+    kind: &str,
+    snap: &Snapshot,
+    device: &Device,
+) -> Result<Box<dyn Candidate>, RunError> {
+    let label = stage_label(exp, kind);
+    if kind == "ps" {
+        let recipe = Recipe::from_toml(&snap.decoded)?;
+        Ok(Box::new(recipe_candidate(
+            &recipe,
+            &label,
+            device,
+            exp.merge_seed(),
+        )?))
+    } else {
+        let path: LayerPath =
+            serde_json::from_str(&snap.decoded).map_err(|e| RunError::Io(e.to_string()))?;
+        Ok(Box::new(path_candidate(
+            &dfs_model_dirs(dir, exp, stage),
+            &path,
+            &label,
+            device,
+        )?))
+    }
+}
+
+fn score_row(
+    setup: &Setup,
+    candidate: &dyn Candidate,
+    name: String,
+    kind: &'static str,
+    seed: u64,
+) -> Result<ResultRow, RunError> {
+    let request = EvalRequest::new(Split::Test, 0, seed);
+    let (fitness, metrics, note) = match setup.evaluators.evaluate(candidate, &request) {
+        Ok(s) if s.is_failed() => (None, BTreeMap::new(), s.failure.unwrap_or_default()),
+        Ok(s) => (Some(s.fitness), s.metrics, String::new()),
+        Err(e) => (None, BTreeMap::new(), e.to_string()),
+    };
+    Ok(ResultRow {
+        name,
+        kind,
+        split: Split::Test,
+        fitness,
+        metrics,
+        note,
+    })
+}
+
+/// Write the best files and, unless turned off, the test table.
+pub(crate) fn finish(
+    dir: &Path,
+    exp: &Experiment,
+    setup: &Setup,
+    state: &RunState,
+) -> Result<(), RunError> {
+    let mut summary = Vec::new();
+    for (stage, st) in state.stages.iter().enumerate() {
+        let Some(chosen) = st.chosen() else { continue };
+        summary.push(json!({
+            "stage": st.kind,
+            "generation": chosen.generation,
+            "index": chosen.index,
+            "search_fitness": chosen.search_fitness,
+            "validation_fitness": chosen.validation_fitness,
+            "x": chosen.x,
+        }));
+        if st.kind == "ps" {
+            let text = format!(
+                "# best recipe of {} (stage ps, generation {}, search fitness {}{})\n# re-run with: evomerge merge best.toml OUT_DIR --seed {}\n{}",
+                dir.display(),
+                chosen.generation,
+                chosen.search_fitness,
+                chosen
+                    .validation_fitness
+                    .map(|v| format!(", validation {v}"))
+                    .unwrap_or_default(),
+                exp.merge_seed(),
+                chosen.decoded
+            );
+            write_atomic(&dir.join("best.toml"), text.as_bytes())?;
+        } else {
+            let path: serde_json::Value =
+                serde_json::from_str(&chosen.decoded).map_err(|e| RunError::Io(e.to_string()))?;
+            let models: Vec<String> = dfs_model_dirs(dir, exp, stage)
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let doc = json!({
+                "models": models,
+                "path": path,
+                "search_fitness": chosen.search_fitness,
+                "validation_fitness": chosen.validation_fitness,
+            });
+            write_atomic(
+                &dir.join("best_path.json"),
+                serde_json::to_string_pretty(&doc).expect("json").as_bytes(),
+            )?;
+        }
+    }
+    write_atomic(
+        &dir.join("best.json"),
+        serde_json::to_string_pretty(&summary)
+            .expect("json")
+            .as_bytes(),
+    )?;
+
+    if exp.report.test && !dir.join("results.csv").exists() {
+        let rows = test_table(dir, exp, setup, state)?;
+        write_results(dir, exp, &rows)?;
+    }
+    Ok(())
+}
+
+fn test_table(
+    dir: &Path,
+    exp: &Experiment,
+    setup: &Setup,
+    state: &RunState,
+) -> Result<Vec<ResultRow>, RunError> {
+    let device = &setup.device;
+    let mut rows = Vec::new();
+    eprintln!("scoring the test split: best, sources, baselines ...");
+    for (stage, st) in state.stages.iter().enumerate() {
+        if let Some(chosen) = st.chosen() {
+            let c = snapshot_candidate(dir, exp, stage, &st.kind, chosen, device)?;
+            let mut row = score_row(
+                setup,
+                c.as_ref(),
+                stage_label(exp, &st.kind),
+                "best",
+                exp.seed,
+            )?;
+            if let Some(v) = chosen.validation_fitness {
+                row.note = format!("validation {v:.4}; search {:.4}", chosen.search_fitness);
+            } else {
+                row.note = format!("search {:.4}", chosen.search_fitness);
+            }
+            rows.push(row);
+        }
+    }
+    if exp.report.sources {
+        let mut dirs: Vec<String> = exp.sources.base.iter().cloned().collect();
+        dirs.extend(exp.sources.models.iter().cloned());
+        if let Some(p) = &exp.genome.partner
+            && !dirs.contains(p)
+        {
+            dirs.push(p.clone());
+        }
+        for d in dirs {
+            let name = Path::new(&d)
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or(d.clone());
+            let c = checkpoint_candidate(Path::new(&d), &name, device)?;
+            let kind = if exp.sources.base.as_deref() == Some(d.as_str()) {
+                "base"
+            } else {
+                "source"
+            };
+            rows.push(score_row(setup, &c, name, kind, exp.seed)?);
+        }
+    }
+    if exp.sources.base.is_some() {
+        for b in &exp.report.baselines {
+            let recipe = baseline_recipe(exp, &b.method, b.weight, b.density);
+            let name = format!(
+                "{} (untuned: weight {}{})",
+                b.method,
+                b.weight,
+                b.density
+                    .map(|d| format!(", density {d}"))
+                    .unwrap_or_default()
+            );
+            match recipe_candidate(&recipe, &name, device, exp.merge_seed()) {
+                Ok(c) => rows.push(score_row(setup, &c, name, "baseline", exp.seed)?),
+                Err(e) => rows.push(ResultRow {
+                    name,
+                    kind: "baseline",
+                    split: Split::Test,
+                    fitness: None,
+                    metrics: BTreeMap::new(),
+                    note: e.to_string(),
+                }),
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn write_results(dir: &Path, exp: &Experiment, rows: &[ResultRow]) -> Result<(), RunError> {
+    let mut csv_text = Vec::new();
+    {
+        let mut w = csv::Writer::from_writer(&mut csv_text);
+        w.write_record(["name", "kind", "split", "fitness", "metrics", "note"])
+            .map_err(|e| RunError::Io(e.to_string()))?;
+        for r in rows {
+            w.write_record([
+                r.name.clone(),
+                r.kind.to_string(),
+                r.split.to_string(),
+                r.fitness.map(|f| f.to_string()).unwrap_or_default(),
+                serde_json::to_string(&r.metrics).unwrap_or_default(),
+                r.note.clone(),
+            ])
+            .map_err(|e| RunError::Io(e.to_string()))?;
+        }
+        w.flush().map_err(|e| RunError::Io(e.to_string()))?;
+    }
+    write_atomic(&dir.join("results.csv"), &csv_text)?;
+    let metric_names: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.metrics.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut md = format!(
+        "# {} — test results\n\nRun `{}`, seed {}. Fitness and metrics on the test split.\n\n| model | kind | fitness |",
+        exp.name,
+        dir.display(),
+        exp.seed
+    );
+    for m in &metric_names {
+        md.push_str(&format!(" {m} |"));
+    }
+    md.push_str(" note |\n|---|---|---|");
+    for _ in &metric_names {
+        md.push_str("---|");
+    }
+    md.push_str("---|\n");
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} |",
+            r.name,
+            r.kind,
+            r.fitness
+                .map(|f| format!("{f:.4}"))
+                .unwrap_or_else(|| "failed".into())
+        ));
+        for m in &metric_names {
+            md.push_str(&format!(
+                " {} |",
+                r.metrics
+                    .get(m)
+                    .map(|v| format!("{v:.4}"))
+                    .unwrap_or_default()
+            ));
+        }
+        md.push_str(&format!(" {} |\n", r.note.replace('|', "/")));
+    }
+    write_atomic(&dir.join("results.md"), md.as_bytes())?;
+    print!("{md}");
+    Ok(())
+}

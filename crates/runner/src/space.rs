@@ -1,0 +1,336 @@
+//! The search spaces of a run: turning an optimizer vector into a candidate to score.
+//!
+//! A parameter-space stage keeps every source tensor resident on the device ([`Resident`]),
+//! decodes each vector into a recipe, plans it (headers only) and merges it in memory; a
+//! data-flow stage keeps the source models loaded and builds a layer-path decoder over them.
+//! Nothing is written to disk per candidate.
+
+use crate::RunError;
+use evomerge_checkpoint::Checkpoint;
+use evomerge_eval::{Candidate, MergedCandidate, PathCandidate, PathExporter};
+use evomerge_genome::{DfsGenome, PsGenome, export_path};
+use evomerge_kernels::{Device, T2, tensor_from_vec};
+use evomerge_merge::{
+    MergeError, Plan, PlanOptions, Recipe, Sources, TensorSource, merge_in_memory,
+};
+use evomerge_models::{LayerPath, Llama, TensorMap, Tokenizer};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Every float tensor of every source model, uploaded once to the run's device.
+pub struct Resident {
+    tensors: HashMap<(usize, String), T2>,
+}
+
+impl Resident {
+    /// Upload all float tensors of `sources`.
+    pub fn load(sources: &Sources, device: &Device) -> Result<Resident, RunError> {
+        let mut tensors = HashMap::new();
+        for (m, model) in sources.models.iter().enumerate() {
+            let c = &model.checkpoint;
+            let names: Vec<String> = c.names().map(str::to_string).collect();
+            for name in names {
+                let info = c.info(&name).expect("listed");
+                if !info.dtype.is_float() {
+                    continue;
+                }
+                let values = c.read_f32(&name).map_err(MergeError::from)?;
+                let shape = info.shape.clone();
+                c.release(&name);
+                tensors.insert((m, name), tensor_from_vec(values, &shape, device));
+            }
+        }
+        Ok(Resident { tensors })
+    }
+}
+
+impl TensorSource for Resident {
+    fn tensor(&self, model: usize, name: &str, _device: &Device) -> Result<T2, MergeError> {
+        self.tensors
+            .get(&(model, name.to_string()))
+            .cloned()
+            .ok_or_else(|| MergeError::Model {
+                model: model.to_string(),
+                message: format!("tensor '{name}' is not resident"),
+            })
+    }
+}
+
+/// A stable 64-bit FNV-1a hash of a decoded candidate, as 16 hex digits (the cache key).
+pub fn key_of(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// What a vector decodes to, before it is built.
+#[derive(Debug, Clone)]
+pub enum Decoded {
+    Recipe(Box<Recipe>),
+    Path(LayerPath),
+}
+
+impl Decoded {
+    /// The canonical text of the decoded candidate (recipe TOML or path JSON).
+    pub fn canonical(&self) -> String {
+        match self {
+            Decoded::Recipe(r) => r.to_toml(),
+            Decoded::Path(p) => serde_json::to_string(p).expect("paths serialize"),
+        }
+    }
+
+    /// The cache key.
+    pub fn key(&self) -> String {
+        key_of(&self.canonical())
+    }
+}
+
+/// `m:l*scale` per hop, space separated.
+pub fn path_text(path: &LayerPath) -> String {
+    path.hops
+        .iter()
+        .map(|h| format!("{}:{}*{:.3}", h.model, h.layer, h.scale))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A parameter-space stage.
+pub struct PsSpace {
+    pub genome: PsGenome,
+    pub sources: Sources,
+    resident: Resident,
+    tokenizer: Arc<Tokenizer>,
+    tokenizer_dir: PathBuf,
+    device: Device,
+    merge_seed: u64,
+}
+
+/// A data-flow stage.
+pub struct DfsSpace {
+    pub genome: DfsGenome,
+    pub models: Vec<Arc<Llama>>,
+    /// Where each model's checkpoint is (A may be a merged model written to `a_dir`).
+    pub model_dirs: Vec<PathBuf>,
+    tokenizer: Arc<Tokenizer>,
+}
+
+/// One stage's space.
+pub enum Space {
+    Ps(Box<PsSpace>),
+    Dfs(Box<DfsSpace>),
+}
+
+fn tokenizer_dir(candidates: &[&str]) -> Result<PathBuf, RunError> {
+    for c in candidates {
+        if Path::new(c).join("tokenizer.json").exists() {
+            return Ok(PathBuf::from(c));
+        }
+    }
+    Err(RunError::Config(format!(
+        "none of the models has a tokenizer.json ({}); the in-process evaluators need one",
+        candidates.join(", ")
+    )))
+}
+
+impl PsSpace {
+    /// Open the sources, check the genome against them and upload every tensor.
+    pub fn new(
+        genome: PsGenome,
+        base: Option<&str>,
+        device: &Device,
+        merge_seed: u64,
+    ) -> Result<PsSpace, RunError> {
+        // The initial recipe names every model the genome can produce: open them once.
+        let probe = genome.decode(&genome.initial())?;
+        let sources = Sources::open(&probe, None)?;
+        // Planning the initial recipe checks shapes, names and parameters before any work.
+        Plan::build(&probe, &sources, &PlanOptions::default())?;
+        let first = &sources.models[0].checkpoint;
+        let names: Vec<&str> = first.names().collect();
+        genome.validate_filters(names.iter().copied())?;
+        let mut dirs: Vec<&str> = base.into_iter().collect();
+        dirs.extend(genome.models().iter().map(String::as_str));
+        let tok_dir = tokenizer_dir(&dirs)?;
+        let tokenizer = Arc::new(Tokenizer::from_dir(&tok_dir)?);
+        let resident = Resident::load(&sources, device)?;
+        Ok(PsSpace {
+            genome,
+            sources,
+            resident,
+            tokenizer,
+            tokenizer_dir: tok_dir,
+            device: device.clone(),
+            merge_seed,
+        })
+    }
+
+    /// Decode a vector.
+    pub fn decode(&self, x: &[f64]) -> Result<Decoded, RunError> {
+        Ok(Decoded::Recipe(Box::new(self.genome.decode(x)?)))
+    }
+
+    /// Merge a recipe in memory into a candidate.
+    pub fn build(&self, recipe: &Recipe, label: &str) -> Result<MergedCandidate, String> {
+        let plan = Plan::build(recipe, &self.sources, &PlanOptions::default())
+            .map_err(|e| e.to_string())?;
+        let merged = merge_in_memory(&plan, &self.resident, &self.device, self.merge_seed)
+            .map_err(|e| e.to_string())?;
+        for (name, t) in &merged {
+            let finite: bool = t.clone().is_finite().all().into_scalar();
+            if !finite {
+                return Err(format!("merged tensor '{name}' has NaN or infinite values"));
+            }
+        }
+        let config = plan
+            .config
+            .clone()
+            .ok_or("the base model has no config.json")?;
+        MergedCandidate::new(
+            label,
+            config,
+            TensorMap::from_views(label, merged),
+            self.tokenizer.clone(),
+            Some(self.tokenizer_dir.clone()),
+            &self.device,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl DfsSpace {
+    /// Load the models (A first) and build the genome over their layer counts.
+    pub fn new(
+        spec: evomerge_genome::DfsSpec,
+        models: Vec<Arc<Llama>>,
+        model_dirs: Vec<PathBuf>,
+        tokenizer: Arc<Tokenizer>,
+    ) -> Result<DfsSpace, RunError> {
+        let layers: Vec<usize> = models.iter().map(|m| m.num_layers()).collect();
+        let genome = DfsGenome::new(spec, layers)?;
+        Ok(DfsSpace {
+            genome,
+            models,
+            model_dirs,
+            tokenizer,
+        })
+    }
+
+    pub fn decode(&self, x: &[f64]) -> Result<Decoded, RunError> {
+        Ok(Decoded::Path(self.genome.decode(x)?))
+    }
+
+    /// A path over the loaded models, exportable as a path checkpoint.
+    pub fn build(&self, path: &LayerPath, label: &str) -> Result<PathCandidate, String> {
+        let dirs = self.model_dirs.clone();
+        let exporter: Arc<dyn PathExporter> =
+            Arc::new(move |p: &LayerPath, out: &Path| -> Result<(), String> {
+                let ckpts: Vec<Checkpoint> = dirs
+                    .iter()
+                    .map(Checkpoint::open)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?;
+                let refs: Vec<&Checkpoint> = ckpts.iter().collect();
+                export_path(p, &refs, out, false)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+        PathCandidate::new(
+            label,
+            self.models.clone(),
+            path.clone(),
+            self.tokenizer.clone(),
+        )
+        .map(|c| c.with_exporter(exporter))
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl Space {
+    pub fn decode(&self, x: &[f64]) -> Result<Decoded, RunError> {
+        match self {
+            Space::Ps(s) => s.decode(x),
+            Space::Dfs(s) => s.decode(x),
+        }
+    }
+
+    /// Build the candidate a decoded vector describes.
+    pub fn build(&self, decoded: &Decoded, label: &str) -> Result<Box<dyn Candidate>, String> {
+        match (self, decoded) {
+            (Space::Ps(s), Decoded::Recipe(r)) => Ok(Box::new(s.build(r, label)?)),
+            (Space::Dfs(s), Decoded::Path(p)) => Ok(Box::new(s.build(p, label)?)),
+            _ => Err("internal: decoded value does not match the stage".into()),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        match self {
+            Space::Ps(s) => s.genome.dim(),
+            Space::Dfs(s) => s.genome.dim(),
+        }
+    }
+
+    pub fn bounds(&self) -> (Vec<f64>, Vec<f64>) {
+        match self {
+            Space::Ps(s) => s.genome.bounds(),
+            Space::Dfs(s) => s.genome.bounds(),
+        }
+    }
+
+    pub fn initial(&self) -> Vec<f64> {
+        match self {
+            Space::Ps(s) => s.genome.initial(),
+            Space::Dfs(s) => s.genome.initial(),
+        }
+    }
+
+    pub fn sigma0(&self) -> f64 {
+        match self {
+            Space::Ps(s) => s.genome.sigma0(),
+            Space::Dfs(s) => s.genome.sigma0(),
+        }
+    }
+
+    /// Column names of the decoded parameters in candidates.csv.
+    pub fn decoded_columns(&self) -> Vec<String> {
+        match self {
+            Space::Ps(s) => {
+                let mut c: Vec<String> = s.genome.genes().iter().map(|g| g.name.clone()).collect();
+                c.push("method".into());
+                c
+            }
+            Space::Dfs(_) => vec!["hops".into(), "path".into()],
+        }
+    }
+
+    /// The decoded parameters of a vector, in [`Space::decoded_columns`] order.
+    pub fn decoded_values(&self, x: &[f64], decoded: &Decoded) -> Vec<String> {
+        match (self, decoded) {
+            (Space::Ps(s), Decoded::Recipe(r)) => {
+                let vals = s.genome.values(x).unwrap_or_default();
+                let params = s.genome.params();
+                let mut out: Vec<String> = s
+                    .genome
+                    .genes()
+                    .iter()
+                    .map(|g| {
+                        let p = params.iter().position(|q| *q == g.param).unwrap_or(0);
+                        vals.get(g.group)
+                            .and_then(|v| v.get(g.model))
+                            .and_then(|v| v.get(g.set))
+                            .and_then(|v| v.get(p))
+                            .map(|v| format!("{v:.6}"))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                out.push(r.merge_method.clone());
+                out
+            }
+            (Space::Dfs(_), Decoded::Path(p)) => vec![p.len().to_string(), path_text(p)],
+            _ => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! End to end: a toy experiment runs, logs every candidate, and its best recipe re-merged
+//! reproduces the logged fitness.
+
+use evomerge_eval::{EvalRequest, Split};
+use evomerge_merge::Recipe;
+use evomerge_runner::{
+    EvaluatorSpec, Evaluators, Experiment, RunOptions, RunState, recipe_candidate, resume, start,
+};
+use evomerge_zoo::toy_experiment;
+use std::path::Path;
+
+fn rows(path: &Path) -> Vec<csv::StringRecord> {
+    csv::Reader::from_path(path)
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+#[test]
+fn a_run_completes_logs_every_candidate_and_reproduces_its_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp_path = toy_experiment(tmp.path(), 24, "").unwrap();
+    let dir = start(&exp_path, &RunOptions::default()).unwrap();
+    let state = RunState::load(&dir.join("state.json")).unwrap();
+    let st = &state.stages[0];
+    assert!(st.done);
+    let cands = rows(&dir.join("candidates.csv"));
+    assert_eq!(cands.len() as u64, st.evaluations, "one row per candidate");
+    assert!(st.evaluations >= 24);
+    let gens = rows(&dir.join("generations.csv"));
+    assert_eq!(gens.len() as u64, st.generations);
+    for f in [
+        "run.toml",
+        "best.toml",
+        "best.json",
+        "results.csv",
+        "results.md",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    // results: best, base, two sources, three baselines
+    let results = rows(&dir.join("results.csv"));
+    assert_eq!(results.len(), 1 + 3 + 3, "{results:?}");
+    // the best recipe merged again scores exactly what the log says
+    let best = st.best.as_ref().unwrap();
+    let recipe = Recipe::from_toml(&best.decoded).unwrap();
+    let best_toml = std::fs::read_to_string(dir.join("best.toml")).unwrap();
+    assert_eq!(Recipe::from_toml(&best_toml).unwrap(), recipe);
+    let (exp, _) = Experiment::load(&exp_path).unwrap();
+    let evaluators = Evaluators::build(&exp.evaluators).unwrap();
+    let device = evomerge_kernels::Device::flex();
+    let cand = recipe_candidate(&recipe, "again", &device, exp.merge_seed()).unwrap();
+    let score = evaluators
+        .evaluate(
+            &cand,
+            &EvalRequest::new(Split::Search, best.generation, exp.seed),
+        )
+        .unwrap();
+    assert_eq!(score.fitness, best.search_fitness);
+    let logged: f64 = cands
+        .iter()
+        .find(|r| r[1] == best.generation.to_string() && r[2] == best.index.to_string())
+        .map(|r| r[4].parse().unwrap())
+        .unwrap();
+    assert_eq!(logged, best.search_fitness);
+    // resuming a finished run changes nothing
+    resume(&dir, &RunOptions::default()).unwrap();
+    assert_eq!(rows(&dir.join("candidates.csv")).len(), cands.len());
+    match &exp.evaluators[0] {
+        EvaluatorSpec::Lm { .. } => {}
+        _ => panic!(),
+    }
+}
+
+#[test]
+fn bad_experiments_fail_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp_path = toy_experiment(tmp.path(), 8, "").unwrap();
+    let text = std::fs::read_to_string(&exp_path).unwrap();
+    let check = |name: &str, new_text: String, needle: &str| {
+        let p = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&p, new_text).unwrap();
+        let err = start(&p, &RunOptions::default()).unwrap_err().to_string();
+        assert!(
+            err.contains(needle),
+            "{name}: '{err}' should mention '{needle}'"
+        );
+        assert!(
+            !tmp.path().join("results/toy").exists(),
+            "{name}: a run folder was created"
+        );
+    };
+    check(
+        "missing-model",
+        text.replace("models/b\"", "models/nope\""),
+        "models/nope",
+    );
+    check(
+        "missing-task",
+        text.replace("task.toml", "tasks/none.toml"),
+        "none.toml",
+    );
+    check(
+        "unknown-key",
+        text.replace("[budget]", "[budget]\nevals = 3"),
+        "evals",
+    );
+    // incompatible shapes
+    let wide = evomerge_zoo::TinyLlama {
+        layers: 4,
+        intermediate: 40,
+        ..Default::default()
+    };
+    wide.random(1)
+        .save(
+            tmp.path().join("models/wide"),
+            evomerge_checkpoint::Dtype::F32,
+            u64::MAX,
+        )
+        .unwrap();
+    check("shapes", text.replace("models/b\"", "models/wide\""), "mlp");
+    // an output folder of a different experiment
+    let dir = start(&exp_path, &RunOptions::default()).unwrap();
+    let other = text.replace("seed = 3", "seed = 3\nmerge_seed = 9");
+    let p = tmp.path().join("other.toml");
+    std::fs::write(&p, other).unwrap();
+    let err = start(&p, &RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("different experiment"), "{err}");
+    let err = start(&exp_path, &RunOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("evomerge resume"), "{err}");
+    assert!(dir.join("state.json").exists());
+}
