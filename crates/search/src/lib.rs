@@ -29,7 +29,7 @@
 //! ChaCha random generator — is one serde value, [`OptimizerState`]. Saved as JSON after any
 //! generation (floats round-trip bit for bit) and restored, it produces exactly the candidates
 //! the uninterrupted run would have produced; [`OptimizerState::save`] writes it atomically
-//! (temporary file, fsync, rename). [`bench`] holds the benchmark driver behind
+//! (temporary file, fsync, rename). [`bench`](mod@bench) holds the benchmark driver behind
 //! `evomerge bench search`.
 //!
 //! **What it is not for.** It knows nothing about models, genomes or evaluation: the genome
