@@ -1,0 +1,454 @@
+//! Score a candidate with an external command: lm-evaluation-harness (with vLLM), a shell
+//! script, anything that can read a Hugging Face folder and print a number.
+//!
+//! For each evaluation the candidate is written as a Hugging Face folder into a fresh temporary
+//! directory, the command template runs through `sh -c` with these placeholders filled in:
+//!
+//! | placeholder | value |
+//! |---|---|
+//! | `{model_dir}` | the candidate's folder (config.json, safetensors, tokenizer files) |
+//! | `{work_dir}` | a scratch folder next to it, for the tool's own outputs |
+//! | `{score_file}` | `{work_dir}/score.json`, where the command may write its score |
+//! | `{split}` | `search`, `validation` or `test` |
+//! | `{generation}`, `{seed}` | of the request (for tools that subsample) |
+//!
+//! and the score is read as JSON `{"fitness": 0.5, "metrics": {"acc": 0.5}}` (`items` optional)
+//! from `{score_file}` if the command wrote it, else from the last line of stdout that parses.
+//! With `lm_eval = { task = "gsm8k", metric = "exact_match,strict-match" }` the score is instead
+//! read from the newest lm-evaluation-harness `results_*.json` under `{work_dir}`.
+//! The temporary folder is removed afterwards.
+//!
+//! A timeout, a non-zero exit, or output that does not parse scores the candidate as failed
+//! ([`Score::failed`]) with the exit status and the tail of stderr — never an error that would
+//! stop the search.
+//!
+//! ```no_run
+//! use evomerge_eval_command::{CommandConfig, CommandEvaluator};
+//! let cfg: CommandConfig = toml::from_str(r#"
+//!     name = "my-benchmark"
+//!     command = "python score.py --model {model_dir} --out {score_file}"
+//!     timeout_s = 600
+//! "#).unwrap();
+//! let evaluator = CommandEvaluator::new(cfg).unwrap();
+//! ```
+
+use evomerge_eval::{Candidate, EvalError, EvalRequest, Evaluator, ItemResult, Score};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How much of stderr a failure keeps.
+const STDERR_TAIL: usize = 2000;
+
+/// Read the score from an lm-evaluation-harness results file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmEvalScore {
+    /// The task name under `results` (e.g. `gsm8k`).
+    pub task: String,
+    /// The metric key as lm-eval writes it (e.g. `exact_match,strict-match`, `acc,none`).
+    pub metric: String,
+}
+
+/// The command evaluator's settings (a TOML table in an experiment file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// The command template, run with `sh -c` (see the crate docs for placeholders).
+    pub command: String,
+    /// Seconds before the command (and everything it started) is killed; default one hour.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    /// Working directory of the command (default: the current one).
+    pub cwd: Option<PathBuf>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Read an lm-evaluation-harness results file instead of a score JSON.
+    pub lm_eval: Option<LmEvalScore>,
+    /// Where temporary model folders go (default: the system temp dir; point it at a fast
+    /// disk for big models).
+    pub temp_dir: Option<PathBuf>,
+}
+
+fn default_name() -> String {
+    "command".into()
+}
+
+fn default_timeout() -> f64 {
+    3600.0
+}
+
+/// Runs a command per candidate (see the crate docs).
+#[derive(Debug, Clone)]
+pub struct CommandEvaluator {
+    config: CommandConfig,
+}
+
+/// What a finished (or killed) command left.
+struct Outcome {
+    status: Option<std::process::ExitStatus>,
+    timed_out: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut i = s.len() - n;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+impl CommandEvaluator {
+    pub fn new(config: CommandConfig) -> Result<CommandEvaluator, EvalError> {
+        if config.command.trim().is_empty() {
+            return Err(EvalError::Config("command evaluator: `command` is empty".into()));
+        }
+        if !(config.timeout_s > 0.0) {
+            return Err(EvalError::Config(format!(
+                "command evaluator: timeout_s must be positive, got {}",
+                config.timeout_s
+            )));
+        }
+        let known = ["model_dir", "work_dir", "score_file", "split", "generation", "seed"];
+        let mut rest = config.command.as_str();
+        while let Some(i) = rest.find('{') {
+            let after = &rest[i + 1..];
+            if let Some(end) = after.find('}') {
+                let key = &after[..end];
+                if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !key.is_empty()
+                    && !known.contains(&key)
+                {
+                    return Err(EvalError::Config(format!(
+                        "command evaluator: unknown placeholder {{{key}}}; known: {}",
+                        known.map(|k| format!("{{{k}}}")).join(", ")
+                    )));
+                }
+                rest = &after[end + 1..];
+            } else {
+                break;
+            }
+        }
+        Ok(CommandEvaluator { config })
+    }
+
+    fn fill(&self, model_dir: &Path, work_dir: &Path, request: &EvalRequest) -> String {
+        let score_file = work_dir.join("score.json");
+        self.config
+            .command
+            .replace("{model_dir}", &model_dir.display().to_string())
+            .replace("{work_dir}", &work_dir.display().to_string())
+            .replace("{score_file}", &score_file.display().to_string())
+            .replace("{split}", request.split.as_str())
+            .replace("{generation}", &request.generation.to_string())
+            .replace("{seed}", &request.seed.to_string())
+    }
+
+    fn run(&self, command: &str) -> Result<Outcome, std::io::Error> {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so a timeout kills everything it started.
+            .process_group(0);
+        if let Some(cwd) = &self.config.cwd {
+            cmd.current_dir(cwd);
+        }
+        for (k, v) in &self.config.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        let read_all = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+        };
+        let out = read_all(Box::new(child.stdout.take().expect("piped")));
+        let err = read_all(Box::new(child.stderr.take().expect("piped")));
+        let deadline = Instant::now() + Duration::from_secs_f64(self.config.timeout_s);
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break Some(s);
+            }
+            if Instant::now() >= deadline {
+                timed_out = true;
+                // SAFETY: kill(2) on the process group we created for this child.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !timed_out {
+            // The shell is gone; stop anything it left behind holding the pipes open.
+            // SAFETY: as above, our own child's process group.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+        Ok(Outcome {
+            status,
+            timed_out,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        })
+    }
+
+    fn failure(&self, what: String, outcome: &Outcome) -> Score {
+        let stderr = tail(outcome.stderr.trim_end(), STDERR_TAIL);
+        if stderr.is_empty() {
+            Score::failed(what)
+        } else {
+            Score::failed(format!("{what}; stderr tail:\n{stderr}"))
+        }
+    }
+}
+
+/// Parse a score JSON object.
+pub fn parse_score(value: &Value) -> Result<Score, String> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| "the score is not a JSON object".to_string())?;
+    let fitness = obj
+        .get("fitness")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| "the score has no numeric \"fitness\"".to_string())?;
+    if !fitness.is_finite() {
+        return Err(format!("fitness {fitness} is not finite"));
+    }
+    let mut metrics = BTreeMap::new();
+    if let Some(m) = obj.get("metrics") {
+        let m = m
+            .as_object()
+            .ok_or_else(|| "\"metrics\" is not an object".to_string())?;
+        for (k, v) in m {
+            if let Some(x) = v.as_f64() {
+                metrics.insert(k.clone(), x);
+            }
+        }
+    }
+    let items = match obj.get("items") {
+        Some(v) => serde_json::from_value::<Vec<ItemResult>>(v.clone())
+            .map_err(|e| format!("\"items\": {e}"))?,
+        None => Vec::new(),
+    };
+    Ok(Score::new(fitness, metrics, items))
+}
+
+/// The score in a command's stdout: the whole output, or else its last line that is a JSON
+/// object with a fitness.
+fn score_from_stdout(stdout: &str) -> Result<Score, String> {
+    if let Ok(v) = serde_json::from_str::<Value>(stdout.trim())
+        && let Ok(s) = parse_score(&v)
+    {
+        return Ok(s);
+    }
+    let mut last_err = "stdout is empty".to_string();
+    for line in stdout.lines().rev().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<Value>(line.trim()) {
+            Ok(v) => match parse_score(&v) {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = e,
+            },
+            Err(_) => {
+                if last_err == "stdout is empty" {
+                    last_err = format!(
+                        "no line of stdout is a JSON score; last line: {:?}",
+                        tail(line, 200)
+                    );
+                }
+            }
+        }
+    }
+    Err(last_err)
+}
+
+/// The newest `results_*.json` under `dir` (lm-evaluation-harness output).
+fn newest_results(dir: &Path) -> Option<PathBuf> {
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("results") && n.ends_with(".json"))
+            {
+                let t = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                    best = Some((t, p));
+                }
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// The fitness from an lm-evaluation-harness results file.
+pub fn score_from_lm_eval(path: &Path, spec: &LmEvalScore) -> Result<Score, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let task = v
+        .get("results")
+        .and_then(|r| r.get(&spec.task))
+        .ok_or_else(|| format!("{}: no results for task '{}'", path.display(), spec.task))?;
+    let fitness = task.get(&spec.metric).and_then(Value::as_f64).ok_or_else(|| {
+        let keys: Vec<&str> = task
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        format!(
+            "{}: task '{}' has no numeric '{}' (it has {})",
+            path.display(),
+            spec.task,
+            spec.metric,
+            keys.join(", ")
+        )
+    })?;
+    let mut metrics = BTreeMap::new();
+    for (k, x) in task.as_object().into_iter().flatten() {
+        if let Some(x) = x.as_f64() {
+            metrics.insert(k.clone(), x);
+        }
+    }
+    Ok(Score::new(fitness, metrics, Vec::new()))
+}
+
+impl Evaluator for CommandEvaluator {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn evaluate(
+        &self,
+        candidate: &dyn Candidate,
+        request: &EvalRequest,
+    ) -> Result<Score, EvalError> {
+        let tmp = match &self.config.temp_dir {
+            Some(d) => tempfile::Builder::new().prefix("evomerge-").tempdir_in(d),
+            None => tempfile::Builder::new().prefix("evomerge-").tempdir(),
+        }
+        .map_err(|e| EvalError::Io {
+            path: "temporary directory".into(),
+            source: e,
+        })?;
+        let model_dir = tmp.path().join("model");
+        let work_dir = tmp.path().join("work");
+        std::fs::create_dir_all(&work_dir).map_err(|e| EvalError::Io {
+            path: work_dir.display().to_string(),
+            source: e,
+        })?;
+        if let Err(e) = candidate.write_hf_folder(&model_dir) {
+            return Ok(Score::failed(format!(
+                "could not write {} as a model folder: {e}",
+                candidate.label()
+            )));
+        }
+        let command = self.fill(&model_dir, &work_dir, request);
+        let outcome = self.run(&command).map_err(|e| EvalError::Io {
+            path: "sh".into(),
+            source: e,
+        })?;
+        if outcome.timed_out {
+            return Ok(self.failure(
+                format!("`{command}` timed out after {} s", self.config.timeout_s),
+                &outcome,
+            ));
+        }
+        let status = outcome.status.expect("finished");
+        if !status.success() {
+            return Ok(self.failure(format!("`{command}` failed ({status})"), &outcome));
+        }
+        let parsed = if let Some(spec) = &self.config.lm_eval {
+            match newest_results(&work_dir) {
+                Some(p) => score_from_lm_eval(&p, spec),
+                None => Err(format!(
+                    "no lm-evaluation-harness results_*.json under {{work_dir}}; pass `--output_path {{work_dir}}` to lm_eval"
+                )),
+            }
+        } else {
+            let score_file = work_dir.join("score.json");
+            if score_file.exists() {
+                std::fs::read_to_string(&score_file)
+                    .map_err(|e| format!("{{score_file}}: {e}"))
+                    .and_then(|t| {
+                        serde_json::from_str::<Value>(&t)
+                            .map_err(|e| format!("{{score_file}} is not JSON: {e}"))
+                    })
+                    .and_then(|v| parse_score(&v))
+            } else {
+                score_from_stdout(&outcome.stdout)
+            }
+        };
+        Ok(match parsed {
+            Ok(score) => score,
+            Err(e) => self.failure(format!("`{command}`: unparsable score: {e}"), &outcome),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_scores() {
+        let s = parse_score(&json!({"fitness": 0.5, "metrics": {"acc": 0.5, "note": "x"}})).unwrap();
+        assert_eq!(s.fitness, 0.5);
+        assert_eq!(s.metrics.len(), 1);
+        assert!(parse_score(&json!({"metrics": {}})).is_err());
+        assert!(parse_score(&json!([1])).is_err());
+        let s = score_from_stdout("loading...\n{\"fitness\": 0.25}\n").unwrap();
+        assert_eq!(s.fitness, 0.25);
+        let e = score_from_stdout("hello\nworld\n").unwrap_err();
+        assert!(e.contains("world"), "{e}");
+    }
+
+    #[test]
+    fn rejects_unknown_placeholders_and_bad_timeouts() {
+        let cfg = |command: &str, timeout_s: f64| CommandConfig {
+            name: "t".into(),
+            command: command.into(),
+            timeout_s,
+            cwd: None,
+            env: BTreeMap::new(),
+            lm_eval: None,
+            temp_dir: None,
+        };
+        let e = CommandEvaluator::new(cfg("run {modeldir}", 1.0)).unwrap_err().to_string();
+        assert!(e.contains("{modeldir}") && e.contains("{model_dir}"), "{e}");
+        assert!(CommandEvaluator::new(cfg("run {model_dir}", 0.0)).is_err());
+        // JSON braces in a command are not placeholders.
+        assert!(CommandEvaluator::new(cfg(r#"echo '{"fitness": 1}'"#, 1.0)).is_ok());
+    }
+}

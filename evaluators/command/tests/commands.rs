@@ -1,0 +1,144 @@
+//! The command evaluator against scripts that succeed, fail, hang and print garbage.
+
+use evomerge_checkpoint::{Checkpoint, Dtype};
+use evomerge_eval::{Candidate, EvalRequest, Evaluator, MergedCandidate, Split};
+use evomerge_eval_command::{CommandConfig, CommandEvaluator};
+use evomerge_kernels::Device;
+use evomerge_models::{LanguageModel, TensorMap, Tokenizer};
+use evomerge_zoo::TinyLlama;
+use std::path::Path;
+use std::sync::Arc;
+
+fn candidate(dir: &Path) -> MergedCandidate {
+    TinyLlama::default()
+        .random(4)
+        .save(dir, Dtype::F32, u64::MAX)
+        .unwrap();
+    let device = Device::flex();
+    let ckpt = Checkpoint::open(dir).unwrap();
+    MergedCandidate::new(
+        "cand-1",
+        ckpt.config().unwrap().clone(),
+        TensorMap::from_checkpoint(&ckpt, &device).unwrap(),
+        Arc::new(Tokenizer::from_dir(dir).unwrap()),
+        Some(dir.to_path_buf()),
+        &device,
+    )
+    .unwrap()
+}
+
+fn evaluator(command: &str, timeout_s: f64) -> CommandEvaluator {
+    let text = format!(
+        "name = \"script\"\ncommand = '''{command}'''\ntimeout_s = {timeout_s}\n"
+    );
+    CommandEvaluator::new(toml::from_str::<CommandConfig>(&text).unwrap()).unwrap()
+}
+
+fn req() -> EvalRequest {
+    EvalRequest::new(Split::Validation, 3, 9)
+}
+
+#[test]
+fn a_successful_script_scores_and_sees_a_loadable_model_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    let copy = tmp.path().join("copy");
+    let seen = tmp.path().join("seen.txt");
+    let ev = evaluator(
+        &format!(
+            "test -f {{model_dir}}/config.json && test -f {{model_dir}}/tokenizer.json && \
+             cp -r {{model_dir}} {copy} && echo {{model_dir}} {{split}} {{generation}} {{seed}} > {seen} && \
+             echo 'loading model...' && echo '{{\"fitness\": 0.625, \"metrics\": {{\"acc\": 0.625, \"f1\": 0.5}}}}'",
+            copy = copy.display(),
+            seen = seen.display()
+        ),
+        60.0,
+    );
+    let score = ev.evaluate(&cand, &req()).unwrap();
+    assert!(!score.is_failed(), "{:?}", score.failure);
+    assert_eq!(score.fitness, 0.625);
+    assert_eq!(score.metrics["f1"], 0.5);
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let mut parts = seen.split_whitespace();
+    let model_dir = parts.next().unwrap();
+    assert_eq!(parts.collect::<Vec<_>>(), ["validation", "3", "9"]);
+    // The temporary folder is gone afterwards.
+    assert!(!Path::new(model_dir).exists(), "{model_dir} was not removed");
+    // What the command saw is the candidate: same logits as in memory.
+    let loaded = LanguageModel::from_dir(&copy, &Device::flex()).unwrap();
+    let ids = [1u32, 5, 9, 12];
+    assert_eq!(
+        loaded.decoder().logits(&ids).unwrap(),
+        cand.language_model().unwrap().decoder().logits(&ids).unwrap()
+    );
+}
+
+#[test]
+fn score_file_is_preferred_to_stdout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    let ev = evaluator(
+        r#"echo '{"fitness": 0.1}'; echo '{"fitness": 0.9, "items": [{"id": "a", "score": 1.0}]}' > {score_file}"#,
+        60.0,
+    );
+    let s = ev.evaluate(&cand, &req()).unwrap();
+    assert_eq!(s.fitness, 0.9);
+    assert_eq!(s.items[0].id, "a");
+}
+
+#[test]
+fn failing_hanging_and_garbage_scripts_score_as_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+
+    let fail = evaluator("echo 'CUDA out of memory' >&2; exit 3", 60.0)
+        .evaluate(&cand, &req())
+        .unwrap();
+    assert!(fail.is_failed());
+    let why = fail.failure.unwrap();
+    assert!(why.contains("exit status: 3") && why.contains("CUDA out of memory"), "{why}");
+
+    let marker = tmp.path().join("still-running");
+    let start = std::time::Instant::now();
+    let hang = evaluator(
+        &format!("sleep 30; touch {}", marker.display()),
+        0.5,
+    )
+    .evaluate(&cand, &req())
+    .unwrap();
+    assert!(hang.is_failed());
+    assert!(hang.failure.unwrap().contains("timed out"));
+    assert!(start.elapsed().as_secs() < 25, "the hung command was not killed");
+    assert!(!marker.exists());
+
+    let garbage = evaluator("echo 'accuracy: great'; echo '{\"score\": 1}'", 60.0)
+        .evaluate(&cand, &req())
+        .unwrap();
+    assert!(garbage.is_failed());
+    assert!(garbage.failure.unwrap().contains("unparsable"));
+
+    let nan = evaluator("echo '{\"fitness\": \"high\"}'", 60.0)
+        .evaluate(&cand, &req())
+        .unwrap();
+    assert!(nan.is_failed());
+}
+
+#[test]
+fn reads_lm_evaluation_harness_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    let results = r#"{"results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.4, "exact_match,flexible-extract": 0.45}}}"#;
+    let text = format!(
+        "command = '''mkdir -p {{work_dir}}/out/m && echo '{results}' > {{work_dir}}/out/m/results_2025-01-01T00-00-00.json'''\n\
+         [lm_eval]\ntask = \"gsm8k\"\nmetric = \"exact_match,strict-match\"\n"
+    );
+    let ev = CommandEvaluator::new(toml::from_str(&text).unwrap()).unwrap();
+    let s = ev.evaluate(&cand, &req()).unwrap();
+    assert_eq!(s.fitness, 0.4);
+    assert_eq!(s.metrics["exact_match,flexible-extract"], 0.45);
+    let text = text.replace("metric = \"exact_match,strict-match\"", "metric = \"exact_match,strict\"");
+    let ev = CommandEvaluator::new(toml::from_str(&text).unwrap()).unwrap();
+    let s = ev.evaluate(&cand, &req()).unwrap();
+    let why = s.failure.unwrap();
+    assert!(why.contains("exact_match,strict-match"), "lists the metrics it has: {why}");
+}
