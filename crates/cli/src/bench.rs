@@ -22,12 +22,16 @@ pub enum BenchCommand {
     /// Run an optimizer on a test function over several seeds; CSV to stdout
     /// (`seed,evaluations,best_f,success`).
     Search(SearchBenchArgs),
+    /// Tiny-model generation tokens/s (KV cache vs recompute, flex vs wgpu) and in-memory
+    /// candidate turnaround vs merging to disk and loading.
+    Lm(crate::bench_lm::LmBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Merge(a) => merge_bench(a),
         BenchCommand::Search(a) => search_bench(a),
+        BenchCommand::Lm(a) => crate::bench_lm::lm_bench(a),
     }
 }
 

@@ -1,0 +1,93 @@
+//! `evomerge inspect ...`: look inside a model with our forward pass, to compare it with any
+//! other implementation (transformers, llama.cpp, vLLM).
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use evomerge_kernels::DeviceChoice;
+use evomerge_models::{Decoder, GenerateOptions, LanguageModel, Llama, Tokenizer};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Subcommand)]
+pub enum InspectCommand {
+    /// Print the logits at every position as JSON: {"logits": [[...vocab...], ...]}.
+    Logits(LogitsArgs),
+    /// Print the greedy continuation of a prompt.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct LogitsArgs {
+    /// A Hugging Face model folder (config.json, safetensors).
+    pub model_dir: PathBuf,
+    /// Token ids, comma separated (e.g. 3,17,42).
+    #[arg(long, value_delimiter = ',', conflicts_with = "text")]
+    pub ids: Option<Vec<u32>>,
+    /// Text to tokenize with the folder's tokenizer.json instead of --ids.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// cpu, wgpu or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A Hugging Face model folder (config.json, safetensors, tokenizer.json).
+    pub model_dir: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Recompute the whole sequence at each step instead of using the KV cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// cpu, wgpu or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+pub fn run(cmd: InspectCommand) -> Result<()> {
+    match cmd {
+        InspectCommand::Logits(a) => logits(a),
+        InspectCommand::Generate(a) => generate(a),
+    }
+}
+
+fn logits(args: LogitsArgs) -> Result<()> {
+    let device = args.device.device().map_err(anyhow::Error::msg)?;
+    let ids = match (&args.ids, &args.text) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => Tokenizer::from_dir(&args.model_dir)?.encode(text, true)?,
+        (None, None) => bail!("give --ids 3,17,42 or --text \"...\""),
+    };
+    let model = Llama::from_dir(&args.model_dir, &device)
+        .with_context(|| format!("loading {}", args.model_dir.display()))?;
+    let logits = Decoder::plain(Arc::new(model)).logits(&ids)?;
+    let out = serde_json::json!({ "logits": logits });
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let device = args.device.device().map_err(anyhow::Error::msg)?;
+    let lm = LanguageModel::from_dir(&args.model_dir, &device)
+        .with_context(|| format!("loading {}", args.model_dir.display()))?;
+    let out = lm.generate(
+        std::slice::from_ref(&args.prompt),
+        &GenerateOptions {
+            max_new_tokens: args.max_new_tokens,
+            stop: args.stop,
+            batch_size: 1,
+            use_cache: !args.no_cache,
+        },
+    )?;
+    let g = &out[0];
+    println!("{}", g.text);
+    eprintln!("({} tokens, finish: {:?})", g.ids.len(), g.finish);
+    Ok(())
+}
