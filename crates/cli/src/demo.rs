@@ -134,5 +134,25 @@ pub fn run(args: DemoArgs) -> Result<()> {
         merged.display(),
         recipes.join("ties.yml").display()
     );
+
+    // A search: CMA-ES over DARE-TIES weights and densities, scored by perplexity.
+    let toy = args.out.join("search");
+    if toy.exists() {
+        std::fs::remove_dir_all(&toy).with_context(|| format!("clearing {}", toy.display()))?;
+    }
+    std::fs::create_dir_all(&toy)?;
+    let exp = evomerge_zoo::toy_experiment(&toy, 48, "")?;
+    println!("\nsearching: evomerge run {}", exp.display());
+    let dir = evomerge_runner::start(
+        &exp,
+        &evomerge_runner::RunOptions {
+            run_id: None,
+            progress: true,
+        },
+    )?;
+    println!(
+        "run folder: {} (candidates.csv, generations.csv, best.toml, results.md, plots/)",
+        dir.display()
+    );
     Ok(())
 }

@@ -32,6 +32,10 @@ enum Command {
     Resume(run_cmd::ResumeArgs),
     /// Write a run's best as a checkpoint (merged model, or layer-path model).
     Export(run_cmd::ExportArgs),
+    /// Draw a run's plots.
+    Plot(run_cmd::PlotArgs),
+    /// Compare search strategies across runs and seeds.
+    Compare(run_cmd::CompareArgs),
     /// Merge checkpoints described by a recipe (our TOML, or a mergekit YAML config).
     Merge(merge_cmd::MergeArgs),
     /// List the merge methods and their parameters.
@@ -54,6 +58,8 @@ fn main() {
         Command::Run(args) => run_cmd::run(args),
         Command::Resume(args) => run_cmd::resume(args),
         Command::Export(args) => run_cmd::export(args),
+        Command::Plot(args) => run_cmd::plot(args),
+        Command::Compare(args) => run_cmd::compare(args),
         Command::Merge(args) => merge_cmd::run(args),
         Command::Methods => {
             merge_cmd::print_methods();

@@ -50,6 +50,66 @@ pub struct ExportArgs {
     pub device: DeviceChoice,
 }
 
+/// Draw a run's plots (fitness vs evaluations, best genome heatmap, DFS path) into RUN_DIR/plots.
+#[derive(Args)]
+pub struct PlotArgs {
+    pub run_dir: PathBuf,
+}
+
+/// Compare runs (strategies and seeds): best-so-far vs evaluations with mean and spread per
+/// strategy, and summary tables (compare.md, compare.csv per strategy, compare_runs.csv per run).
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Run folders; runs sharing an optimizer (and genome kind) are one strategy, their seeds
+    /// the repetitions.
+    #[arg(required = true)]
+    pub run_dirs: Vec<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn plot(args: PlotArgs) -> Result<()> {
+    let files = evomerge_runner::plot_run(&args.run_dir)?;
+    if files.is_empty() {
+        eprintln!("nothing to plot yet in {}", args.run_dir.display());
+    }
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
+
+pub fn compare(args: CompareArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let summary = evomerge_runner::compare_runs(&args.run_dirs, &args.out)?;
+    for s in &summary.strategies {
+        let fmt = |x: &Option<evomerge_runner::compare::Stat>| {
+            x.as_ref()
+                .map(|s| {
+                    format!(
+                        "{:.4}{}",
+                        s.mean,
+                        s.sd.map(|d| format!(" ± {d:.4}")).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:<24} runs {:>2}  search {}  validation {}  test {}",
+            s.label,
+            s.runs,
+            fmt(&s.search_best),
+            fmt(&s.validation),
+            fmt(&s.test)
+        );
+    }
+    for f in &summary.written {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
 pub fn run(args: RunArgs) -> Result<()> {
     let dir = evomerge_runner::start(
         &args.experiment,

@@ -100,18 +100,12 @@ impl EvaluatorSpec {
 }
 
 /// `[validation]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidationSpec {
     /// Score the best-so-far on the validation split every this many generations (0 = never).
     #[serde(default)]
     pub every: u64,
-}
-
-impl Default for ValidationSpec {
-    fn default() -> Self {
-        ValidationSpec { every: 0 }
-    }
 }
 
 /// An untuned baseline merge scored at the end.

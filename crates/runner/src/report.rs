@@ -280,6 +280,11 @@ pub(crate) fn finish(
         let rows = test_table(dir, exp, setup, state)?;
         write_results(dir, exp, &rows)?;
     }
+    match crate::plot::plot_run(dir) {
+        Ok(files) if !files.is_empty() => eprintln!("plots: {}", dir.join("plots").display()),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: plotting failed: {e}"),
+    }
     Ok(())
 }
 

@@ -758,7 +758,7 @@ impl StageCtx<'_> {
             valid.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
             let failed = outcomes.len() - valid.len();
             let validation = if self.exp.validation.every > 0
-                && st.generations % self.exp.validation.every == 0
+                && st.generations.is_multiple_of(self.exp.validation.every)
             {
                 self.validate(st)?
             } else {

@@ -205,9 +205,12 @@ impl CsvLog {
     }
 }
 
+/// A logged row by column name.
+pub type Row = HashMap<String, String>;
+
 /// Rows of candidates.csv by (generation, index), for resuming: the rows of the generation that
 /// was running when the process died are reused, not evaluated again.
-pub fn read_rows(path: &Path) -> Result<HashMap<(u64, usize), HashMap<String, String>>, RunError> {
+pub fn read_rows(path: &Path) -> Result<HashMap<(u64, usize), Row>, RunError> {
     let mut out = HashMap::new();
     if !path.exists() {
         return Ok(out);
@@ -221,7 +224,7 @@ pub fn read_rows(path: &Path) -> Result<HashMap<(u64, usize), HashMap<String, St
         .clone();
     for rec in r.records() {
         let rec = rec.map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
-        let row: HashMap<String, String> = headers
+        let row: Row = headers
             .iter()
             .zip(rec.iter())
             .map(|(h, v)| (h.to_string(), v.to_string()))
