@@ -117,6 +117,32 @@ fn shard_file_name(i: usize, n: usize) -> String {
     }
 }
 
+/// Removes `.{base}.partial-{pid}` folders left by writers that were killed (`kill -9`, a power
+/// cut) before they could clean up: those whose process no longer exists.
+fn remove_stale_partials(parent: &Path, base: &str) {
+    let prefix = format!(".{base}.partial-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true // unknown: keep the folder
+    }
+}
+
 impl CheckpointWriter {
     /// Plan the shards and write their headers. Fails if `dir` exists and `options.force` is off.
     pub fn create(
@@ -137,6 +163,7 @@ impl CheckpointWriter {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
+        remove_stale_partials(&parent, &base);
         let tmp_dir = parent.join(format!(".{base}.partial-{}", std::process::id()));
         if tmp_dir.exists() {
             std::fs::remove_dir_all(&tmp_dir).map_err(|e| CheckpointError::io(&tmp_dir, e))?;
@@ -458,6 +485,27 @@ mod tests {
             );
         }
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn killed_writers_leftovers_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("m");
+        // A partial folder of a process that no longer exists (above Linux's pid_max), one of a
+        // live process (this one's parent stands in), and another output's.
+        let dead = tmp.path().join(".m.partial-999999999");
+        let live = tmp
+            .path()
+            .join(format!(".m.partial-{}", std::os::unix::process::parent_id()));
+        let other = tmp.path().join(".n.partial-999999999");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("model.safetensors"), b"half").unwrap();
+        }
+        let w = CheckpointWriter::create(&out, plan3(), WriterOptions::default()).unwrap();
+        drop(w);
+        assert!(!dead.exists() || !cfg!(target_os = "linux"));
+        assert!(live.exists() && other.exists());
     }
 
     #[test]

@@ -261,6 +261,49 @@ fn resolve_paths(value: &mut toml::Value, base: &Path) {
     }
 }
 
+/// The keys each evaluator kind takes. serde cannot reject unknown keys of an internally tagged
+/// enum with a flattened variant, so `[[evaluators]]` tables are checked here.
+fn evaluator_keys(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "lm" => Some(&["kind", "task", "weight", "batch_size"]),
+        "command" => Some(&[
+            "kind",
+            "weight",
+            "name",
+            "command",
+            "timeout_s",
+            "cwd",
+            "env",
+            "lm_eval",
+            "temp_dir",
+        ]),
+        _ => None,
+    }
+}
+
+fn check_evaluator_keys(value: &toml::Value) -> Result<(), String> {
+    let Some(toml::Value::Array(evs)) = value.get("evaluators") else {
+        return Ok(());
+    };
+    for (i, e) in evs.iter().enumerate() {
+        let Some(t) = e.as_table() else { continue };
+        let Some(kind) = t.get("kind").and_then(toml::Value::as_str) else {
+            continue;
+        };
+        let Some(allowed) = evaluator_keys(kind) else {
+            continue;
+        };
+        if let Some(k) = t.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(format!(
+                "[[evaluators]] #{} (kind = \"{kind}\"): unknown key `{k}`; expected one of {}",
+                i + 1,
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Experiment {
     /// Parse an experiment file; relative model, task and folder paths are resolved against
     /// the file's folder. Returns the experiment and the resolved TOML (kept as run.toml).
@@ -295,6 +338,7 @@ impl Experiment {
         if let Some(t) = value.as_table_mut() {
             t.remove("run");
         }
+        check_evaluator_keys(&value)?;
         let exp: Experiment = value
             .try_into()
             .map_err(|e: toml::de::Error| e.to_string())?;
@@ -411,5 +455,41 @@ task = "tasks/t.toml"
         let e = Experiment::from_toml(&MINIMAL.replace("evaluations = 10", ""), Path::new("/"))
             .unwrap_err();
         assert!(e.contains("no limit"), "{e}");
+        for (table, key) in [
+            ("[optimizer]", "popsize = 4"),
+            ("[genome]", "repeat = 2"),
+            ("task = \"tasks/t.toml\"", "weigth = 2"),
+        ] {
+            let text = MINIMAL.replace(table, &format!("{table}\n{key}"));
+            let e = Experiment::from_toml(&text, Path::new("/")).unwrap_err();
+            let name = key.split(' ').next().unwrap();
+            assert!(e.contains(name), "{key}: {e}");
+        }
+        let cmd = MINIMAL.replace(
+            "kind = \"lm\"\ntask = \"tasks/t.toml\"",
+            "kind = \"command\"\ncommand = \"true\"\ntimeout = 3",
+        );
+        let e = Experiment::from_toml(&cmd, Path::new("/")).unwrap_err();
+        assert!(e.contains("`timeout`") && e.contains("timeout_s"), "{e}");
+    }
+
+    /// The README documents every key in one example; it must stay a valid experiment.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("<!-- experiment-example")
+            .expect("README marker");
+        let block = &readme[start..];
+        let code = &block[block.find("```toml\n").unwrap() + 8..];
+        let code = &code[..code.find("```").unwrap()];
+        let (e, _) = Experiment::from_toml(code, Path::new("/exp")).unwrap();
+        assert_eq!(e.genome.kind, GenomeKind::PsDfs);
+        assert_eq!(e.evaluators.len(), 2);
+        assert_eq!(e.optimizer.name(), "cma");
+        assert_eq!(e.optimizer_dfs.as_ref().unwrap().name(), "sep-cma");
+        assert_eq!(e.validation.every, 5);
+        assert_eq!(e.report.baselines, default_baselines());
+        assert_eq!(e.sources.models[2], "/exp/models/math2");
     }
 }

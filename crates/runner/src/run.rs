@@ -538,6 +538,8 @@ impl StageCtx<'_> {
             "failed",
             "elapsed_s",
             "validation",
+            "pipeline_ms",
+            "overhead_ms",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -607,7 +609,10 @@ impl StageCtx<'_> {
         } else {
             ProgressBar::hidden()
         };
+        // The previous generation's state.json write, counted in the next row's overhead.
+        let mut last_save_ms = 0.0;
         while self.budget_left(&state.stages[stage], state) {
+            let t_gen = Instant::now();
             let st = &mut state.stages[stage];
             let g = st.generations;
             let xs = st.optimizer.ask();
@@ -704,8 +709,10 @@ impl StageCtx<'_> {
                 }
             }
             // Evaluate the rest: one thread builds candidates, `parallelism` threads score them.
+            let t_pipe = Instant::now();
             let results =
                 self.evaluate_parallel(&xs, &decoded, &to_eval, g, &request, &mut log, &keys)?;
+            let mut pipeline_ms = t_pipe.elapsed().as_secs_f64() * 1e3;
             let st = &mut state.stages[stage];
             for o in results {
                 if o.scored.fitness.is_some() || o.scored.error.is_some() {
@@ -760,7 +767,10 @@ impl StageCtx<'_> {
             let validation = if self.exp.validation.every > 0
                 && st.generations.is_multiple_of(self.exp.validation.every)
             {
-                self.validate(st)?
+                let t_val = Instant::now();
+                let v = self.validate(st)?;
+                pipeline_ms += t_val.elapsed().as_secs_f64() * 1e3;
+                v
             } else {
                 None
             };
@@ -785,6 +795,13 @@ impl StageCtx<'_> {
                 failed.to_string(),
                 format!("{:.3}", self.elapsed(state)),
                 fmt_f(validation),
+                format!("{pipeline_ms:.1}"),
+                // Everything but merging and scoring: ask/tell, decoding, the cache, CSV rows,
+                // statistics, and the previous generation's state write.
+                format!(
+                    "{:.3}",
+                    t_gen.elapsed().as_secs_f64() * 1e3 - pipeline_ms + last_save_ms
+                ),
             ];
             glog.write(&row)?;
             bar.set_position(st.evaluations);
@@ -800,7 +817,9 @@ impl StageCtx<'_> {
                     .map(|v| format!(" val {v:.4}"))
                     .unwrap_or_default()
             ));
+            let t_save = Instant::now();
             self.save(state, state_path)?;
+            last_save_ms = t_save.elapsed().as_secs_f64() * 1e3;
         }
         // The stage ends with its best validated (when validation is on).
         let st = &mut state.stages[stage];

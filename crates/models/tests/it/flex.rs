@@ -1,9 +1,8 @@
 //! The decoder on flex (CPU) against an independent f64 reference.
 
-mod common;
 
-use common::checks;
-use common::{llama_spec, qwen_spec};
+use crate::common::checks;
+use crate::common::{llama_spec, qwen_spec};
 use evomerge_kernels::Device;
 
 #[test]
@@ -35,4 +34,9 @@ fn in_memory_weights_equal_disk_weights() {
 #[test]
 fn loglik_matches_reference() {
     checks::loglik_matches_reference(&Device::flex());
+}
+
+#[test]
+fn mistral_sliding_window_matches_reference() {
+    checks::mistral_window_matches(&Device::flex());
 }

@@ -195,3 +195,31 @@ pub fn loglik_matches_reference(device: &Device) {
         .unwrap();
     assert!(s[0].greedy);
 }
+
+/// Mistral with a sliding window shorter than the sequence matches the windowed reference.
+pub fn mistral_window_matches(device: &Device) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = weights(&llama_spec(), 41);
+    w.config["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    w.config["model_type"] = serde_json::json!("mistral");
+    w.config["sliding_window"] = serde_json::json!(3);
+    save(&w, tmp.path());
+    let r = RefModel::new(&w);
+    let d = Decoder::plain(load(tmp.path(), device));
+    let ids = [1u32, 5, 9, 33, 7, 60, 2, 41];
+    let got = d.logits(&ids).unwrap();
+    let want = reference_logits(&[&r], &plain(&r), &ids, Some(3));
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff < TOL, "windowed: max abs diff {diff}");
+    let unwindowed = reference_logits(&[&r], &plain(&r), &ids, None);
+    assert!(max_abs_diff(&got, &unwindowed) > 1e-2, "the window matters");
+    // Cached generation with a window equals uncached.
+    let prompts = vec![ids.to_vec(), vec![1, 2]];
+    let mut opts = TokenGenerateOptions {
+        max_new_tokens: 5,
+        ..Default::default()
+    };
+    let cached = d.generate(&prompts, &opts, &mut |_, _| false).unwrap();
+    opts.use_cache = false;
+    assert_eq!(cached, d.generate(&prompts, &opts, &mut |_, _| false).unwrap());
+}

@@ -30,6 +30,12 @@ fn a_run_completes_logs_every_candidate_and_reproduces_its_best() {
     assert!(st.evaluations >= 24);
     let gens = rows(&dir.join("generations.csv"));
     assert_eq!(gens.len() as u64, st.generations);
+    // The last two columns time the merge/eval pipeline and the runner's own overhead.
+    for g in &gens {
+        let pipeline: f64 = g[g.len() - 2].parse().unwrap();
+        let overhead: f64 = g[g.len() - 1].parse().unwrap();
+        assert!(pipeline > 0.0 && overhead >= 0.0, "{g:?}");
+    }
     for f in [
         "run.toml",
         "best.toml",

@@ -1,12 +1,10 @@
 //! The decoder on wgpu against the same f64 reference (lavapipe on machines without a GPU).
 //! Skipped when no adapter exists, except under CI=true, where that fails.
 
-#![cfg(feature = "wgpu")]
 
-mod common;
 
-use common::checks;
-use common::{llama_spec, qwen_spec};
+use crate::common::checks;
+use crate::common::{llama_spec, qwen_spec};
 use evomerge_kernels::{Device, DeviceChoice};
 
 fn device() -> Option<Device> {
@@ -29,4 +27,5 @@ fn wgpu_logits_generation_paths_and_memory_weights() {
     checks::layer_paths_match(&d);
     checks::in_memory_equals_disk(&d);
     checks::loglik_matches_reference(&d);
+    checks::mistral_window_matches(&d);
 }

@@ -1,0 +1,4 @@
+//! Integration tests of genome, one binary (each test binary links the whole dependency tree).
+
+mod dfs;
+mod ps;

@@ -1,0 +1,4 @@
+//! Integration tests of merge, one binary (each test binary links the whole dependency tree).
+
+mod data_methods;
+mod end_to_end;

@@ -1,0 +1,5 @@
+//! Integration tests of runner, one binary (each test binary links the whole dependency tree).
+
+mod compare_runs;
+mod plot_run;
+mod run;
