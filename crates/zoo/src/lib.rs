@@ -6,7 +6,9 @@
 //! makes a "fine-tune" of them (the base plus a small seeded delta), which is all a merge test
 //! needs. [`Weights::save`] writes a folder that `evomerge merge` and transformers both read.
 //!
-//! Not for: training (the trained mini-world models come with the mini reproduction).
+//! The mini Japanese-math world of the reproduction (issue 7) lives in [`mini_world`] (the
+//! languages and data sets) and [`mini_train`] (a Llama-layout burn module trained with autodiff
+//! on the CPU, exported in the same layout).
 //!
 //! ```no_run
 //! use evomerge_zoo::TinyLlama;
@@ -17,6 +19,8 @@
 //! base.perturbed(1, 0.01).save("models/ft", Dtype::F32, u64::MAX).unwrap();
 //! ```
 
+pub mod mini_train;
+pub mod mini_world;
 mod tiny;
 mod toy_run;
 

@@ -192,6 +192,18 @@ impl Weights {
         dtype: Dtype,
         max_shard_bytes: u64,
     ) -> Result<(), CheckpointError> {
+        let vocab = self.config["vocab_size"].as_u64().unwrap_or(64) as usize;
+        self.save_with_tokenizer(dir, dtype, max_shard_bytes, &word_level_tokenizer(vocab))
+    }
+
+    /// [`Weights::save`] with the given `tokenizer.json` contents.
+    pub fn save_with_tokenizer(
+        &self,
+        dir: impl AsRef<Path>,
+        dtype: Dtype,
+        max_shard_bytes: u64,
+        tokenizer: &Value,
+    ) -> Result<(), CheckpointError> {
         let plan = self
             .tensors
             .iter()
@@ -208,10 +220,9 @@ impl Weights {
         for (n, _, v) in &self.tensors {
             writer.write_f32(n, v)?;
         }
-        let vocab = self.config["vocab_size"].as_u64().unwrap_or(64) as usize;
         writer.write_file(
             "tokenizer.json",
-            serde_json::to_string_pretty(&word_level_tokenizer(vocab))
+            serde_json::to_string_pretty(tokenizer)
                 .expect("tokenizer serializes")
                 .as_bytes(),
         )?;

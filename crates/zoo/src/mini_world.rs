@@ -1,0 +1,769 @@
+//! The miniature Japanese-math world: two synthetic languages and the data sets of the mini
+//! reproduction of Sakana's EvoLLM-JP.
+//!
+//! - **EN** is a small English-like language; **JA** is a word-for-word relexification of it
+//!   (same word order, its own words; digits and the symbols `+ - * = . ? :` are shared). The
+//!   pilot (`shared/notes/mini-world-pilot.md`, variant 3) found that this, plus parallel
+//!   sentence pairs in pretraining, is what lets a skill learned in EN show up on JA inputs.
+//! - Numbers are whole words `0 ... 20`; arithmetic facts appear in pretraining as bare,
+//!   language-neutral equations (`7 + 5 = 12 .`), so the math experts learn to turn a word
+//!   problem into an equation, not the tables.
+//! - [`Corpus`] names the data each model is trained on: the base's general text (monolingual
+//!   documents in both languages, parallel pairs `EN <=> JA`, equations, and simple non-math
+//!   questions answered in the language they are asked in), EN math word problems with worked
+//!   EN answers (add/subtract: the "WizardMath" expert), a second math style (multiply and
+//!   subtract with other phrasing: the "Abel" expert), and JA instructions with JA answers and
+//!   no arithmetic (the "shisa" language expert).
+//! - The target task is JA math word problems (all three operations) in the JA instruction
+//!   template; an answer counts only when its last number is right and it is written in JA
+//!   (the share of its words in the JA vocabulary file reaches the threshold).
+//!   [`write_task`] writes disjoint search / validation / test JSONL splits, the task TOML for
+//!   `evaluators/lm`, the JA vocabulary file, and an EN-math sanity task.
+//!
+//! Everything is a function of a seed (ChaCha8 streams), so the same seed writes the same files.
+
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The largest number word; every number in the world (operands and results) is in `0..=MAX_NUMBER`.
+pub const MAX_NUMBER: u32 = 20;
+
+/// EN word -> JA word (the relexification). Every EN word has exactly one JA word and the JA
+/// words are all different from the EN words and from each other.
+pub const LEXICON: &[(&str, &str)] = &[
+    // names
+    ("tom", "taro"),
+    ("ann", "hana"),
+    ("bob", "kenji"),
+    ("mary", "yuki"),
+    ("sam", "sora"),
+    ("lucy", "emi"),
+    // objects
+    ("apples", "ringo"),
+    ("books", "hon"),
+    ("pens", "enpitsu"),
+    ("eggs", "tamago"),
+    ("cards", "kaado"),
+    ("coins", "koban"),
+    ("cups", "koppu"),
+    ("stones", "ishi"),
+    // verbs
+    ("has", "motsu"),
+    ("buys", "kau"),
+    ("finds", "mitsukeru"),
+    ("gets", "morau"),
+    ("eats", "taberu"),
+    ("loses", "nakusu"),
+    ("gives", "ageru"),
+    ("sells", "uru"),
+    ("likes", "suki"),
+    ("sees", "miru"),
+    ("have", "motteiru"),
+    ("are", "desu"),
+    ("is", "wa"),
+    // colours and sizes
+    ("red", "akai"),
+    ("blue", "aoi"),
+    ("green", "midori"),
+    ("big", "ookii"),
+    ("small", "chiisai"),
+    // function words
+    ("he", "kare"),
+    ("she", "kanojo"),
+    ("they", "karera"),
+    ("the", "sono"),
+    ("a", "aru"),
+    ("and", "soshite"),
+    ("to", "ni"),
+    ("more", "motto"),
+    ("how", "dore"),
+    ("many", "kurai"),
+    ("does", "suru"),
+    ("do", "shimasu"),
+    ("now", "ima"),
+    ("left", "nokori"),
+    ("what", "nani"),
+    ("who", "dare"),
+    ("color", "iro"),
+    ("friends", "tomodachi"),
+    ("each", "sorezore"),
+    ("box", "hako"),
+    ("boxes", "hakotachi"),
+    ("in", "naka"),
+    ("all", "zenbu"),
+    ("together", "issho"),
+    ("so", "dakara"),
+    ("answer", "kotae"),
+    ("question", "shitsumon"),
+    ("reply", "kaitou"),
+    ("then", "sorekara"),
+    ("today", "kyou"),
+    ("there", "soko"),
+    ("it", "sore"),
+];
+
+/// Symbols shared by both languages.
+pub const SYMBOLS: &[&str] = &["+", "-", "*", "=", ".", "?", ":", "<=>"];
+
+/// Special tokens, in id order: padding/unknown, begin, end of sequence.
+pub const SPECIALS: &[&str] = &["<unk>", "<s>", "</s>"];
+
+/// The end-of-sequence token that closes every answer (id 2, the config's `eos_token_id`).
+pub const EOS: &str = "</s>";
+
+/// One of the two languages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lang {
+    En,
+    Ja,
+}
+
+impl Lang {
+    /// The instruction template: `question : {q} reply :` in EN, its relexification in JA.
+    pub fn prompt(self, question: &str) -> String {
+        format!(
+            "{} : {question} {} :",
+            word(self, "question"),
+            word(self, "reply")
+        )
+    }
+}
+
+/// The word for EN word `en` in `lang` (numbers and symbols are returned unchanged).
+pub fn word(lang: Lang, en: &str) -> &str {
+    match lang {
+        Lang::En => en,
+        Lang::Ja => LEXICON
+            .iter()
+            .find(|(e, _)| *e == en)
+            .map(|(_, j)| *j)
+            .unwrap_or(en),
+    }
+}
+
+/// Relexify an EN text (words separated by spaces) into `lang`.
+pub fn relex(lang: Lang, en: &str) -> String {
+    en.split(' ')
+        .map(|w| word(lang, w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The whole vocabulary in token-id order: specials, numbers, symbols, EN words, JA words.
+pub fn vocabulary() -> Vec<String> {
+    let mut v: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
+    v.extend((0..=MAX_NUMBER).map(|n| n.to_string()));
+    v.extend(SYMBOLS.iter().map(|s| s.to_string()));
+    v.extend(LEXICON.iter().map(|(e, _)| e.to_string()));
+    v.extend(LEXICON.iter().map(|(_, j)| j.to_string()));
+    v
+}
+
+/// The JA words (the language check's vocabulary file, one per line).
+pub fn ja_words() -> Vec<&'static str> {
+    LEXICON.iter().map(|(_, j)| *j).collect()
+}
+
+/// A word-level `tokenizer.json` over [`vocabulary`] (whitespace pre-tokenizer, no BOS added).
+pub fn tokenizer_json() -> Value {
+    let mut map = serde_json::Map::new();
+    for (i, w) in vocabulary().iter().enumerate() {
+        map.insert(w.clone(), json!(i));
+    }
+    let added: Vec<Value> = SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
+        "model": {"type": "WordLevel", "vocab": map, "unk_token": "<unk>"}
+    })
+}
+
+/// Token ids of a text (words separated by single spaces); unknown words map to `<unk>`.
+pub fn encode(text: &str) -> Vec<u32> {
+    let vocab = vocabulary();
+    text.split_whitespace()
+        .map(|w| vocab.iter().position(|v| v == w).unwrap_or(0) as u32)
+        .collect()
+}
+
+/// A fast encoder (the vocabulary as a hash map).
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    ids: std::collections::HashMap<String, u32>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder {
+            ids: vocabulary()
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| (w, i as u32))
+                .collect(),
+        }
+    }
+}
+
+impl Encoder {
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        text.split_whitespace()
+            .map(|w| self.ids.get(w).copied().unwrap_or(0))
+            .collect()
+    }
+}
+
+const NAMES: &[&str] = &["tom", "ann", "bob", "mary", "sam", "lucy"];
+const OBJECTS: &[&str] = &[
+    "apples", "books", "pens", "eggs", "cards", "coins", "cups", "stones",
+];
+const COLORS: &[&str] = &["red", "blue", "green"];
+const SIZES: &[&str] = &["big", "small"];
+
+fn pronoun(name: &str) -> &'static str {
+    match name {
+        "ann" | "mary" | "lucy" => "she",
+        _ => "he",
+    }
+}
+
+fn pick<'a>(rng: &mut ChaCha8Rng, xs: &[&'a str]) -> &'a str {
+    xs.choose(rng).expect("non-empty list")
+}
+
+fn two_names(rng: &mut ChaCha8Rng) -> (&'static str, &'static str) {
+    let a = pick(rng, NAMES);
+    loop {
+        let b = pick(rng, NAMES);
+        if b != a {
+            return (a, b);
+        }
+    }
+}
+
+/// An arithmetic operation of a word problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Add,
+    Sub,
+    Mul,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Add => "add",
+            Op::Sub => "sub",
+            Op::Mul => "mul",
+        }
+    }
+}
+
+/// A word problem in EN: the question, the worked answer (closed by [`EOS`]) and the number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub op: Op,
+    /// Which phrasing (0 or 1): style 0 is the first math expert's, style 1 the second's.
+    pub style: u8,
+    pub question: String,
+    pub answer: String,
+    pub number: u32,
+}
+
+/// Draw operands for `op` so that every number stays in `0..=MAX_NUMBER`.
+fn operands(rng: &mut ChaCha8Rng, op: Op) -> (u32, u32, u32) {
+    match op {
+        Op::Add => {
+            let a = rng.random_range(1..=10);
+            let b = rng.random_range(1..=10);
+            (a, b, a + b)
+        }
+        Op::Sub => {
+            let a = rng.random_range(2..=MAX_NUMBER);
+            let b = rng.random_range(1..a);
+            (a, b, a - b)
+        }
+        Op::Mul => {
+            let a = rng.random_range(2..=5);
+            let b = rng.random_range(2..=4);
+            (a, b, a * b)
+        }
+    }
+}
+
+/// An EN word problem of `op` in phrasing `style`.
+pub fn problem(rng: &mut ChaCha8Rng, op: Op, style: u8) -> Problem {
+    let (a, b, c) = operands(rng, op);
+    let (n, m) = two_names(rng);
+    let obj = pick(rng, OBJECTS);
+    let he = pronoun(n);
+    let (question, work) = match (op, style) {
+        (Op::Add, 0) => {
+            let verb = pick(rng, &["buys", "finds", "gets"]);
+            (
+                format!(
+                    "{n} has {a} {obj} . {he} {verb} {b} more {obj} . how many {obj} does {n} have now ?"
+                ),
+                format!("{n} has {a} + {b} = {c} {obj} ."),
+            )
+        }
+        (Op::Add, _) => (
+            format!(
+                "{n} has {a} {obj} and {m} has {b} {obj} . how many {obj} do they have together ?"
+            ),
+            format!("they have {a} + {b} = {c} {obj} ."),
+        ),
+        (Op::Sub, 0) => {
+            let verb = pick(rng, &["eats", "loses", "sells"]);
+            (
+                format!(
+                    "{n} has {a} {obj} . {he} {verb} {b} {obj} . how many {obj} does {n} have now ?"
+                ),
+                format!("{n} has {a} - {b} = {c} {obj} ."),
+            )
+        }
+        (Op::Sub, _) => (
+            format!("{n} has {a} {obj} . {he} gives {b} {obj} to {m} . how many {obj} are left ?"),
+            format!("{a} - {b} = {c} {obj} are left ."),
+        ),
+        (Op::Mul, _) => (
+            format!(
+                "{n} has {a} boxes . each box has {b} {obj} in it . how many {obj} does {n} have ?"
+            ),
+            format!("{n} has {a} * {b} = {c} {obj} ."),
+        ),
+    };
+    let lead = if style == 0 { "" } else { "so " };
+    Problem {
+        op,
+        style,
+        question,
+        answer: format!("{work} {lead}the answer is {c} . {EOS}"),
+        number: c,
+    }
+}
+
+/// A general sentence in EN (monolingual documents and parallel pairs).
+fn sentence(rng: &mut ChaCha8Rng) -> String {
+    let (n, m) = two_names(rng);
+    let obj = pick(rng, OBJECTS);
+    let k = rng.random_range(0..=MAX_NUMBER);
+    match rng.random_range(0..9) {
+        0 => format!("{n} has {k} {obj} ."),
+        1 => format!("{n} likes {obj} ."),
+        2 => format!("the {obj} are {} .", pick(rng, COLORS)),
+        3 => format!("{n} gives {k} {obj} to {m} ."),
+        4 => format!("{n} and {m} are friends ."),
+        5 => format!("{n} sees a {} box .", pick(rng, SIZES)),
+        6 => format!(
+            "today {n} {} {k} {obj} .",
+            pick(rng, &["buys", "finds", "gets", "eats", "loses", "sells"])
+        ),
+        7 => format!("there are {k} {obj} in the box ."),
+        _ => format!("then {} likes the {} {obj} .", pronoun(n), pick(rng, SIZES)),
+    }
+}
+
+/// A non-math question answered by reading (no arithmetic), with its answer (closed by
+/// [`EOS`]), in EN.
+fn reading_question(rng: &mut ChaCha8Rng) -> (String, String) {
+    let (n, m) = two_names(rng);
+    let obj = pick(rng, OBJECTS);
+    let k = rng.random_range(1..=MAX_NUMBER);
+    match rng.random_range(0..4) {
+        0 => (
+            format!("{n} has {k} {obj} . how many {obj} does {n} have ?"),
+            format!("{n} has {k} {obj} . the answer is {k} . {EOS}"),
+        ),
+        1 => (
+            format!("{n} gives {k} {obj} to {m} . who gets the {obj} ?"),
+            format!("{m} gets {k} {obj} . the answer is {m} . {EOS}"),
+        ),
+        2 => {
+            let c = pick(rng, COLORS);
+            (
+                format!("the {obj} are {c} . what color are the {obj} ?"),
+                format!("the {obj} are {c} . the answer is {c} . {EOS}"),
+            )
+        }
+        _ => {
+            let j = rng.random_range(1..=MAX_NUMBER);
+            (
+                format!("{n} has {k} {obj} and {m} has {j} cups . how many cups does {m} have ?"),
+                format!("{m} has {j} cups . the answer is {j} . {EOS}"),
+            )
+        }
+    }
+}
+
+/// What a model is trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corpus {
+    /// The base: general text in both languages, parallel pairs, equations, reading questions
+    /// answered in the language asked.
+    Base,
+    /// EN add/subtract word problems with worked EN answers (style 0).
+    MathEn,
+    /// A second math style: EN multiply/subtract/add problems in phrasing 1.
+    MathEn2,
+    /// JA instructions (reading questions) with JA answers, no arithmetic.
+    InstructJa,
+    /// The target: JA math word problems in the JA template (all operations and styles).
+    MathJa,
+}
+
+/// One training example: the text and how many leading words are prompt (no loss on them;
+/// 0 = learn every token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub text: String,
+    pub prompt_words: usize,
+}
+
+fn qa(lang: Lang, question: &str, answer: &str) -> Example {
+    let prompt = lang.prompt(&relex(lang, question));
+    let prompt_words = prompt.split(' ').count();
+    Example {
+        text: format!("{prompt} {}", relex(lang, answer)),
+        prompt_words,
+    }
+}
+
+fn random_lang(rng: &mut ChaCha8Rng) -> Lang {
+    if rng.random_bool(0.5) {
+        Lang::En
+    } else {
+        Lang::Ja
+    }
+}
+
+impl Corpus {
+    /// One example drawn from the corpus.
+    pub fn sample(self, rng: &mut ChaCha8Rng) -> Example {
+        match self {
+            Corpus::Base => {
+                let text = match rng.random_range(0..10) {
+                    // monolingual documents of 2-4 sentences
+                    0..=2 => {
+                        let lang = random_lang(rng);
+                        let n = rng.random_range(2..=4);
+                        let s: Vec<String> = (0..n).map(|_| relex(lang, &sentence(rng))).collect();
+                        s.join(" ")
+                    }
+                    // parallel pairs (either order)
+                    3..=4 => {
+                        let s = sentence(rng);
+                        if rng.random_bool(0.5) {
+                            format!("{s} <=> {}", relex(Lang::Ja, &s))
+                        } else {
+                            format!("{} <=> {s}", relex(Lang::Ja, &s))
+                        }
+                    }
+                    // equations
+                    5..=6 => {
+                        let n = rng.random_range(2..=4);
+                        let s: Vec<String> = (0..n)
+                            .map(|_| {
+                                let op = *[Op::Add, Op::Sub, Op::Mul].choose(rng).expect("ops");
+                                let (a, b, c) = operands(rng, op);
+                                let sym = match op {
+                                    Op::Add => "+",
+                                    Op::Sub => "-",
+                                    Op::Mul => "*",
+                                };
+                                format!("{a} {sym} {b} = {c} .")
+                            })
+                            .collect();
+                        s.join(" ")
+                    }
+                    // reading questions, answered in the language asked
+                    _ => {
+                        let lang = random_lang(rng);
+                        let (q, a) = reading_question(rng);
+                        return Example {
+                            text: qa(lang, &q, &a).text,
+                            prompt_words: 0,
+                        };
+                    }
+                };
+                Example {
+                    text: format!("{text} {EOS}"),
+                    prompt_words: 0,
+                }
+            }
+            Corpus::MathEn => {
+                let op = if rng.random_bool(0.5) {
+                    Op::Add
+                } else {
+                    Op::Sub
+                };
+                let p = problem(rng, op, 0);
+                qa(Lang::En, &p.question, &p.answer)
+            }
+            Corpus::MathEn2 => {
+                let op = *[Op::Mul, Op::Mul, Op::Sub, Op::Add]
+                    .choose(rng)
+                    .expect("ops");
+                let p = problem(rng, op, 1);
+                qa(Lang::En, &p.question, &p.answer)
+            }
+            Corpus::InstructJa => {
+                let (q, a) = reading_question(rng);
+                qa(Lang::Ja, &q, &a)
+            }
+            Corpus::MathJa => {
+                let p = target_problem(rng);
+                qa(Lang::Ja, &p.question, &p.answer)
+            }
+        }
+    }
+}
+
+/// A target-task problem (EN; the task asks it in JA): any operation, any style.
+pub fn target_problem(rng: &mut ChaCha8Rng) -> Problem {
+    let op = *[Op::Add, Op::Sub, Op::Mul].choose(rng).expect("ops");
+    let style = if op == Op::Mul {
+        1
+    } else {
+        rng.random_range(0..=1)
+    };
+    problem(rng, op, style)
+}
+
+/// Sizes of the target task's splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitSizes {
+    pub search: usize,
+    pub validation: usize,
+    pub test: usize,
+}
+
+impl Default for SplitSizes {
+    /// Like GSM8K-ja (search) vs MGSM-JA (test): 1000 / 250 / 250.
+    fn default() -> Self {
+        SplitSizes {
+            search: 1000,
+            validation: 250,
+            test: 250,
+        }
+    }
+}
+
+/// Settings of the written task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOptions {
+    pub sizes: SplitSizes,
+    pub seed: u64,
+    /// Search items per generation (`[data] subsample`).
+    pub subsample: usize,
+    /// The share of answer words that must be JA words.
+    pub threshold: f64,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            sizes: SplitSizes::default(),
+            seed: 7,
+            subsample: 100,
+            threshold: 0.8,
+        }
+    }
+}
+
+/// Write the target task into `dir`: `ja_math_{search,validation,test}.jsonl` (disjoint:
+/// no question text appears in two splits), `ja_math.toml` (generate task, last number, JA
+/// language check), `ja_words.txt`, and the EN sanity task `en_math.toml` +
+/// `en_math_test.jsonl` (the same test problems asked in EN, no language check).
+/// Returns the number of items per split.
+pub fn write_task(dir: &Path, options: &TaskOptions) -> std::io::Result<[usize; 3]> {
+    std::fs::create_dir_all(dir)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let mut seen = BTreeSet::new();
+    let mut counts = [0usize; 3];
+    let sizes = [
+        ("search", options.sizes.search),
+        ("validation", options.sizes.validation),
+        ("test", options.sizes.test),
+    ];
+    let mut en_test = String::new();
+    for (k, (split, n)) in sizes.iter().enumerate() {
+        let mut text = String::new();
+        let mut tries = 0usize;
+        while counts[k] < *n {
+            tries += 1;
+            if tries > 200 * n + 1000 {
+                return Err(std::io::Error::other(format!(
+                    "cannot draw {n} distinct {split} problems"
+                )));
+            }
+            let p = target_problem(&mut rng);
+            if !seen.insert(p.question.clone()) {
+                continue;
+            }
+            let id = format!("{split}-{}", counts[k]);
+            let record = json!({
+                "id": id,
+                "question": relex(Lang::Ja, &p.question),
+                "answer": p.number,
+                "op": p.op.name(),
+                "style": p.style,
+                "question_en": p.question,
+            });
+            writeln!(text, "{record}").expect("string write");
+            if *split == "test" {
+                let en = json!({"id": id, "question": p.question, "answer": p.number, "op": p.op.name()});
+                writeln!(en_test, "{en}").expect("string write");
+            }
+            counts[k] += 1;
+        }
+        std::fs::write(dir.join(format!("ja_math_{split}.jsonl")), text)?;
+    }
+    std::fs::write(dir.join("en_math_test.jsonl"), en_test)?;
+    let mut words = ja_words().join("\n");
+    words.push('\n');
+    std::fs::write(dir.join("ja_words.txt"), words)?;
+    std::fs::write(
+        dir.join("ja_math.toml"),
+        format!(
+            "# The mini Japanese-math task (issue 7): JA word problems, JA instruction template.\n\
+             # Correct = the last number is right (acc) AND the answer is JA (acc_lang, the fitness).\n\
+             name = \"mini-ja-math\"\ntype = \"generate\"\nbatch_size = 125\n\n[data]\n\
+             search = \"ja_math_search.jsonl\"\nvalidation = \"ja_math_validation.jsonl\"\n\
+             test = \"ja_math_test.jsonl\"\nsubsample = {}\n\n[generate]\n\
+             prompt = \"{} : {{question}} {} :\"\nanswer_field = \"answer\"\nmax_new_tokens = 24\n\
+             extract = \"last_number\"\n\n[generate.language]\nvocabulary_file = \"ja_words.txt\"\n\
+             threshold = {}\n",
+            options.subsample,
+            word(Lang::Ja, "question"),
+            word(Lang::Ja, "reply"),
+            options.threshold,
+        ),
+    )?;
+    std::fs::write(
+        dir.join("en_math.toml"),
+        "# Sanity task: the JA test problems asked in EN (no language check).\n\
+         name = \"mini-en-math\"\ntype = \"generate\"\nbatch_size = 125\n\n[data]\n\
+         test = \"en_math_test.jsonl\"\nsearch = \"en_math_test.jsonl\"\n\n[generate]\n\
+         prompt = \"question : {question} reply :\"\nanswer_field = \"answer\"\n\
+         max_new_tokens = 24\nextract = \"last_number\"\n",
+    )?;
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexicon_is_a_bijection_and_vocabulary_covers_every_corpus() {
+        let en: BTreeSet<_> = LEXICON.iter().map(|(e, _)| *e).collect();
+        let ja: BTreeSet<_> = LEXICON.iter().map(|(_, j)| *j).collect();
+        assert_eq!(en.len(), LEXICON.len());
+        assert_eq!(ja.len(), LEXICON.len());
+        assert!(en.is_disjoint(&ja));
+        let vocab = vocabulary();
+        let set: BTreeSet<_> = vocab.iter().collect();
+        assert_eq!(set.len(), vocab.len(), "duplicate tokens");
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for corpus in [
+            Corpus::Base,
+            Corpus::MathEn,
+            Corpus::MathEn2,
+            Corpus::InstructJa,
+            Corpus::MathJa,
+        ] {
+            for _ in 0..300 {
+                let ex = corpus.sample(&mut rng);
+                assert!(!ex.text.contains("  "), "{}", ex.text);
+                assert!(ex.text.ends_with(EOS), "{corpus:?}: {}", ex.text);
+                for w in ex.text.split(' ') {
+                    assert!(
+                        set.contains(&w.to_string()),
+                        "{corpus:?}: unknown word {w:?}"
+                    );
+                }
+                assert!(ex.text.split(' ').count() <= 48, "{}", ex.text);
+            }
+        }
+    }
+
+    #[test]
+    fn problems_are_right_and_languages_separate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let ja: BTreeSet<_> = ja_words().into_iter().collect();
+        for _ in 0..500 {
+            let p = target_problem(&mut rng);
+            // the worked answer's last number is the answer, all numbers in range
+            let nums: Vec<u32> = p.answer.split(' ').filter_map(|w| w.parse().ok()).collect();
+            assert_eq!(*nums.last().unwrap(), p.number);
+            assert!(nums.iter().all(|n| *n <= MAX_NUMBER));
+            let (a, b) = (nums[0], nums[1]);
+            let want = match p.op {
+                Op::Add => a + b,
+                Op::Sub => a - b,
+                Op::Mul => a * b,
+            };
+            assert_eq!(want, p.number, "{}", p.answer);
+            // the JA answer is all JA words; the EN one has none
+            let words = |t: &str| {
+                t.split(' ')
+                    .filter(|w| *w != EOS && w.chars().any(char::is_alphabetic))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            };
+            let ja_answer = relex(Lang::Ja, &p.answer);
+            assert!(words(&ja_answer).iter().all(|w| ja.contains(w.as_str())));
+            assert!(words(&p.answer).iter().all(|w| !ja.contains(w.as_str())));
+        }
+    }
+
+    #[test]
+    fn task_splits_are_disjoint_and_deterministic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = TaskOptions {
+            sizes: SplitSizes {
+                search: 60,
+                validation: 20,
+                test: 20,
+            },
+            ..Default::default()
+        };
+        assert_eq!(write_task(tmp.path(), &opts).unwrap(), [60, 20, 20]);
+        let read = |f: &str| std::fs::read_to_string(tmp.path().join(f)).unwrap();
+        let mut all = BTreeSet::new();
+        for s in ["search", "validation", "test"] {
+            for line in read(&format!("ja_math_{s}.jsonl")).lines() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                assert!(all.insert(v["question"].as_str().unwrap().to_string()));
+            }
+        }
+        assert_eq!(all.len(), 100);
+        let first = read("ja_math_test.jsonl");
+        let tmp2 = tempfile::tempdir().unwrap();
+        write_task(tmp2.path(), &opts).unwrap();
+        assert_eq!(
+            first,
+            std::fs::read_to_string(tmp2.path().join("ja_math_test.jsonl")).unwrap()
+        );
+        assert!(read("ja_math.toml").contains("vocabulary_file = \"ja_words.txt\""));
+        assert_eq!(read("ja_words.txt").lines().count(), LEXICON.len());
+    }
+}
