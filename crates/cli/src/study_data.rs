@@ -28,7 +28,7 @@ use std::time::Instant;
 #[derive(Args)]
 pub struct StudyDataArgs {
     /// Folder for the report (REPORT.md) and the plots.
-    #[arg(long, default_value = "experiments/data-merges")]
+    #[arg(long, default_value = "experiments/data-merges/results")]
     pub out: PathBuf,
     /// Seed of the train/validation/test split.
     #[arg(long, default_value_t = 0)]
@@ -56,6 +56,23 @@ fn fit(sizes: &[usize], seed: u64, data: &Dataset, epochs: usize, lr: f64) -> Re
     Ok(train(&init, data, &cfg)?)
 }
 
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Sample standard deviation (0 for fewer than two values).
+fn sd(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
@@ -73,27 +90,58 @@ fn register_font() {
 }
 
 /// A line chart of several named series over `t` in [0, 1].
-fn plot(path: &Path, title: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+fn plot(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    legend: SeriesLabelPosition,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<()> {
+    plot_xy(
+        path,
+        title,
+        "interpolation t  ((1-t) A + t B)",
+        y_label,
+        legend,
+        series,
+    )
+}
+
+/// A line chart of several named series; the x range is the data's.
+fn plot_xy(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    legend: SeriesLabelPosition,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<()> {
     register_font();
-    let (lo, hi) = series
-        .iter()
-        .flat_map(|(_, s)| s.iter().map(|p| p.1))
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
-            (a.min(y), b.max(y))
-        });
+    let range = |f: fn(&(f64, f64)) -> f64| {
+        series
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(f))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+                (a.min(y), b.max(y))
+            })
+    };
+    let (lo, hi) = range(|p| p.1);
+    let (x0, x1) = range(|p| p.0);
     let pad = ((hi - lo) * 0.08).max(1e-3);
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    let (width, height) = (900u32, 560u32);
+    let mut pixels = vec![0u8; (width * height * 3) as usize];
+    let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0f64..1.0f64, (lo - pad)..(hi + pad))
+        .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (lo - pad)..(hi + pad))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
         .configure_mesh()
-        .x_desc("interpolation t  ((1-t) A + t B)")
+        .x_desc(x_label)
         .y_desc(y_label)
         .label_style(("sans-serif", 15))
         .draw()
@@ -117,10 +165,32 @@ fn plot(path: &Path, title: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)
         .label_font(("sans-serif", 15))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(chart);
+    drop(root);
+    write_png(path, &pixels, width, height)
+}
+
+/// Encode RGB pixels with strong compression (plotters' own PNG writer makes files ~4x larger).
+fn write_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::High);
+    let mut writer = enc
+        .write_header()
+        .with_context(|| format!("writing {}", path.display()))?;
+    writer
+        .write_image_data(rgb)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writer
+        .finish()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -140,12 +210,13 @@ fn finding_4(ctx: &mut Ctx) -> Result<()> {
     let pairs: &[(u64, u64)] = if ctx.quick {
         &[(1, 2)]
     } else {
-        &[(1, 2), (3, 4), (5, 6)]
+        &[(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)]
     };
     let (train_set, test) = (&ctx.splits.train, &ctx.splits.test);
     let mut rows = String::new();
     let mut ratios = Vec::new();
     let mut first_curves = None;
+    let mut csv = String::from("seed_a,seed_b,method,t,test_loss,test_accuracy\n");
     for &(sa, sb) in pairs {
         eprintln!("finding 4: training seeds {sa} and {sb}");
         let a = fit(&sizes, sa, train_set, epochs, 1e-3)?;
@@ -168,6 +239,19 @@ fn finding_4(ctx: &mut Ctx) -> Result<()> {
         let c_am = interpolate(&a, &b_am, test, 25)?;
         let (bn, bw, ba) = (barrier(&naive), barrier(&c_wm), barrier(&c_am));
         ratios.push((bw / bn, ba / bn));
+        for (name, c) in [
+            ("naive", &naive),
+            ("weight_matching", &c_wm),
+            ("activation_matching", &c_am),
+        ] {
+            for p in c.iter() {
+                let _ = writeln!(
+                    csv,
+                    "{sa},{sb},{name},{:.4},{:.6},{:.6}",
+                    p.t, p.eval.loss, p.eval.accuracy
+                );
+            }
+        }
         let _ = writeln!(
             rows,
             "| {sa}, {sb} | {} / {} | {:.3} | {:.3} ({:.2}x) | {:.3} ({:.2}x) | {} | {} | {} | {} |",
@@ -187,11 +271,13 @@ fn finding_4(ctx: &mut Ctx) -> Result<()> {
             first_curves = Some((naive, c_wm, c_am, sa, sb));
         }
     }
+    write_file(&ctx.out.join("rebasin_curves.csv"), &csv)?;
     let (naive, c_wm, c_am, sa, sb) = first_curves.expect("one pair");
     plot(
         &ctx.out.join("rebasin_loss.png"),
         &format!("Git Re-Basin, digits MLP 64-256-256-10, seeds {sa}/{sb}: test loss"),
         "test cross-entropy",
+        SeriesLabelPosition::UpperRight,
         &[
             ("naive", losses(&naive)),
             ("weight matching", losses(&c_wm)),
@@ -202,6 +288,7 @@ fn finding_4(ctx: &mut Ctx) -> Result<()> {
         &ctx.out.join("rebasin_accuracy.png"),
         &format!("Git Re-Basin, digits MLP 64-256-256-10, seeds {sa}/{sb}: test accuracy"),
         "test accuracy (%)",
+        SeriesLabelPosition::LowerRight,
         &[
             ("naive", accs(&naive)),
             ("weight matching", accs(&c_wm)),
@@ -221,7 +308,7 @@ fn finding_4(ctx: &mut Ctx) -> Result<()> {
          | seeds A, B | test acc A / B | naive barrier | weight matching (ratio) | activation matching (ratio) | mid acc naive | mid acc WM | mid acc AM | WM sweeps |\n\
          |---|---|---|---|---|---|---|---|---|\n{rows}\n\
          Worst ratio to the naive barrier: weight matching {max_wm:.2}, activation matching {max_am:.2} \
-         (finding: <= 0.5). {}s.\n\n\
+         (finding: <= 0.5). Curves of every pair: `rebasin_curves.csv`; plots of the first pair. {}s.\n\n\
          ![loss](rebasin_loss.png)\n![accuracy](rebasin_accuracy.png)\n\n",
         t0.elapsed().as_secs()
     );
@@ -235,79 +322,179 @@ fn finding_5(ctx: &mut Ctx) -> Result<()> {
     sizes.extend([128; 7]);
     sizes.push(10);
     let epochs = if ctx.quick { 8 } else { 40 };
+    let pairs: &[(u64, u64)] = if ctx.quick {
+        &[(11, 12)]
+    } else {
+        &[(11, 12), (13, 14), (15, 16), (17, 18)]
+    };
     let (train_set, test) = (&ctx.splits.train, &ctx.splits.test);
-    let (sa, sb) = (11, 12);
-    eprintln!("finding 5: training the deep MLPs (seeds {sa}, {sb})");
-    let a = fit(&sizes, sa, train_set, epochs, 1e-3)?;
-    let b = fit(&sizes, sb, train_set, epochs, 1e-3)?;
-    let (ea, eb) = (evaluate(&a, test)?, evaluate(&b, test)?);
-    let perm = activation_matching(&a, &b, train_set, ActivationCost::Correlation)?;
-    let b_p = apply(&b, &perm);
     let ts: Vec<f64> = (0..=10).map(|k| k as f64 / 10.0).collect();
-    let (mut naive, mut permuted, mut repaired) = (Vec::new(), Vec::new(), Vec::new());
-    let mut mid_report = None;
-    for &t in &ts {
-        naive.push((
-            t,
-            100.0 * evaluate(&MlpWeights::lerp(&a, &b, t as f32), test)?.accuracy,
-        ));
-        permuted.push((
-            t,
-            100.0 * evaluate(&MlpWeights::lerp(&a, &b_p, t as f32), test)?.accuracy,
-        ));
-        let (m, rep) = repair(&a, &b_p, t, train_set, &RepairOptions::default())?;
-        repaired.push((t, 100.0 * evaluate(&m, test)?.accuracy));
-        if (t - 0.5).abs() < 1e-9 {
-            mid_report = Some(rep);
-        }
-    }
-    let rep = mid_report.expect("t = 0.5 is on the grid");
     let mid = 5;
+    let names = [
+        "naive",
+        "permuted",
+        "permuted + REPAIR",
+        "permuted + REPAIR (incl. logits)",
+    ];
+    // curves[method][t] summed over pairs
+    let mut curves = vec![vec![0.0f64; ts.len()]; names.len()];
+    let mut csv = String::from("seed_a,seed_b,method,t,test_accuracy\n");
+    let mut rows = String::new();
+    let mut ratio_rows = String::new();
+    let mut mids: Vec<[f64; 4]> = Vec::new();
+    let mut ratio_sum = vec![0.0f64; sizes.len() - 2];
+    let mut decays_everywhere = true;
+    let mut all_ratios = Vec::new();
+    for &(sa, sb) in pairs {
+        eprintln!("finding 5: training the deep MLPs (seeds {sa}, {sb})");
+        let a = fit(&sizes, sa, train_set, epochs, 1e-3)?;
+        let b = fit(&sizes, sb, train_set, epochs, 1e-3)?;
+        let (ea, eb) = (evaluate(&a, test)?, evaluate(&b, test)?);
+        let perm = activation_matching(&a, &b, train_set, ActivationCost::Correlation)?;
+        let b_p = apply(&b, &perm);
+        let with_logits = RepairOptions {
+            include_output: true,
+            ..RepairOptions::default()
+        };
+        let mut mid_report = None;
+        for (k, &t) in ts.iter().enumerate() {
+            let acc = |m: &MlpWeights| evaluate(m, test).map(|e| 100.0 * e.accuracy);
+            let (m, rep) = repair(&a, &b_p, t, train_set, &RepairOptions::default())?;
+            let (m_out, _) = repair(&a, &b_p, t, train_set, &with_logits)?;
+            let v = [
+                acc(&MlpWeights::lerp(&a, &b, t as f32))?,
+                acc(&MlpWeights::lerp(&a, &b_p, t as f32))?,
+                acc(&m)?,
+                acc(&m_out)?,
+            ];
+            for (j, x) in v.iter().enumerate() {
+                curves[j][k] += x / pairs.len() as f64;
+                let _ = writeln!(csv, "{sa},{sb},{},{t:.2},{:.4}", names[j], x / 100.0);
+            }
+            if k == mid {
+                mid_report = Some(rep);
+                mids.push(v);
+            }
+        }
+        let rep = mid_report.expect("t = 0.5 is on the grid");
+        let v = mids.last().expect("midpoint");
+        let _ = writeln!(
+            rows,
+            "| {sa}, {sb} | {} / {} | {:.1}% | {:.1}% | **{:.1}%** | {:.1}% |",
+            pct(ea.accuracy),
+            pct(eb.accuracy),
+            v[0],
+            v[1],
+            v[2],
+            v[3]
+        );
+        let r: Vec<String> = rep.ratio_before.iter().map(|r| format!("{r:.3}")).collect();
+        let monotone = rep.ratio_before.windows(2).all(|w| w[1] < w[0]);
+        decays_everywhere &= rep.ratio_before.first() > rep.ratio_before.last();
+        let after_max = rep
+            .ratio_after
+            .iter()
+            .map(|r| (r - 1.0).abs())
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            ratio_rows,
+            "| {sa}, {sb} | {} | {} | {after_max:.1e} |",
+            r.join(" | "),
+            if monotone { "yes" } else { "no" }
+        );
+        for (s, x) in ratio_sum.iter_mut().zip(&rep.ratio_before) {
+            *s += x / pairs.len() as f64;
+        }
+        all_ratios.push(rep.ratio_before);
+    }
+    write_file(&ctx.out.join("repair_curves.csv"), &csv)?;
+    let col = |j: usize| mids.iter().map(|m| m[j]).collect::<Vec<_>>();
+    let mean_row = format!(
+        "| mean ± sd | | {:.1} ± {:.1}% | {:.1} ± {:.1}% | **{:.1} ± {:.1}%** | {:.1} ± {:.1}% |",
+        mean(&col(0)),
+        sd(&col(0)),
+        mean(&col(1)),
+        sd(&col(1)),
+        mean(&col(2)),
+        sd(&col(2)),
+        mean(&col(3)),
+        sd(&col(3))
+    );
+    let series: Vec<(&str, Vec<(f64, f64)>)> = names
+        .iter()
+        .zip(&curves)
+        .map(|(n, c)| (*n, ts.iter().copied().zip(c.iter().copied()).collect()))
+        .collect();
     plot(
         &ctx.out.join("repair_accuracy.png"),
-        "REPAIR, digits MLP 64-(128x7)-10, correlation matching: test accuracy",
+        &format!(
+            "REPAIR, digits MLP 64-(128x7)-10: test accuracy, mean of {} pairs",
+            pairs.len()
+        ),
         "test accuracy (%)",
-        &[
-            ("naive", naive.clone()),
-            ("permuted", permuted.clone()),
-            ("permuted + REPAIR", repaired.clone()),
-        ],
+        SeriesLabelPosition::LowerRight,
+        &series,
     )?;
-    let ratios: Vec<String> = rep.ratio_before.iter().map(|r| format!("{r:.3}")).collect();
-    let after: Vec<String> = rep.ratio_after.iter().map(|r| format!("{r:.3}")).collect();
-    let decays = rep.ratio_before.first() > rep.ratio_before.last();
+    let ratio_series: Vec<(String, Vec<(f64, f64)>)> = pairs
+        .iter()
+        .zip(&all_ratios)
+        .map(|((sa, sb), r)| {
+            (
+                format!("seeds {sa}/{sb}"),
+                r.iter()
+                    .enumerate()
+                    .map(|(l, x)| ((l + 1) as f64, *x))
+                    .collect(),
+            )
+        })
+        .collect();
+    let ratio_series: Vec<(&str, Vec<(f64, f64)>)> = ratio_series
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.clone()))
+        .collect();
+    plot_xy(
+        &ctx.out.join("repair_variance_ratio.png"),
+        "Variance collapse at t = 0.5 (permuted, before REPAIR)",
+        "hidden layer",
+        "mean std ratio sigma_merged / sigma_goal",
+        SeriesLabelPosition::UpperRight,
+        &ratio_series,
+    )?;
+    let header: Vec<String> = (1..sizes.len() - 1).map(|l| format!("L{l}")).collect();
+    let mean_ratios: Vec<String> = ratio_sum.iter().map(|r| format!("{r:.3}")).collect();
     let _ = write!(
         ctx.report,
         "### Finding 5 — REPAIR on a deep MLP\n\n\
-         Two MLPs 64-(128 x 7 hidden)-10 trained from seeds {sa} and {sb} (Adam lr 1e-3, batch 64, \
-         {epochs} epochs), aligned by correlation matching of post-ReLU activations on the train \
-         split, then interpolated; REPAIR (forward-pass variant, statistics on the train split, \
-         hidden layers) resets every hidden channel's pre-activation mean/std to the interpolated \
-         endpoint statistics and folds the correction into the weights.\n\n\
-         | | test accuracy |\n|---|---|\n\
-         | endpoint A / B | {} / {} |\n\
-         | midpoint, naive | {:.1}% |\n\
-         | midpoint, permuted | {:.1}% |\n\
-         | midpoint, permuted + REPAIR | **{:.1}%** |\n\
-         | reference (REPAIR notebook, MNIST MLP 6x128 hidden) | 71.7% -> 83.0% |\n\n\
-         Variance ratio sigma_merged / sigma_goal per hidden layer at t = 0.5, before REPAIR \
-         (layer 1 first): {} — {}; after REPAIR: {}.\n\n\
-         ![repair](repair_accuracy.png)\n\n({}s)\n\n",
-        pct(ea.accuracy),
-        pct(eb.accuracy),
-        naive[mid].1,
-        permuted[mid].1,
-        repaired[mid].1,
-        ratios.join(", "),
-        if decays {
-            "it decays with depth"
-        } else {
-            "it does NOT decay monotonically here"
-        },
-        after.join(", "),
+         Pairs of MLPs 64-(128 x 7 hidden)-10 trained from two seeds (Adam lr 1e-3, batch 64, \
+         {epochs} epochs), B aligned to A by correlation matching of post-ReLU activations on the \
+         train split, then interpolated. REPAIR (forward-pass variant, statistics on the train \
+         split) resets every hidden channel's pre-activation mean/std to the interpolation of the \
+         endpoints' statistics and folds the correction into the weights; the last column also \
+         corrects the logit layer (as REPAIR's no-BatchNorm MLP notebook does). Test accuracy at \
+         t = 0.5:\n\n\
+         | seeds A, B | endpoints A / B | naive | permuted | permuted + REPAIR | + REPAIR incl. logits |\n\
+         |---|---|---|---|---|---|\n{rows}{mean_row}\n\n\
+         Reference (REPAIR notebook, MNIST MLP, permuted -> REPAIR): 71.7% -> 83.0%.\n\n\
+         Variance ratio (mean over channels of sigma_merged / sigma_goal) per hidden layer at \
+         t = 0.5, permuted, before REPAIR:\n\n\
+         | seeds A, B | {} | strictly decreasing | max abs(ratio - 1) after REPAIR |\n\
+         |---|{}---|---|\n{ratio_rows}| mean | {} | | |\n\n\
+         First layer above the last in every pair: {decays_everywhere}.\n\n\
+         ![repair](repair_accuracy.png)\n![variance ratio](repair_variance_ratio.png)\n\n\
+         Per-pair curves: `repair_curves.csv`. ({}s)\n\n",
+        header.join(" | "),
+        "---|".repeat(header.len()),
+        mean_ratios.join(" | "),
         t0.elapsed().as_secs()
     );
     Ok(())
+}
+
+/// One fine-tuning regime of finding 6.
+struct Regime {
+    pre_epochs: usize,
+    ft_epochs: usize,
+    ft_lr: f64,
 }
 
 /// Finding 6: Fisher and RegMean vs averaging of two fine-tunes on disjoint class halves; soups.
@@ -317,146 +504,233 @@ fn finding_6(ctx: &mut Ctx) -> Result<()> {
     let (train_set, val, test) = (&ctx.splits.train, &ctx.splits.val, &ctx.splits.test);
     let low: Vec<u32> = (0..5).collect();
     let high: Vec<u32> = (5..10).collect();
-    let (pre_epochs, ft_epochs) = if ctx.quick { (1, 3) } else { (2, 10) };
-    let seeds: &[u64] = if ctx.quick { &[21] } else { &[21, 22, 23] };
-    let mut rows = String::new();
-    let mut wins = (0, 0);
-    let mut sums = [0.0f64; 6];
-    for &seed in seeds {
-        eprintln!("finding 6: shared init seed {seed}");
-        // The shared "pre-trained" init: a short run on all classes.
-        let init = fit(&sizes, seed, train_set, pre_epochs, 1e-3)?;
-        let cfg = |s: u64| TrainConfig {
-            epochs: ft_epochs,
-            batch_size: 64,
-            lr: 1e-3,
-            seed: s,
-        };
-        let da = train_set.with_classes(&low);
-        let db = train_set.with_classes(&high);
-        let a = train(&init, &da, &cfg(seed + 100))?;
-        let b = train(&init, &db, &cfg(seed + 200))?;
-        let avg = MlpWeights::lerp(&a, &b, 0.5);
-        let fa = diagonal_fisher(&a, &da, FisherKind::Exact, 256)?;
-        let fb = diagonal_fisher(&b, &db, FisherKind::Exact, 256)?;
-        let fisher = fisher_merge(
-            &[&a, &b],
-            &[fa, fb],
-            &[1.0, 1.0],
-            &FisherMergeOptions::default(),
-        )?;
-        let ga = grams(&a, &da, 256)?;
-        let gb = grams(&b, &db, 256)?;
-        let regmean = regmean_merge(
-            &[&a, &b],
-            &[ga, gb],
-            &[1.0, 1.0],
-            &RegMeanOptions::default(),
-        )?;
-        let acc = |m: &MlpWeights| evaluate(m, test).map(|e| e.accuracy);
-        let v = [
-            acc(&init)?,
-            acc(&a)?,
-            acc(&b)?,
-            acc(&avg)?,
-            acc(&fisher)?,
-            acc(&regmean)?,
-        ];
-        for (s, x) in sums.iter_mut().zip(v) {
-            *s += x;
-        }
-        wins.0 += (v[4] > v[3]) as usize;
-        wins.1 += (v[5] > v[3]) as usize;
-        let _ = writeln!(
-            rows,
-            "| {seed} | {} | {} | {} | {} | {} | {} |",
-            pct(v[0]),
-            pct(v[1]),
-            pct(v[2]),
-            pct(v[3]),
-            pct(v[4]),
-            pct(v[5])
-        );
-    }
-    let n = seeds.len() as f64;
-    let _ = writeln!(
-        rows,
-        "| mean | {} | {} | {} | {} | **{}** | **{}** |",
-        pct(sums[0] / n),
-        pct(sums[1] / n),
-        pct(sums[2] / n),
-        pct(sums[3] / n),
-        pct(sums[4] / n),
-        pct(sums[5] / n)
+    let (da, db) = (train_set.with_classes(&low), train_set.with_classes(&high));
+    let regimes: &[Regime] = if ctx.quick {
+        &[Regime {
+            pre_epochs: 1,
+            ft_epochs: 3,
+            ft_lr: 1e-3,
+        }]
+    } else {
+        &[
+            Regime {
+                pre_epochs: 2,
+                ft_epochs: 10,
+                ft_lr: 1e-3,
+            },
+            Regime {
+                pre_epochs: 5,
+                ft_epochs: 5,
+                ft_lr: 1e-3,
+            },
+            Regime {
+                pre_epochs: 10,
+                ft_epochs: 3,
+                ft_lr: 1e-3,
+            },
+            Regime {
+                pre_epochs: 10,
+                ft_epochs: 10,
+                ft_lr: 1e-4,
+            },
+        ]
+    };
+    let seeds: Vec<u64> = if ctx.quick {
+        vec![21, 22]
+    } else {
+        (21..31).collect()
+    };
+    let methods = [
+        "shared init",
+        "A (0-4)",
+        "B (5-9)",
+        "average",
+        "Fisher exact",
+        "Fisher exact, unnormalised",
+        "Fisher empirical",
+        "RegMean",
+    ];
+    let mut csv = format!(
+        "pre_epochs,ft_epochs,ft_lr,seed,{}\n",
+        methods.join(",").replace(' ', "_")
     );
+    let mut summary = String::new();
+    let mut headline = Vec::new();
+    for r in regimes {
+        eprintln!(
+            "finding 6: regime pre {} / fine-tune {} epochs lr {}",
+            r.pre_epochs, r.ft_epochs, r.ft_lr
+        );
+        let mut accs: Vec<Vec<f64>> = vec![Vec::new(); methods.len()];
+        for &seed in &seeds {
+            // The shared "pre-trained" init: a short run on all classes.
+            let init = fit(&sizes, seed, train_set, r.pre_epochs, 1e-3)?;
+            let cfg = |s: u64| TrainConfig {
+                epochs: r.ft_epochs,
+                batch_size: 64,
+                lr: r.ft_lr,
+                seed: s,
+            };
+            let a = train(&init, &da, &cfg(seed + 100))?;
+            let b = train(&init, &db, &cfg(seed + 200))?;
+            let avg = MlpWeights::lerp(&a, &b, 0.5);
+            let exact = [
+                diagonal_fisher(&a, &da, FisherKind::Exact, 256)?,
+                diagonal_fisher(&b, &db, FisherKind::Exact, 256)?,
+            ];
+            let empirical = [
+                diagonal_fisher(&a, &da, FisherKind::Empirical, 256)?,
+                diagonal_fisher(&b, &db, FisherKind::Empirical, 256)?,
+            ];
+            let normalised = FisherMergeOptions::default();
+            let unnormalised = FisherMergeOptions {
+                normalize: false,
+                ..normalised
+            };
+            let fisher = fisher_merge(&[&a, &b], &exact, &[1.0, 1.0], &normalised)?;
+            let fisher_un = fisher_merge(&[&a, &b], &exact, &[1.0, 1.0], &unnormalised)?;
+            let fisher_emp = fisher_merge(&[&a, &b], &empirical, &[1.0, 1.0], &normalised)?;
+            let g = [grams(&a, &da, 256)?, grams(&b, &db, 256)?];
+            let regmean = regmean_merge(&[&a, &b], &g, &[1.0, 1.0], &RegMeanOptions::default())?;
+            let models = [
+                &init,
+                &a,
+                &b,
+                &avg,
+                &fisher,
+                &fisher_un,
+                &fisher_emp,
+                &regmean,
+            ];
+            let _ = write!(csv, "{},{},{},{seed}", r.pre_epochs, r.ft_epochs, r.ft_lr);
+            for (j, m) in models.iter().enumerate() {
+                let x = 100.0 * evaluate(m, test)?.accuracy;
+                accs[j].push(x);
+                let _ = write!(csv, ",{:.4}", x / 100.0);
+            }
+            csv.push('\n');
+        }
+        let wins = |j: usize| {
+            accs[j]
+                .iter()
+                .zip(&accs[3])
+                .filter(|(x, avg)| x > avg)
+                .count()
+        };
+        let cell = |j: usize| format!("{:.1} ± {:.1}", mean(&accs[j]), sd(&accs[j]));
+        let merged_cell = |j: usize| {
+            format!(
+                "{} ({}/{}, {:+.1})",
+                cell(j),
+                wins(j),
+                seeds.len(),
+                mean(&accs[j]) - mean(&accs[3])
+            )
+        };
+        let _ = writeln!(
+            summary,
+            "| {} ep, {} ep @ {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+            r.pre_epochs,
+            r.ft_epochs,
+            r.ft_lr,
+            cell(0),
+            cell(1),
+            cell(2),
+            cell(3),
+            merged_cell(4),
+            merged_cell(5),
+            merged_cell(6),
+            merged_cell(7)
+        );
+        headline.push((
+            mean(&accs[3]),
+            mean(&accs[4]),
+            mean(&accs[7]),
+            wins(4),
+            wins(7),
+        ));
+    }
+    write_file(&ctx.out.join("fisher_regmean.csv"), &csv)?;
 
     // Soups: k fine-tunes of one init on all classes with different seeds and learning rates.
-    eprintln!("finding 6: soups");
-    let init = fit(&sizes, 31, train_set, pre_epochs, 1e-3)?;
+    let (pre_epochs, ft_epochs) = if ctx.quick { (1, 3) } else { (2, 10) };
+    let soup_seeds: &[u64] = if ctx.quick { &[31] } else { &[31, 32, 33] };
     let lrs = [3e-4, 1e-3, 2e-3, 3e-3, 5e-3];
-    let mut ingredients = Vec::new();
-    for (k, lr) in lrs.iter().enumerate() {
-        let cfg = TrainConfig {
-            epochs: ft_epochs,
-            batch_size: 64,
-            lr: *lr,
-            seed: 300 + k as u64,
-        };
-        ingredients.push(train(&init, train_set, &cfg)?);
-    }
-    let refs: Vec<&MlpWeights> = ingredients.iter().collect();
-    let greedy = greedy_soup(&refs, val)?;
-    let uniform = uniform_soup(&refs)?;
-    let best_i = (0..refs.len())
-        .max_by(|x, y| greedy.individual_val[*x].total_cmp(&greedy.individual_val[*y]))
-        .expect("models");
-    let test_acc = |m: &MlpWeights| evaluate(m, test).map(|e| e.accuracy);
     let mut soup_rows = String::new();
-    for (k, m) in refs.iter().enumerate() {
+    let mut soup_ok = true;
+    for &s in soup_seeds {
+        eprintln!("finding 6: soups from init seed {s}");
+        let init = fit(&sizes, s, train_set, pre_epochs, 1e-3)?;
+        let mut ingredients = Vec::new();
+        for (k, lr) in lrs.iter().enumerate() {
+            let cfg = TrainConfig {
+                epochs: ft_epochs,
+                batch_size: 64,
+                lr: *lr,
+                seed: 10 * s + k as u64,
+            };
+            ingredients.push(train(&init, train_set, &cfg)?);
+        }
+        let refs: Vec<&MlpWeights> = ingredients.iter().collect();
+        let greedy = greedy_soup(&refs, val)?;
+        let uniform = uniform_soup(&refs)?;
+        let best_i = (0..refs.len())
+            .max_by(|x, y| greedy.individual_val[*x].total_cmp(&greedy.individual_val[*y]))
+            .expect("models");
+        let test_acc = |m: &MlpWeights| evaluate(m, test).map(|e| e.accuracy);
+        let singles_test: Vec<f64> = refs.iter().map(|m| test_acc(m)).collect::<Result<_, _>>()?;
+        let uniform_val = evaluate(&uniform, val)?.accuracy;
+        let best_val = greedy.individual_val[best_i];
+        soup_ok &= greedy.val_accuracy >= best_val;
+        let vals: Vec<String> = greedy.individual_val.iter().map(|v| pct(*v)).collect();
         let _ = writeln!(
             soup_rows,
-            "| ingredient {k} (lr {}, seed {}) | {} | {} |",
-            lrs[k],
-            300 + k,
-            pct(greedy.individual_val[k]),
-            pct(test_acc(m)?)
+            "| {s} | {} | {} (#{best_i}) / {} | {} / {} | {} / {} | {:?} | {} / {} |",
+            vals.join(", "),
+            pct(best_val),
+            pct(singles_test[best_i]),
+            pct(mean(&greedy.individual_val)),
+            pct(mean(&singles_test)),
+            pct(uniform_val),
+            pct(test_acc(&uniform)?),
+            greedy.ingredients,
+            pct(greedy.val_accuracy),
+            pct(test_acc(&greedy.soup)?),
         );
     }
-    let _ = writeln!(
-        soup_rows,
-        "| uniform soup | {} | {} |\n| greedy soup (ingredients {:?}) | **{}** | {} |",
-        pct(evaluate(&uniform, val)?.accuracy),
-        pct(test_acc(&uniform)?),
-        greedy.ingredients,
-        pct(greedy.val_accuracy),
-        pct(test_acc(&greedy.soup)?)
-    );
+    let (avg0, fisher0, regmean0, fw0, rw0) = headline[0];
     let _ = write!(
         ctx.report,
         "### Finding 6 — Fisher and RegMean vs averaging; soups\n\n\
-         MLP 64-128-128-10. A shared init is trained for {pre_epochs} epochs on all classes (seed \
-         s); model A is fine-tuned from it on classes 0-4 only, model B on classes 5-9 only (Adam lr \
-         1e-3, {ft_epochs} epochs, seeds s+100 / s+200). Merges of A and B: plain average, Fisher \
-         (exact diagonal Fisher of each model on its own half of the train split, epsilon 1e-6, \
-         normalised), RegMean (summed Grams of each model's own half, alpha 1, ridge 1e-6). Test \
-         accuracy on all ten classes:\n\n\
-         | seed s | shared init | A (0-4) | B (5-9) | average | Fisher | RegMean |\n\
-         |---|---|---|---|---|---|---|\n{rows}\n\
-         Fisher beats the average in {}/{} seeds, RegMean in {}/{}.\n\n\
-         Soups: 5 fine-tunes of one init (seed 31, {pre_epochs} epochs) on the whole train split \
-         ({ft_epochs} epochs each, different learning rates and seeds). Greedy soup: models sorted \
-         by validation accuracy, each added if the running mean's validation accuracy strictly \
-         improves.\n\n\
-         | model | val accuracy | test accuracy |\n|---|---|---|\n{soup_rows}\n\
-         Greedy soup validation accuracy {} >= best single ({}, ingredient {best_i}): {}.\n\n({}s)\n\n",
-        wins.0,
+         MLP 64-128-128-10. A shared init is trained for `pre` epochs on all classes (Adam lr \
+         1e-3, seed s); model A is fine-tuned from it on classes 0-4 only, model B on classes 5-9 \
+         only (Adam, `ft` epochs at the given learning rate, seeds s+100 / s+200). Merges of A and \
+         B: plain average; Fisher (diagonal Fisher of each model on its own half of the train \
+         split, epsilon 1e-6; \"exact\" = expectation over the model's predictive distribution, \
+         normalised = each model's coefficient divided by its Fisher's global L2 norm, the default; \
+         also without that normalisation, and the empirical Fisher); RegMean (summed Grams of each \
+         model's own half, alpha 1, ridge 1e-6, head included since both models share the 10-way \
+         head). Test accuracy (%) on all ten classes, mean ± sd over the seeds s = {}..{} \
+         ({} seeds); for the merges also (seeds where it beats the average / {}, mean difference \
+         to the average in points):\n\n\
+         | pre, fine-tune @ lr | shared init | A / B | average | Fisher exact | Fisher exact, unnormalised | Fisher empirical | RegMean |\n\
+         |---|---|---|---|---|---|---|---|\n{summary}\n\
+         First regime (the study's main setting): average {avg0:.1}%, Fisher {fisher0:.1}% \
+         ({fw0}/{n} seeds better), RegMean {regmean0:.1}% ({rw0}/{n} seeds better). Per-seed \
+         numbers: `fisher_regmean.csv`.\n\n\
+         Soups: for each init seed, 5 fine-tunes of one init ({pre_epochs} epochs on all \
+         classes) on the whole train split ({ft_epochs} epochs each, learning rates {lrs:?}, \
+         seeds 10 s + k). Greedy soup: models sorted by validation accuracy, each added if the \
+         running mean's validation accuracy strictly improves. Accuracies as validation / test:\n\n\
+         | init seed | ingredients' val acc | best single | mean single | uniform soup | greedy ingredients | greedy soup |\n\
+         |---|---|---|---|---|---|---|\n{soup_rows}\n\
+         Greedy soup validation accuracy >= best single's in every run: {soup_ok}.\n\n({}s)\n\n",
+        seeds[0],
+        seeds[seeds.len() - 1],
         seeds.len(),
-        wins.1,
         seeds.len(),
-        pct(greedy.val_accuracy),
-        pct(greedy.individual_val[best_i]),
-        greedy.val_accuracy >= greedy.individual_val[best_i],
-        t0.elapsed().as_secs()
+        t0.elapsed().as_secs(),
+        n = seeds.len(),
     );
     Ok(())
 }
