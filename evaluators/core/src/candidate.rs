@@ -1,11 +1,15 @@
-//! What a search hands an evaluator: a merged model in memory, or a layer path.
+//! What a search hands an evaluator: a merged model in memory, a layer path, or an MLP
+//! classifier.
 
 use crate::EvalError;
 use evomerge_checkpoint::{
     CheckpointWriter, Dtype, OutputTensor, WriterOptions, config_dtype_name,
 };
 use evomerge_kernels::{Device, values_of};
-use evomerge_models::{Decoder, LanguageModel, LayerPath, Llama, LlamaConfig, TensorMap, Tokenizer};
+use evomerge_models::{
+    Decoder, LanguageModel, LayerPath, Llama, LlamaConfig, MLP_ARCHITECTURE, MlpWeights, TensorMap,
+    Tokenizer,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -22,6 +26,16 @@ pub trait Candidate: Send + Sync {
     /// Write the candidate as a Hugging Face folder (config.json, safetensors, tokenizer files)
     /// at `dir`, which must not exist yet.
     fn write_hf_folder(&self, dir: &Path) -> Result<(), EvalError>;
+
+    /// The candidate as an MLP classifier, for candidates that are one ([`MlpCandidate`]);
+    /// by default it is not.
+    fn mlp(&self) -> Result<&MlpWeights, EvalError> {
+        Err(EvalError::Candidate(format!(
+            "{}: not an MLP classifier (the classifier evaluator scores MLP candidates, merges of \
+             {MLP_ARCHITECTURE} checkpoints)",
+            self.label()
+        )))
+    }
 }
 
 /// A parameter-space merge held in memory: the merge engine's tensors (Hugging Face names,
@@ -126,7 +140,11 @@ impl Candidate for MergedCandidate {
             })
             .collect();
         let candidate_err = |e: evomerge_checkpoint::CheckpointError| {
-            EvalError::Candidate(format!("{}: cannot write {}: {e}", self.label, dir.display()))
+            EvalError::Candidate(format!(
+                "{}: cannot write {}: {e}",
+                self.label,
+                dir.display()
+            ))
         };
         let writer =
             CheckpointWriter::create(dir, plan, WriterOptions::default()).map_err(candidate_err)?;
@@ -227,5 +245,127 @@ impl Candidate for PathCandidate {
         exporter
             .export(&self.path, dir)
             .map_err(|e| EvalError::Candidate(format!("{}: export failed: {e}", self.label)))
+    }
+}
+
+/// An MLP classifier held in memory (a merge of `EvomergeMlp` checkpoints), for the
+/// `classifier` evaluator. It is not a language model; an export writes the MLP checkpoint
+/// folder ([`MlpWeights::save`]).
+#[derive(Debug, Clone)]
+pub struct MlpCandidate {
+    label: String,
+    weights: MlpWeights,
+}
+
+impl MlpCandidate {
+    pub fn new(label: impl Into<String>, weights: MlpWeights) -> MlpCandidate {
+        MlpCandidate {
+            label: label.into(),
+            weights,
+        }
+    }
+
+    /// From a merge's in-memory output: `config` the merged `config.json` (its `layer_sizes`),
+    /// `tensors` named `layers.{i}.weight` / `layers.{i}.bias`.
+    pub fn from_tensors(
+        label: impl Into<String>,
+        config: &Value,
+        tensors: &TensorMap,
+    ) -> Result<MlpCandidate, EvalError> {
+        let label = label.into();
+        if let Some(arch) = config
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str)
+            && arch != MLP_ARCHITECTURE
+        {
+            return Err(EvalError::Candidate(format!(
+                "{label}: architecture {arch} is not an MLP classifier ({MLP_ARCHITECTURE})"
+            )));
+        }
+        let sizes: Vec<usize> = config
+            .get("layer_sizes")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64().map(|x| x as usize))
+                    .collect()
+            })
+            .ok_or_else(|| {
+                EvalError::Candidate(format!(
+                    "{label}: config.json has no \"layer_sizes\" list (not an MLP classifier)"
+                ))
+            })?;
+        let named: Vec<(String, Vec<f32>)> = tensors
+            .iter()
+            .map(|(n, t)| (n.to_string(), values_of(t.clone())))
+            .collect();
+        let weights = MlpWeights::from_named(&sizes, &named)
+            .map_err(|e| EvalError::Candidate(format!("{label}: {e}")))?;
+        Ok(MlpCandidate { label, weights })
+    }
+
+    pub fn weights(&self) -> &MlpWeights {
+        &self.weights
+    }
+}
+
+impl Candidate for MlpCandidate {
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+
+    fn language_model(&self) -> Result<&LanguageModel, EvalError> {
+        Err(EvalError::Candidate(format!(
+            "{}: an MLP classifier is not a language model; score it with the classifier evaluator",
+            self.label
+        )))
+    }
+
+    fn write_hf_folder(&self, dir: &Path) -> Result<(), EvalError> {
+        self.weights.save(dir, false).map(|_| ()).map_err(|e| {
+            EvalError::Candidate(format!(
+                "{}: cannot write {}: {e}",
+                self.label,
+                dir.display()
+            ))
+        })
+    }
+
+    fn mlp(&self) -> Result<&MlpWeights, EvalError> {
+        Ok(&self.weights)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mlp_candidate_from_tensors_round_trips_and_rejects_other_models() {
+        let w = MlpWeights::init(&[6, 4, 3], 7).unwrap();
+        let device = Device::flex();
+        let views = w
+            .named_tensors()
+            .into_iter()
+            .map(|(n, shape, v)| (n, evomerge_kernels::tensor_from(v, &shape, &device)))
+            .collect();
+        let map = TensorMap::from_views("merge", views);
+        let c = MlpCandidate::from_tensors("gen 0 #1", &w.config_json(), &map).unwrap();
+        assert_eq!(c.mlp().unwrap(), &w);
+        assert!(c.language_model().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        c.write_hf_folder(&dir.path().join("m")).unwrap();
+        assert_eq!(MlpWeights::load(dir.path().join("m")).unwrap(), w);
+        let llama = serde_json::json!({"architectures": ["LlamaForCausalLM"]});
+        let e = MlpCandidate::from_tensors("x", &llama, &map)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("LlamaForCausalLM"), "{e}");
+        let e =
+            MlpCandidate::from_tensors("x", &serde_json::json!({"layer_sizes": [6, 5, 3]}), &map)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("layers.0.weight"), "{e}");
     }
 }

@@ -33,7 +33,7 @@
 
 mod candidate;
 
-pub use candidate::{Candidate, MergedCandidate, PathCandidate, PathExporter};
+pub use candidate::{Candidate, MergedCandidate, MlpCandidate, PathCandidate, PathExporter};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -212,8 +212,11 @@ pub trait Evaluator: Send + Sync {
 
     /// Score `candidate` on `request.split`. A candidate that breaks returns
     /// `Ok(Score::failed(..))`; `Err` means the evaluation setup itself is broken.
-    fn evaluate(&self, candidate: &dyn Candidate, request: &EvalRequest)
-    -> Result<Score, EvalError>;
+    fn evaluate(
+        &self,
+        candidate: &dyn Candidate,
+        request: &EvalRequest,
+    ) -> Result<Score, EvalError>;
 }
 
 #[cfg(test)]
