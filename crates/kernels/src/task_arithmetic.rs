@@ -3,7 +3,7 @@
 //! weighted sum that task_arithmetic / ties / dare_* / breadcrumbs* / della* all share.
 
 use crate::{KernelError, MaskRng, Result, T2, scalar};
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 /// How a task vector is thinned before merging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -57,21 +57,47 @@ pub struct TaskVector {
     pub weight: f32,
 }
 
-fn mask_from_indices(indices: Tensor<1, Int>, n: usize, like: &T2) -> T2 {
-    let device = like.device();
-    let k = indices.dims()[0];
-    let [r, c] = like.dims();
-    if k == 0 {
-        return like.zeros_like();
+/// A 0/1 mask keeping the entries whose rank by `|x|` (ascending; ties ordered by position) lies
+/// in `lo..hi`. Two selections (O(n)) on the host instead of a full argsort: magnitude pruning
+/// of a large tensor was the slowest step of TIES.
+fn rank_range_mask(x: &T2, lo: usize, hi: usize) -> T2 {
+    let [r, c] = x.dims();
+    let n = r * c;
+    let hi = hi.min(n);
+    if lo >= hi {
+        return x.zeros_like();
     }
-    Tensor::<1>::zeros([n], &device)
-        .scatter(
-            0,
-            indices,
-            Tensor::<1>::ones([k], &device),
-            IndexingUpdateOp::Assign,
-        )
-        .reshape([r, c])
+    let abs: Vec<f32> = x
+        .clone()
+        .abs()
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32 tensor");
+    let mut work = abs.clone();
+    let cmp = |a: &f32, b: &f32| a.total_cmp(b);
+    let t_lo = *work.select_nth_unstable_by(lo, cmp).1;
+    let t_hi = *work.select_nth_unstable_by(hi - 1, cmp).1;
+    let less = |t: f32| abs.iter().filter(|v| v.total_cmp(&t).is_lt()).count();
+    let (less_lo, less_hi) = (less(t_lo), less(t_hi));
+    let (mut seen_lo, mut seen_hi) = (0usize, 0usize);
+    let mask: Vec<f32> = abs
+        .iter()
+        .map(|v| {
+            let rank = if v.total_cmp(&t_lo).is_eq() {
+                seen_lo += 1;
+                less_lo + seen_lo - 1
+            } else if v.total_cmp(&t_hi).is_eq() {
+                seen_hi += 1;
+                less_hi + seen_hi - 1
+            } else if v.total_cmp(&t_lo).is_gt() && v.total_cmp(&t_hi).is_lt() {
+                lo // strictly inside
+            } else {
+                n // outside
+            };
+            if (lo..hi).contains(&rank) { 1.0 } else { 0.0 }
+        })
+        .collect();
+    Tensor::<2>::from_data(TensorData::new(mask, [r, c]), &x.device())
 }
 
 fn apply_rescale(x: &T2, masked: T2, rescale: Rescale, density: f32) -> T2 {
@@ -128,9 +154,8 @@ pub fn sparsify(
     match method {
         Sparsify::None => unreachable!(),
         Sparsify::Magnitude => {
-            let k = ((density as f64 * n as f64) as usize).max(1);
-            let order = x.clone().abs().reshape([n]).argsort_descending(0);
-            let mask = mask_from_indices(order.slice(0..k), n, &x);
+            let k = ((density as f64 * n as f64) as usize).clamp(1, n);
+            let mask = rank_range_mask(&x, n - k, n);
             Ok(apply_rescale(&x, x.clone().mul(mask), rescale, density))
         }
         Sparsify::Random => {
@@ -152,8 +177,7 @@ pub fn sparsify(
                 n_bot = 0;
             }
             let (lo, hi) = (n_bot as usize, n - n_top.max(0) as usize);
-            let order = x.clone().abs().reshape([n]).argsort(0);
-            let mask = mask_from_indices(order.slice(lo..hi.max(lo)), n, &x);
+            let mask = rank_range_mask(&x, lo, hi);
             Ok(apply_rescale(&x, x.clone().mul(mask), rescale, density))
         }
         Sparsify::Della => {
@@ -418,6 +442,38 @@ mod tests {
                 (-2.0 * a.ln()).sqrt() * (2.0 * std::f32::consts::PI * b).cos()
             })
             .collect()
+    }
+
+    #[test]
+    fn rank_masks_with_many_ties_keep_exact_counts() {
+        // Values from a small set: most entries tie with the thresholds.
+        let x: Vec<f32> = (0..997).map(|i| ((i * 7919) % 5) as f32 - 2.0).collect();
+        for (lo, hi) in [
+            (0, 997),
+            (100, 900),
+            (0, 1),
+            (996, 997),
+            (400, 401),
+            (300, 300),
+        ] {
+            let m = values_of(rank_range_mask(&t(&x), lo, hi));
+            assert_eq!(
+                m.iter().filter(|v| **v == 1.0).count(),
+                hi - lo,
+                "{lo}..{hi}"
+            );
+            // every kept |x| is >= every dropped |x| below the range and <= every one above it,
+            // checked against a stable sort by (|x|, position)
+            let mut order: Vec<usize> = (0..x.len()).collect();
+            order.sort_by(|&a, &b| x[a].abs().total_cmp(&x[b].abs()).then(a.cmp(&b)));
+            for (rank, &i) in order.iter().enumerate() {
+                assert_eq!(
+                    m[i] == 1.0,
+                    (lo..hi).contains(&rank),
+                    "{lo}..{hi} rank {rank}"
+                );
+            }
+        }
     }
 
     #[test]
