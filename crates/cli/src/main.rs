@@ -7,6 +7,7 @@ mod bench_lm;
 mod demo;
 mod inspect;
 mod merge_cmd;
+mod mini_world_cmd;
 mod run_cmd;
 mod study_data;
 
@@ -50,6 +51,9 @@ enum Command {
     Inspect(inspect::InspectCommand),
     /// Reproduce the data-using and permutation merge findings on digits (report + plots).
     DataMergeStudy(study_data::StudyDataArgs),
+    /// Build the miniature Japanese-math world (task + trained base and experts) and score it.
+    #[command(subcommand)]
+    MiniWorld(mini_world_cmd::MiniWorldCommand),
 }
 
 fn main() {
@@ -69,6 +73,7 @@ fn main() {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Inspect(cmd) => inspect::run(cmd),
         Command::DataMergeStudy(args) => study_data::run(args),
+        Command::MiniWorld(cmd) => mini_world_cmd::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

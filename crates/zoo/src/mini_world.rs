@@ -381,6 +381,27 @@ fn sentence(rng: &mut ChaCha8Rng) -> String {
     }
 }
 
+/// A story in EN where something is added, taken away or multiplied, ending with the result
+/// stated in words (the facts a math word problem asks about, without the question).
+pub fn story(rng: &mut ChaCha8Rng) -> String {
+    let op = *[Op::Add, Op::Sub, Op::Mul].choose(rng).expect("ops");
+    let style = rng.random_range(0..=1);
+    let p = problem(rng, op, style);
+    let setup = p
+        .question
+        .rsplit_once(" . ")
+        .map(|(s, _)| s)
+        .unwrap_or(&p.question);
+    // the worked answer's first sentence without its equation: "tom has 8 apples ."
+    let first = p.answer.split(" . ").next().unwrap_or_default();
+    let words: Vec<&str> = first.split(' ').collect();
+    let stated = match words.iter().position(|w| *w == "=") {
+        Some(eq) if eq >= 3 => [&words[..eq - 3], &words[eq + 1..]].concat().join(" "),
+        _ => first.to_string(),
+    };
+    format!("{setup} . {stated} .")
+}
+
 /// A non-math question answered by reading (no arithmetic), with its answer (closed by
 /// [`EOS`]), in EN.
 fn reading_question(rng: &mut ChaCha8Rng) -> (String, String) {
@@ -459,16 +480,16 @@ impl Corpus {
     pub fn sample(self, rng: &mut ChaCha8Rng) -> Example {
         match self {
             Corpus::Base => {
-                let text = match rng.random_range(0..10) {
+                let text = match rng.random_range(0..20) {
                     // monolingual documents of 2-4 sentences
-                    0..=2 => {
+                    0..=5 => {
                         let lang = random_lang(rng);
                         let n = rng.random_range(2..=4);
                         let s: Vec<String> = (0..n).map(|_| relex(lang, &sentence(rng))).collect();
                         s.join(" ")
                     }
                     // parallel pairs (either order)
-                    3..=4 => {
+                    6..=9 => {
                         let s = sentence(rng);
                         if rng.random_bool(0.5) {
                             format!("{s} <=> {}", relex(Lang::Ja, &s))
@@ -476,8 +497,10 @@ impl Corpus {
                             format!("{} <=> {s}", relex(Lang::Ja, &s))
                         }
                     }
+                    // stories with arithmetic in them (no question, no equation)
+                    10..=12 => relex(random_lang(rng), &story(rng)),
                     // equations
-                    5..=6 => {
+                    13..=15 => {
                         let n = rng.random_range(2..=4);
                         let s: Vec<String> = (0..n)
                             .map(|_| {
@@ -732,6 +755,16 @@ mod tests {
             let ja_answer = relex(Lang::Ja, &p.answer);
             assert!(words(&ja_answer).iter().all(|w| ja.contains(w.as_str())));
             assert!(words(&p.answer).iter().all(|w| !ja.contains(w.as_str())));
+        }
+    }
+
+    #[test]
+    fn stories_state_the_result_without_an_equation() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..200 {
+            let s = story(&mut rng);
+            assert!(!s.contains('=') && !s.contains('?'), "{s}");
+            assert!(s.ends_with(" ."), "{s}");
         }
     }
 

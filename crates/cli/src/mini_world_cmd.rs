@@ -1,0 +1,272 @@
+//! `evomerge mini-world`: build the miniature Japanese-math world of the mini reproduction
+//! (issue 7) — the task files and four trained models — and score the models on it.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use evomerge_checkpoint::Dtype;
+use evomerge_eval::{EvalRequest, Split};
+use evomerge_kernels::Device;
+use evomerge_runner::{EvaluatorSpec, Evaluators, checkpoint_candidate};
+use evomerge_zoo::TinyLlama;
+use evomerge_zoo::mini_train::{TrainOptions, train};
+use evomerge_zoo::mini_world::{
+    Corpus, SplitSizes, TaskOptions, tokenizer_json, vocabulary, write_task,
+};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum MiniWorldCommand {
+    /// Write the task (JA math splits, task TOML, JA vocabulary) and train the base and the
+    /// three experts into DIR (models already trained with the same settings are reused),
+    /// then score every model on the test split.
+    Build(BuildArgs),
+    /// Score the models of a built world on the JA-math and EN-math test splits.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Folder of the world (task/ and models/ inside).
+    pub dir: PathBuf,
+    /// A very small world (tiny model, few steps, small splits) for smoke tests.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seed of the model initialisation and the training batches.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Base pretraining steps (default 1500; quick: 40).
+    #[arg(long)]
+    pub base_steps: Option<usize>,
+    /// Steps of each fine-tune (default 300; quick: 10; the second math expert gets 1.5x).
+    #[arg(long)]
+    pub ft_steps: Option<usize>,
+    /// Learning rate of the fine-tunes.
+    #[arg(long, default_value_t = 1e-4)]
+    pub ft_lr: f64,
+    /// Skip scoring the models at the end.
+    #[arg(long)]
+    pub no_eval: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Folder of the world.
+    pub dir: PathBuf,
+    /// Split of the JA task to score (search, validation, test).
+    #[arg(long, default_value = "test")]
+    pub split: String,
+}
+
+/// The models of the world: name, corpus, parent, steps multiplier.
+const MODELS: &[(&str, Corpus, Option<&str>, f64)] = &[
+    ("base", Corpus::Base, None, 1.0),
+    ("math", Corpus::MathEn, Some("base"), 1.0),
+    ("math2", Corpus::MathEn2, Some("base"), 1.5),
+    ("ja", Corpus::InstructJa, Some("base"), 1.0),
+];
+
+pub fn run(cmd: MiniWorldCommand) -> Result<()> {
+    match cmd {
+        MiniWorldCommand::Build(args) => build(args),
+        MiniWorldCommand::Eval(args) => {
+            let split = match args.split.as_str() {
+                "search" => Split::Search,
+                "validation" => Split::Validation,
+                "test" => Split::Test,
+                other => bail!("unknown split {other:?}; use search, validation or test"),
+            };
+            evaluate(&args.dir, split)
+        }
+    }
+}
+
+fn build(args: BuildArgs) -> Result<()> {
+    let started = Instant::now();
+    let task_dir = args.dir.join("task");
+    let sizes = if args.quick {
+        SplitSizes {
+            search: 40,
+            validation: 20,
+            test: 20,
+        }
+    } else {
+        SplitSizes::default()
+    };
+    let counts = write_task(
+        &task_dir,
+        &TaskOptions {
+            sizes,
+            subsample: if args.quick { 20 } else { 100 },
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("writing the task into {}", task_dir.display()))?;
+    eprintln!(
+        "task: {} (search {}, validation {}, test {})",
+        task_dir.join("ja_math.toml").display(),
+        counts[0],
+        counts[1],
+        counts[2]
+    );
+    let spec = if args.quick {
+        TinyLlama {
+            hidden: 32,
+            intermediate: 64,
+            layers: 2,
+            vocab: vocabulary().len(),
+            heads: 4,
+            kv_heads: 4,
+            max_positions: 64,
+            ..Default::default()
+        }
+    } else {
+        TinyLlama {
+            hidden: 128,
+            intermediate: 256,
+            layers: 4,
+            vocab: vocabulary().len(),
+            heads: 4,
+            kv_heads: 4,
+            max_positions: 64,
+            ..Default::default()
+        }
+    };
+    let base_steps = args
+        .base_steps
+        .unwrap_or(if args.quick { 40 } else { 1500 });
+    let ft_steps = args.ft_steps.unwrap_or(if args.quick { 10 } else { 300 });
+    let models_dir = args.dir.join("models");
+    let mut stamps = std::collections::BTreeMap::new();
+    for (name, corpus, parent, mult) in MODELS {
+        let (steps, lr) = match parent {
+            None => (base_steps, 1e-3),
+            Some(_) => (((ft_steps as f64) * mult).round() as usize, args.ft_lr),
+        };
+        let options = TrainOptions {
+            corpus: *corpus,
+            steps,
+            batch_size: 32,
+            seq_len: 48,
+            lr,
+            seed: args.seed.wrapping_mul(1000) + stamps.len() as u64,
+        };
+        let stamp = json!({
+            "model": format!("{spec:?}"),
+            "options": format!("{options:?}"),
+            "parent": parent.map(|p| stamps.get(p).cloned()),
+            "seed": args.seed,
+        });
+        let out = models_dir.join(name);
+        let stamp_file = out.join("mini_world.json");
+        let cached = std::fs::read_to_string(&stamp_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["stamp"] == stamp);
+        if cached {
+            eprintln!("{name}: cached ({})", out.display());
+            stamps.insert(*name, stamp);
+            continue;
+        }
+        let init = match parent {
+            None => spec.random(args.seed),
+            Some(p) => {
+                let dir = models_dir.join(p);
+                weights_from_dir(&dir)?
+            }
+        };
+        let t0 = Instant::now();
+        let every = (steps / 10).max(1);
+        let (trained, report) = train(&init, &options, |step, loss| {
+            if (step + 1) % every == 0 {
+                eprintln!(
+                    "{name}: step {}/{steps} loss {loss:.3} ({:.0}s)",
+                    step + 1,
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+        });
+        trained
+            .save_with_tokenizer(&out, Dtype::F32, u64::MAX, &tokenizer_json())
+            .with_context(|| format!("saving {}", out.display()))?;
+        let record = json!({
+            "stamp": stamp,
+            "first_loss": report.first_loss,
+            "last_loss": report.last_loss,
+            "seconds": t0.elapsed().as_secs_f64(),
+            "corpus": format!("{corpus:?}"),
+            "steps": steps,
+            "lr": lr,
+        });
+        std::fs::write(&stamp_file, serde_json::to_string_pretty(&record)?)?;
+        eprintln!(
+            "{name}: trained {steps} steps in {:.0}s, loss {:.3} -> {:.3}",
+            t0.elapsed().as_secs_f64(),
+            report.first_loss,
+            report.last_loss
+        );
+        stamps.insert(*name, stamp);
+    }
+    eprintln!("built in {:.0}s", started.elapsed().as_secs_f64());
+    if !args.no_eval {
+        evaluate(&args.dir, Split::Test)?;
+    }
+    Ok(())
+}
+
+/// Read a saved model back as trainable weights.
+fn weights_from_dir(dir: &Path) -> Result<evomerge_zoo::Weights> {
+    let ckpt = evomerge_checkpoint::Checkpoint::open(dir)
+        .with_context(|| format!("opening {}", dir.display()))?;
+    let config = ckpt
+        .config()
+        .cloned()
+        .with_context(|| format!("{}: no config.json", dir.display()))?;
+    let spec = evomerge_zoo::mini_train::spec_of(&config);
+    let mut tensors = Vec::new();
+    for (name, shape) in spec.shapes() {
+        let values = ckpt.read_f32(&name)?;
+        tensors.push((name, shape, values));
+    }
+    Ok(evomerge_zoo::Weights { config, tensors })
+}
+
+fn evaluate(dir: &Path, split: Split) -> Result<()> {
+    let device = Device::flex();
+    let ja = Evaluators::build(&[EvaluatorSpec::Lm {
+        task: dir.join("task/ja_math.toml"),
+        weight: 1.0,
+        batch_size: None,
+    }])?;
+    let en = Evaluators::build(&[EvaluatorSpec::Lm {
+        task: dir.join("task/en_math.toml"),
+        weight: 1.0,
+        batch_size: None,
+    }])?;
+    println!(
+        "| model | JA math acc_lang (strict) | JA math acc (numeric) | JA lang_pass | EN math acc |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (name, ..) in MODELS {
+        let mdir = dir.join("models").join(name);
+        let cand = checkpoint_candidate(&mdir, name, &device)?;
+        let s = ja.evaluate(&cand, &EvalRequest::new(split, 0, 0))?;
+        let e = en.evaluate(&cand, &EvalRequest::new(Split::Test, 0, 0))?;
+        let m = |k: &str| s.metrics.get(k).copied().unwrap_or(f64::NAN) * 100.0;
+        let en_acc = e.metrics.get("acc").copied().unwrap_or(f64::NAN) * 100.0;
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {en_acc:.1} |",
+            m("acc_lang"),
+            m("acc"),
+            m("lang_pass")
+        );
+        rows.push(json!({"model": name, "split": split.as_str(), "acc_lang": m("acc_lang"), "acc": m("acc"), "lang_pass": m("lang_pass"), "en_acc": en_acc}));
+    }
+    std::fs::write(
+        dir.join(format!("sources_{}.json", split.as_str())),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    Ok(())
+}
