@@ -275,6 +275,7 @@ pub fn passthrough(x: T2, scale: Option<f32>) -> T2 {
 }
 
 #[cfg(test)]
+#[allow(clippy::approx_constant, clippy::excessive_precision)] // golden values as the reference prints them
 mod tests {
     use super::*;
     use crate::testing::{assert_close, t};

@@ -67,12 +67,7 @@ fn rank_range_mask(x: &T2, lo: usize, hi: usize) -> T2 {
     if lo >= hi {
         return x.zeros_like();
     }
-    let abs: Vec<f32> = x
-        .clone()
-        .abs()
-        .into_data()
-        .to_vec::<f32>()
-        .expect("f32 tensor");
+    let abs = crate::values_of(x.clone().abs());
     let mut work = abs.clone();
     let cmp = |a: &f32, b: &f32| a.total_cmp(b);
     let t_lo = *work.select_nth_unstable_by(lo, cmp).1;
