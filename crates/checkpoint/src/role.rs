@@ -89,7 +89,7 @@ fn split_layer(name: &str) -> Option<(&str, usize, &str)> {
 /// `model.layers.7.mlp.w`. Names that are not layer tensors come back unchanged.
 pub fn rename_layer(name: &str, new_index: usize) -> String {
     match split_layer(name) {
-        Some((prefix, _, suffix)) if suffix.is_empty() => format!("{prefix}{new_index}"),
+        Some((prefix, _, "")) => format!("{prefix}{new_index}"),
         Some((prefix, _, suffix)) => format!("{prefix}{new_index}.{suffix}"),
         None => name.to_string(),
     }

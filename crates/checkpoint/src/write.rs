@@ -208,7 +208,7 @@ impl CheckpointWriter {
             let file_name = shard_file_name(i, n_shards);
             let path = self.tmp_dir.join(&file_name);
             let mut text = serde_json::to_vec(&Value::Object(header)).expect("header serializes");
-            while text.len() % 8 != 0 {
+            while !text.len().is_multiple_of(8) {
                 text.push(b' ');
             }
             let mut file = File::create(&path).map_err(|e| CheckpointError::io(&path, e))?;
@@ -374,7 +374,7 @@ impl CheckpointWriter {
             let path = entry
                 .map_err(|e| CheckpointError::io(&self.tmp_dir, e))?
                 .path();
-            if !path.extension().is_some_and(|e| e == "safetensors") {
+            if path.extension().is_none_or(|e| e != "safetensors") {
                 File::open(&path)
                     .and_then(|f| f.sync_all())
                     .map_err(|e| CheckpointError::io(&path, e))?;
@@ -389,14 +389,14 @@ impl CheckpointWriter {
         }
         std::fs::rename(&self.tmp_dir, &self.final_dir)
             .map_err(|e| CheckpointError::io(&self.final_dir, e))?;
-        if let Some(parent) = self.final_dir.parent() {
-            if let Ok(d) = File::open(if parent.as_os_str().is_empty() {
+        if let Some(parent) = self.final_dir.parent()
+            && let Ok(d) = File::open(if parent.as_os_str().is_empty() {
                 Path::new(".")
             } else {
                 parent
-            }) {
-                let _ = d.sync_all();
-            }
+            })
+        {
+            let _ = d.sync_all();
         }
         self.finished = true;
         Ok(self.final_dir.clone())

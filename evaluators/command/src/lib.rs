@@ -116,7 +116,7 @@ impl CommandEvaluator {
         if config.command.trim().is_empty() {
             return Err(EvalError::Config("command evaluator: `command` is empty".into()));
         }
-        if !(config.timeout_s > 0.0) {
+        if config.timeout_s.is_nan() || config.timeout_s <= 0.0 {
             return Err(EvalError::Config(format!(
                 "command evaluator: timeout_s must be positive, got {}",
                 config.timeout_s
@@ -391,9 +391,10 @@ impl Evaluator for CommandEvaluator {
         let parsed = if let Some(spec) = &self.config.lm_eval {
             match newest_results(&work_dir) {
                 Some(p) => score_from_lm_eval(&p, spec),
-                None => Err(format!(
-                    "no lm-evaluation-harness results_*.json under {{work_dir}}; pass `--output_path {{work_dir}}` to lm_eval"
-                )),
+                None => Err(
+                    "no lm-evaluation-harness results_*.json under {work_dir}; pass `--output_path {work_dir}` to lm_eval"
+                        .to_string(),
+                ),
             }
         } else {
             let score_file = work_dir.join("score.json");

@@ -65,6 +65,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+#[allow(clippy::large_enum_variant)] // one per evaluator, never moved in a hot path
 enum Kind {
     Generate {
         spec: GenerateSpec,
