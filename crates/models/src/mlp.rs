@@ -582,6 +582,7 @@ pub fn evaluate(weights: &MlpWeights, data: &Dataset) -> Result<Evaluation> {
             data.name
         )));
     }
+    data.expect_features(weights.n_inputs())?;
     let c = weights.n_classes();
     if let Some(l) = data.labels.iter().find(|l| **l as usize >= c) {
         return Err(MlpError::Invalid(format!(
@@ -669,7 +670,7 @@ mod tests {
         let w0 = MlpWeights::init(&[64, 16, 10], 0).unwrap();
         let before = evaluate(&w0, &d).unwrap();
         let cfg = TrainConfig {
-            epochs: 5,
+            epochs: 30,
             batch_size: 32,
             lr: 3e-3,
             seed: 0,
