@@ -126,7 +126,10 @@ fn remove_stale_partials(parent: &Path, base: &str) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid != std::process::id() && !process_alive(pid) {
@@ -494,9 +497,10 @@ mod tests {
         // A partial folder of a process that no longer exists (above Linux's pid_max), one of a
         // live process (this one's parent stands in), and another output's.
         let dead = tmp.path().join(".m.partial-999999999");
-        let live = tmp
-            .path()
-            .join(format!(".m.partial-{}", std::os::unix::process::parent_id()));
+        let live = tmp.path().join(format!(
+            ".m.partial-{}",
+            std::os::unix::process::parent_id()
+        ));
         let other = tmp.path().join(".n.partial-999999999");
         for d in [&dead, &live, &other] {
             std::fs::create_dir(d).unwrap();

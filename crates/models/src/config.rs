@@ -231,8 +231,7 @@ impl LlamaConfig {
             rms_norm_eps: get_f64(config, "rms_norm_eps").unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: get_usize(config, "max_position_embeddings")
-                .unwrap_or(4096),
+            max_position_embeddings: get_usize(config, "max_position_embeddings").unwrap_or(4096),
             // Llama, Mistral and Qwen2 configs all default to untied heads.
             tie_word_embeddings: config
                 .get("tie_word_embeddings")
@@ -272,7 +271,10 @@ impl LlamaConfig {
         let (h, i) = (self.hidden_size, self.intermediate_size);
         let q = self.num_heads * self.head_dim;
         let kv = self.num_kv_heads * self.head_dim;
-        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![self.vocab_size, h],
+        )];
         for l in 0..self.num_layers {
             let p = format!("model.layers.{l}.");
             out.push((format!("{p}input_layernorm.weight"), vec![h]));

@@ -169,10 +169,7 @@ impl Decoder {
                 )));
             }
             if !hop.scale.is_finite() {
-                return Err(ModelError::Path(format!(
-                    "hop {t} has scale {}",
-                    hop.scale
-                )));
+                return Err(ModelError::Path(format!("hop {t} has scale {}", hop.scale)));
             }
             context = context.min(m.rope.positions);
         }
@@ -353,7 +350,10 @@ impl Decoder {
                 out[chunk[j]] = Some(r);
             }
         }
-        Ok(out.into_iter().map(|r| r.expect("every prompt ran")).collect())
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every prompt ran"))
+            .collect())
     }
 
     fn generate_batch(
@@ -383,10 +383,7 @@ impl Decoder {
             x.reshape([b, s, h]).narrow(1, s - 1, 1).reshape([b, h])
         };
         let hidden = self.run(&tokens, prompts.len(), s0, &mut state, options.use_cache);
-        let mut next = ints_of(
-            self.head(last_hidden(hidden, prompts.len(), s0))
-                .argmax(1),
-        );
+        let mut next = ints_of(self.head(last_hidden(hidden, prompts.len(), s0)).argmax(1));
         loop {
             let mut keep = Vec::with_capacity(active.len());
             for (r, &item) in active.iter().enumerate() {
@@ -455,7 +452,10 @@ impl Decoder {
                 out[chunk[j]] = Some(r);
             }
         }
-        Ok(out.into_iter().map(|r| r.expect("every request ran")).collect())
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every request ran"))
+            .collect())
     }
 
     fn loglik_batch(

@@ -248,8 +248,17 @@ impl Loader<'_> {
         Ok(t)
     }
 
-    fn maybe(&self, on: bool, name: &str, shape: &[usize]) -> Result<Option<Tensor<2>>, ModelError> {
-        if on { self.get(name, shape).map(Some) } else { Ok(None) }
+    fn maybe(
+        &self,
+        on: bool,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<Option<Tensor<2>>, ModelError> {
+        if on {
+            self.get(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }
 

@@ -139,9 +139,15 @@ impl LanguageModel {
         self.decoder.loglik(&requests, batch_size)
     }
 
-    fn encode_pair(&self, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>), ModelError> {
+    fn encode_pair(
+        &self,
+        context: &str,
+        continuation: &str,
+    ) -> Result<(Vec<u32>, Vec<u32>), ModelError> {
         let trimmed = context.trim_end_matches(' ');
-        let whole = self.tokenizer.encode(&format!("{context}{continuation}"), true)?;
+        let whole = self
+            .tokenizer
+            .encode(&format!("{context}{continuation}"), true)?;
         let ctx = self.tokenizer.encode(trimmed, true)?;
         let split = common_prefix(&ctx, &whole).min(whole.len().saturating_sub(1));
         let (c, k) = whole.split_at(split);

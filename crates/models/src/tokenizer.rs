@@ -31,7 +31,9 @@ impl Tokenizer {
             };
             return Err(ModelError::Tokenizer {
                 path: path.display().to_string(),
-                message: format!("missing: evomerge needs the Hugging Face fast-tokenizer file{hint}"),
+                message: format!(
+                    "missing: evomerge needs the Hugging Face fast-tokenizer file{hint}"
+                ),
             });
         }
         Tokenizer::from_file(&path)
@@ -40,11 +42,10 @@ impl Tokenizer {
     /// A `tokenizer.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Tokenizer, ModelError> {
         let path = path.as_ref().to_path_buf();
-        let inner =
-            tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
-                path: path.display().to_string(),
-                message: format!("cannot load: {e}"),
-            })?;
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+            path: path.display().to_string(),
+            message: format!("cannot load: {e}"),
+        })?;
         Ok(Tokenizer { inner, path })
     }
 
@@ -62,10 +63,12 @@ impl Tokenizer {
 
     /// The `tokenizer.json` text (to write next to exported weights).
     pub fn to_json(&self) -> Result<String, ModelError> {
-        self.inner.to_string(true).map_err(|e| ModelError::Tokenizer {
-            path: self.path.display().to_string(),
-            message: format!("cannot serialize: {e}"),
-        })
+        self.inner
+            .to_string(true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.display().to_string(),
+                message: format!("cannot serialize: {e}"),
+            })
     }
 
     /// Where it was loaded from.

@@ -114,7 +114,9 @@ fn tail(s: &str, n: usize) -> &str {
 impl CommandEvaluator {
     pub fn new(config: CommandConfig) -> Result<CommandEvaluator, EvalError> {
         if config.command.trim().is_empty() {
-            return Err(EvalError::Config("command evaluator: `command` is empty".into()));
+            return Err(EvalError::Config(
+                "command evaluator: `command` is empty".into(),
+            ));
         }
         if config.timeout_s.is_nan() || config.timeout_s <= 0.0 {
             return Err(EvalError::Config(format!(
@@ -122,7 +124,14 @@ impl CommandEvaluator {
                 config.timeout_s
             )));
         }
-        let known = ["model_dir", "work_dir", "score_file", "split", "generation", "seed"];
+        let known = [
+            "model_dir",
+            "work_dir",
+            "score_file",
+            "split",
+            "generation",
+            "seed",
+        ];
         let mut rest = config.command.as_str();
         while let Some(i) = rest.find('{') {
             let after = &rest[i + 1..];
@@ -321,19 +330,22 @@ pub fn score_from_lm_eval(path: &Path, spec: &LmEvalScore) -> Result<Score, Stri
         .get("results")
         .and_then(|r| r.get(&spec.task))
         .ok_or_else(|| format!("{}: no results for task '{}'", path.display(), spec.task))?;
-    let fitness = task.get(&spec.metric).and_then(Value::as_f64).ok_or_else(|| {
-        let keys: Vec<&str> = task
-            .as_object()
-            .map(|o| o.keys().map(String::as_str).collect())
-            .unwrap_or_default();
-        format!(
-            "{}: task '{}' has no numeric '{}' (it has {})",
-            path.display(),
-            spec.task,
-            spec.metric,
-            keys.join(", ")
-        )
-    })?;
+    let fitness = task
+        .get(&spec.metric)
+        .and_then(Value::as_f64)
+        .ok_or_else(|| {
+            let keys: Vec<&str> = task
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            format!(
+                "{}: task '{}' has no numeric '{}' (it has {})",
+                path.display(),
+                spec.task,
+                spec.metric,
+                keys.join(", ")
+            )
+        })?;
     let mut metrics = BTreeMap::new();
     for (k, x) in task.as_object().into_iter().flatten() {
         if let Some(x) = x.as_f64() {
@@ -424,7 +436,8 @@ mod tests {
 
     #[test]
     fn parses_scores() {
-        let s = parse_score(&json!({"fitness": 0.5, "metrics": {"acc": 0.5, "note": "x"}})).unwrap();
+        let s =
+            parse_score(&json!({"fitness": 0.5, "metrics": {"acc": 0.5, "note": "x"}})).unwrap();
         assert_eq!(s.fitness, 0.5);
         assert_eq!(s.metrics.len(), 1);
         assert!(parse_score(&json!({"metrics": {}})).is_err());
@@ -446,7 +459,9 @@ mod tests {
             lm_eval: None,
             temp_dir: None,
         };
-        let e = CommandEvaluator::new(cfg("run {modeldir}", 1.0)).unwrap_err().to_string();
+        let e = CommandEvaluator::new(cfg("run {modeldir}", 1.0))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("{modeldir}") && e.contains("{model_dir}"), "{e}");
         assert!(CommandEvaluator::new(cfg("run {model_dir}", 0.0)).is_err());
         // JSON braces in a command are not placeholders.

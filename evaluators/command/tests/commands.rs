@@ -28,9 +28,7 @@ fn candidate(dir: &Path) -> MergedCandidate {
 }
 
 fn evaluator(command: &str, timeout_s: f64) -> CommandEvaluator {
-    let text = format!(
-        "name = \"script\"\ncommand = '''{command}'''\ntimeout_s = {timeout_s}\n"
-    );
+    let text = format!("name = \"script\"\ncommand = '''{command}'''\ntimeout_s = {timeout_s}\n");
     CommandEvaluator::new(toml::from_str::<CommandConfig>(&text).unwrap()).unwrap()
 }
 
@@ -63,13 +61,20 @@ fn a_successful_script_scores_and_sees_a_loadable_model_folder() {
     let model_dir = parts.next().unwrap();
     assert_eq!(parts.collect::<Vec<_>>(), ["validation", "3", "9"]);
     // The temporary folder is gone afterwards.
-    assert!(!Path::new(model_dir).exists(), "{model_dir} was not removed");
+    assert!(
+        !Path::new(model_dir).exists(),
+        "{model_dir} was not removed"
+    );
     // What the command saw is the candidate: same logits as in memory.
     let loaded = LanguageModel::from_dir(&copy, &Device::flex()).unwrap();
     let ids = [1u32, 5, 9, 12];
     assert_eq!(
         loaded.decoder().logits(&ids).unwrap(),
-        cand.language_model().unwrap().decoder().logits(&ids).unwrap()
+        cand.language_model()
+            .unwrap()
+            .decoder()
+            .logits(&ids)
+            .unwrap()
     );
 }
 
@@ -96,19 +101,22 @@ fn failing_hanging_and_garbage_scripts_score_as_failed() {
         .unwrap();
     assert!(fail.is_failed());
     let why = fail.failure.unwrap();
-    assert!(why.contains("exit status: 3") && why.contains("CUDA out of memory"), "{why}");
+    assert!(
+        why.contains("exit status: 3") && why.contains("CUDA out of memory"),
+        "{why}"
+    );
 
     let marker = tmp.path().join("still-running");
     let start = std::time::Instant::now();
-    let hang = evaluator(
-        &format!("sleep 30; touch {}", marker.display()),
-        0.5,
-    )
-    .evaluate(&cand, &req())
-    .unwrap();
+    let hang = evaluator(&format!("sleep 30; touch {}", marker.display()), 0.5)
+        .evaluate(&cand, &req())
+        .unwrap();
     assert!(hang.is_failed());
     assert!(hang.failure.unwrap().contains("timed out"));
-    assert!(start.elapsed().as_secs() < 25, "the hung command was not killed");
+    assert!(
+        start.elapsed().as_secs() < 25,
+        "the hung command was not killed"
+    );
     assert!(!marker.exists());
 
     let garbage = evaluator("echo 'accuracy: great'; echo '{\"score\": 1}'", 60.0)
@@ -136,9 +144,15 @@ fn reads_lm_evaluation_harness_results() {
     let s = ev.evaluate(&cand, &req()).unwrap();
     assert_eq!(s.fitness, 0.4);
     assert_eq!(s.metrics["exact_match,flexible-extract"], 0.45);
-    let text = text.replace("metric = \"exact_match,strict-match\"", "metric = \"exact_match,strict\"");
+    let text = text.replace(
+        "metric = \"exact_match,strict-match\"",
+        "metric = \"exact_match,strict\"",
+    );
     let ev = CommandEvaluator::new(toml::from_str(&text).unwrap()).unwrap();
     let s = ev.evaluate(&cand, &req()).unwrap();
     let why = s.failure.unwrap();
-    assert!(why.contains("exact_match,strict-match"), "lists the metrics it has: {why}");
+    assert!(
+        why.contains("exact_match,strict-match"),
+        "lists the metrics it has: {why}"
+    );
 }

@@ -35,7 +35,9 @@ impl Extractor {
             None
         } else {
             Some(Regex::new(&pattern).map_err(|e| {
-                EvalError::Config(format!("[generate] regex {pattern:?} does not compile: {e}"))
+                EvalError::Config(format!(
+                    "[generate] regex {pattern:?} does not compile: {e}"
+                ))
             })?)
         };
         Ok(Extractor { kind, regex })
@@ -153,7 +155,11 @@ impl LanguageCheck {
                 .ok_or_else(|| {
                     EvalError::Config(format!(
                         "[generate.language] unknown script '{name}'; known: {}",
-                        SCRIPTS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        SCRIPTS
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ))
                 })?;
             scripts.push(s);
@@ -184,7 +190,10 @@ impl LanguageCheck {
         let (hit, total) = match &self.vocabulary {
             Some(v) => text
                 .split_whitespace()
-                .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+                .map(|w| {
+                    w.trim_matches(|c: char| !c.is_alphanumeric())
+                        .to_lowercase()
+                })
                 .filter(|w| w.chars().any(char::is_alphabetic))
                 .fold((0usize, 0usize), |(h, t), w| {
                     (h + usize::from(v.contains(&w)), t + 1)
@@ -226,7 +235,8 @@ mod tests {
         assert_eq!(sakana.extract("it is -2.5").as_deref(), Some("2.5"));
         let re = Extractor::new(Extract::Regex, Some(r"answer is (\w+)")).unwrap();
         assert_eq!(
-            re.extract("the answer is 12, no, the answer is 13").as_deref(),
+            re.extract("the answer is 12, no, the answer is 13")
+                .as_deref(),
             Some("13")
         );
         assert!(Extractor::new(Extract::Regex, None).is_err());
@@ -243,12 +253,17 @@ mod tests {
             scripts: scripts.map(|v| v.into_iter().map(String::from).collect()),
             threshold: 0.5,
         };
-        let v = LanguageCheck::new(&spec(Some(vec!["ja", "kotae", "wa"]), None), Path::new(".")).unwrap();
+        let v = LanguageCheck::new(&spec(Some(vec!["ja", "kotae", "wa"]), None), Path::new("."))
+            .unwrap();
         assert_eq!(v.share("kotae wa 42 desu."), 2.0 / 3.0);
         assert!(v.passes("Kotae wa 42"));
         assert!(!v.passes("the answer is 42"));
         assert_eq!(v.share("42"), 0.0);
-        let s = LanguageCheck::new(&spec(None, Some(vec!["Hiragana", "Han", "katakana"])), Path::new(".")).unwrap();
+        let s = LanguageCheck::new(
+            &spec(None, Some(vec!["Hiragana", "Han", "katakana"])),
+            Path::new("."),
+        )
+        .unwrap();
         assert!(s.passes("答えは42です"));
         assert!(!s.passes("The answer is 42"));
         assert!(LanguageCheck::new(&spec(None, Some(vec!["Klingon"])), Path::new(".")).is_err());

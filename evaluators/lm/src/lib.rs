@@ -52,8 +52,8 @@ mod task;
 
 pub use answer::{Extractor, LanguageCheck, answers_match};
 pub use task::{
-    ChoiceFitness, ChoiceSpec, DataSpec, Extract, GenerateSpec, Item, LanguageSpec,
-    PerplexitySpec, SplitSource, TaskSpec, TaskType, read_jsonl, render,
+    ChoiceFitness, ChoiceSpec, DataSpec, Extract, GenerateSpec, Item, LanguageSpec, PerplexitySpec,
+    SplitSource, TaskSpec, TaskType, read_jsonl, render,
 };
 
 use evomerge_eval::{Candidate, EvalError, EvalRequest, Evaluator, ItemResult, Score, Split};
@@ -117,8 +117,7 @@ impl LmEvaluator {
 
     /// Parse task TOML text; data paths are relative to `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<LmEvaluator, EvalError> {
-        let spec: TaskSpec =
-            toml::from_str(text).map_err(|e| EvalError::Config(e.to_string()))?;
+        let spec: TaskSpec = toml::from_str(text).map_err(|e| EvalError::Config(e.to_string()))?;
         LmEvaluator::new(spec, base)
     }
 
@@ -153,11 +152,11 @@ impl LmEvaluator {
                 section(spec.multiple_choice.is_some(), "multiple_choice")?;
                 Kind::Choice(spec.multiple_choice.clone().expect("checked"))
             }
-            TaskType::Perplexity => Kind::Perplexity(spec.perplexity.clone().unwrap_or(
-                PerplexitySpec {
+            TaskType::Perplexity => {
+                Kind::Perplexity(spec.perplexity.clone().unwrap_or(PerplexitySpec {
                     text_field: "text".into(),
-                },
-            )),
+                }))
+            }
         };
         if spec.batch_size == 0 {
             return Err(EvalError::Config("batch_size must be at least 1".into()));
@@ -380,7 +379,10 @@ impl LmEvaluator {
         let argmax = |v: &[f64]| {
             v.iter()
                 .enumerate()
-                .fold((0, f64::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                )
                 .0
         };
         let (mut acc, mut acc_norm) = (0usize, 0usize);

@@ -262,10 +262,15 @@ pub fn read_jsonl(path: &Path, id_field: &str) -> Result<Vec<Item>, EvalError> {
             line: i + 1,
             message,
         };
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| bad(format!("not valid JSON ({e}); each line must be one JSON object")))?;
+        let value: Value = serde_json::from_str(line).map_err(|e| {
+            bad(format!(
+                "not valid JSON ({e}); each line must be one JSON object"
+            ))
+        })?;
         let Value::Object(fields) = value else {
-            return Err(bad("not a JSON object; each line must be one JSON object".into()));
+            return Err(bad(
+                "not a JSON object; each line must be one JSON object".into()
+            ));
         };
         let id = match fields.get(id_field) {
             Some(Value::String(s)) => s.clone(),
@@ -287,10 +292,7 @@ pub fn read_jsonl(path: &Path, id_field: &str) -> Result<Vec<Item>, EvalError> {
 }
 
 /// Load every split a data spec names (paths relative to `base`).
-pub fn load_splits(
-    data: &DataSpec,
-    base: &Path,
-) -> Result<BTreeMap<Split, Vec<Item>>, EvalError> {
+pub fn load_splits(data: &DataSpec, base: &Path) -> Result<BTreeMap<Split, Vec<Item>>, EvalError> {
     let mut out = BTreeMap::new();
     for (split, src) in [
         (Split::Search, &data.search),

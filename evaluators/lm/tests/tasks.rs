@@ -18,8 +18,8 @@ use std::sync::Arc;
 const HIDDEN: usize = 48;
 
 const VOCAB: &[&str] = &[
-    "<unk>", "<s>", "</s>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "kotae", "wa",
-    "the", "answer", "is", "QA", "QB", "QC", "QD", "QE", "Q:", "A:", "yes", "no", ".", "end",
+    "<unk>", "<s>", "</s>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "kotae", "wa", "the",
+    "answer", "is", "QA", "QB", "QC", "QD", "QE", "Q:", "A:", "yes", "no", ".", "end",
 ];
 
 /// Greedy successor of each token (unlisted tokens go to `</s>`).
@@ -34,7 +34,7 @@ const SCRIPT: &[(&str, &str)] = &[
     ("is", "4"),
     ("QC", "5"), // QC -> 5 . end ... (wrong number; stops at ".")
     ("5", "."),
-    ("."  , "end"),
+    (".", "end"),
     ("end", "end"),
     ("QD", "yes"), // QD -> yes </s>
     ("yes", "</s>"),
@@ -83,7 +83,11 @@ fn scripted(dir: &Path) -> MergedCandidate {
     };
     let mut w = spec.random(0);
     for (name, _, values) in w.tensors.iter_mut() {
-        let fill = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
+        let fill = if name.ends_with("norm.weight") {
+            1.0
+        } else {
+            0.0
+        };
         values.iter_mut().for_each(|v| *v = fill);
         if name == "model.embed_tokens.weight" {
             for t in 0..VOCAB.len() {
@@ -128,11 +132,15 @@ fn generate_task_scores_known_answers_and_the_language_check() {
         tmp.path(),
         "items.jsonl",
         concat!(
-            r#"{"id": "ja-right", "q": "QA", "answer": 4}"#, "\n",
-            r#"{"id": "en-right", "q": "QB", "answer": "4"}"#, "\n",
+            r#"{"id": "ja-right", "q": "QA", "answer": 4}"#,
             "\n",
-            r#"{"id": "ja-wrong", "q": "QC", "answer": 4}"#, "\n",
-            r#"{"id": "no-number", "q": "QD", "answer": 1}"#, "\n",
+            r#"{"id": "en-right", "q": "QB", "answer": "4"}"#,
+            "\n",
+            "\n",
+            r#"{"id": "ja-wrong", "q": "QC", "answer": 4}"#,
+            "\n",
+            r#"{"id": "no-number", "q": "QD", "answer": 1}"#,
+            "\n",
         ),
     );
     let toml = r#"
@@ -257,9 +265,12 @@ fn multiple_choice_and_perplexity_match_closed_form() {
         tmp.path(),
         "mc.jsonl",
         concat!(
-            r#"{"q": "QA", "choices": ["kotae wa", "the answer", "yes no"], "gold": 0}"#, "\n",
-            r#"{"q": "QB", "choices": ["kotae", "the answer is"], "gold": "the answer is"}"#, "\n",
-            r#"{"q": "QD", "choices": ["no", "yes"], "gold": 0}"#, "\n",
+            r#"{"q": "QA", "choices": ["kotae wa", "the answer", "yes no"], "gold": 0}"#,
+            "\n",
+            r#"{"q": "QB", "choices": ["kotae", "the answer is"], "gold": "the answer is"}"#,
+            "\n",
+            r#"{"q": "QD", "choices": ["no", "yes"], "gold": 0}"#,
+            "\n",
         ),
     );
     let ev = LmEvaluator::from_toml(
@@ -290,7 +301,12 @@ fn multiple_choice_and_perplexity_match_closed_form() {
     write(
         tmp.path(),
         "ppl.jsonl",
-        concat!(r#"{"text": "QA kotae wa 4"}"#, "\n", r#"{"text": "QA yes"}"#, "\n"),
+        concat!(
+            r#"{"text": "QA kotae wa 4"}"#,
+            "\n",
+            r#"{"text": "QA yes"}"#,
+            "\n"
+        ),
     );
     let ev = LmEvaluator::from_toml(
         r#"
@@ -335,7 +351,10 @@ fn bad_task_files_are_clear_errors() {
     let e = LmEvaluator::from_toml(&task("noanswer.jsonl", ""), tmp.path())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("noanswer.jsonl:1") && e.contains("answer"), "{e}");
+    assert!(
+        e.contains("noanswer.jsonl:1") && e.contains("answer"),
+        "{e}"
+    );
 
     write(tmp.path(), "ok.jsonl", "{\"q\": \"QA\", \"answer\": 4}\n");
     let e = LmEvaluator::from_toml(&task("missing.jsonl", ""), tmp.path())
@@ -364,5 +383,8 @@ fn bad_task_files_are_clear_errors() {
         .evaluate(&cand, &EvalRequest::new(Split::Search, 0, 0))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("81 tokens") && e.contains("context of 64"), "{e}");
+    assert!(
+        e.contains("81 tokens") && e.contains("context of 64"),
+        "{e}"
+    );
 }

@@ -1,6 +1,5 @@
 //! The decoder on flex (CPU) against an independent f64 reference.
 
-
 use crate::common::checks;
 use crate::common::{llama_spec, qwen_spec};
 use evomerge_kernels::Device;

@@ -1,8 +1,6 @@
 //! The decoder on wgpu against the same f64 reference (lavapipe on machines without a GPU).
 //! Skipped when no adapter exists, except under CI=true, where that fails.
 
-
-
 use crate::common::checks;
 use crate::common::{llama_spec, qwen_spec};
 use evomerge_kernels::{Device, DeviceChoice};

@@ -99,7 +99,14 @@ pub fn layer_paths_match(device: &Device) {
         .unwrap();
     assert_eq!(own, via_path);
 
-    let hops = [(0, 0, 1.0), (1, 2, 0.8), (0, 1, 1.3), (0, 1, 1.0), (1, 0, 0.5), (0, 2, 1.0)];
+    let hops = [
+        (0, 0, 1.0),
+        (1, 2, 0.8),
+        (0, 1, 1.3),
+        (0, 1, 1.0),
+        (1, 0, 0.5),
+        (0, 2, 1.0),
+    ];
     let path = LayerPath {
         hops: hops
             .iter()
@@ -118,7 +125,10 @@ pub fn layer_paths_match(device: &Device) {
     let diff = max_abs_diff(&got, &want);
     assert!(diff < TOL, "path: max abs diff {diff}");
     let plain_a = reference_logits(&[&ra], &plain(&ra), &ids, None);
-    assert!(max_abs_diff(&got, &plain_a) > 1e-2, "the path changes the output");
+    assert!(
+        max_abs_diff(&got, &plain_a) > 1e-2,
+        "the path changes the output"
+    );
 
     let prompts = vec![vec![1u32, 9, 8, 7], vec![1, 3]];
     let mut opts = TokenGenerateOptions {
@@ -171,7 +181,10 @@ pub fn loglik_matches_reference(device: &Device) {
         for (t, &id) in cont.iter().enumerate() {
             let row = &logits[ctx.len() + t - 1];
             let want = log_softmax(row)[id as usize];
-            assert!((g.logprobs[t] as f64 - want).abs() < TOL, "{ctx:?}+{cont:?}");
+            assert!(
+                (g.logprobs[t] as f64 - want).abs() < TOL,
+                "{ctx:?}+{cont:?}"
+            );
             let best = (0..row.len())
                 .max_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap())
                 .unwrap();
@@ -221,5 +234,8 @@ pub fn mistral_window_matches(device: &Device) {
     };
     let cached = d.generate(&prompts, &opts, &mut |_, _| false).unwrap();
     opts.use_cache = false;
-    assert_eq!(cached, d.generate(&prompts, &opts, &mut |_, _| false).unwrap());
+    assert_eq!(
+        cached,
+        d.generate(&prompts, &opts, &mut |_, _| false).unwrap()
+    );
 }

@@ -21,8 +21,7 @@ impl RefModel {
     pub fn new(w: &Weights) -> RefModel {
         RefModel {
             config: w.config.clone(),
-            t: w
-                .tensors
+            t: w.tensors
                 .iter()
                 .map(|(n, _, v)| (n.clone(), v.iter().map(|&x| x as f64).collect()))
                 .collect(),
