@@ -21,7 +21,6 @@ use crate::MergeError;
 use crate::execute::{MergeOptions, MergeReport};
 use crate::plan::{Action, Plan, Sources};
 use crate::recipe::ParamValue;
-use evomerge_checkpoint::{CheckpointWriter, OutputTensor, WriterOptions};
 use evomerge_data::{DataSpec, Part};
 use evomerge_datamerge::fisher::FisherKind;
 use evomerge_datamerge::regmean::GramScale;
@@ -229,19 +228,7 @@ pub(crate) fn merge_to_disk(
     let merged = merge_mlps(method, &inputs, &opts)
         .map_err(|e| MergeError::Recipe(format!("{name}: {e}")))?;
     let named = merged.named_tensors();
-    let outputs: Vec<OutputTensor> = plan
-        .tensors
-        .iter()
-        .map(|tp| OutputTensor::new(tp.name.clone(), tp.dtype, tp.shape.clone()))
-        .collect();
-    let writer = CheckpointWriter::create(
-        out_dir,
-        outputs,
-        WriterOptions {
-            max_shard_bytes: options.max_shard_bytes,
-            force: options.force,
-        },
-    )?;
+    let writer = crate::execute::create_writer(plan, out_dir, options)?;
     for tp in &plan.tensors {
         let (_, _, values) = named
             .iter()

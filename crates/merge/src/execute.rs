@@ -222,6 +222,27 @@ pub struct MergeReport {
 
 /// Run a plan and write the merged checkpoint to `out_dir` (atomically: nothing is left at
 /// `out_dir` if anything fails). `extra_files` (a model card, the recipe) go next to the weights.
+/// The atomic checkpoint writer for every output tensor of `plan`.
+pub(crate) fn create_writer(
+    plan: &Plan,
+    out_dir: &Path,
+    options: &MergeOptions,
+) -> Result<CheckpointWriter, MergeError> {
+    let outputs: Vec<OutputTensor> = plan
+        .tensors
+        .iter()
+        .map(|tp| OutputTensor::new(tp.name.clone(), tp.dtype, tp.shape.clone()))
+        .collect();
+    Ok(CheckpointWriter::create(
+        out_dir,
+        outputs,
+        WriterOptions {
+            max_shard_bytes: options.max_shard_bytes,
+            force: options.force,
+        },
+    )?)
+}
+
 pub fn merge_to_disk(
     plan: &Plan,
     sources: &Sources,
@@ -233,19 +254,7 @@ pub fn merge_to_disk(
         return crate::data::merge_to_disk(plan, sources, out_dir, options, extra_files);
     }
     let start = Instant::now();
-    let outputs: Vec<OutputTensor> = plan
-        .tensors
-        .iter()
-        .map(|tp| OutputTensor::new(tp.name.clone(), tp.dtype, tp.shape.clone()))
-        .collect();
-    let writer = CheckpointWriter::create(
-        out_dir,
-        outputs,
-        WriterOptions {
-            max_shard_bytes: options.max_shard_bytes,
-            force: options.force,
-        },
-    )?;
+    let writer = create_writer(plan, out_dir, options)?;
     let bar = if options.progress {
         let bar = ProgressBar::new(plan.tensors.len() as u64);
         bar.set_style(
