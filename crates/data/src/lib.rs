@@ -8,6 +8,8 @@
 //! `{"features": [...], "label": 3}`). [`Dataset::split`] makes the fixed, seeded, stratified
 //! train/validation/test split every experiment uses, and [`DataSpec`] is the `data:` section
 //! of a recipe or an evaluator config that names a data set, a split, a sample count and a seed.
+//! For language models the same spec names a text file instead ([`TextSet`], via
+//! [`DataSpec::resolve_texts`]).
 //!
 //! Not for: feature engineering, regression targets, or anything that needs a download.
 //!
@@ -22,8 +24,10 @@
 
 mod load;
 mod spec;
+mod text;
 
 pub use spec::{DataSpec, Part};
+pub use text::TextSet;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
