@@ -226,7 +226,10 @@ mod tests {
         };
         let e = spec("digits").resolve_texts(None).unwrap_err().to_string();
         assert!(e.contains("language model") && e.contains(".txt"), "{e}");
-        let e = spec("missing.txt").resolve_texts(None).unwrap_err().to_string();
+        let e = spec("missing.txt")
+            .resolve_texts(None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not found"), "{e}");
         let p = write(dir.path(), "b.jsonl", "{\"text\": \"ok\"}\n{\"body\": 1}\n");
         let e = TextSet::load(&p).unwrap_err().to_string();

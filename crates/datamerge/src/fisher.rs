@@ -31,9 +31,12 @@ impl std::str::FromStr for FisherKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "exact" | "true" | "" => Ok(FisherKind::Exact),
+            // `auto`: exact for classifiers; the LM merges choose empirical themselves.
+            "exact" | "true" | "auto" | "" => Ok(FisherKind::Exact),
             "empirical" | "emp" => Ok(FisherKind::Empirical),
-            other => Err(format!("fisher '{other}' is not one of exact, empirical")),
+            other => Err(format!(
+                "fisher '{other}' is not one of auto, exact, empirical"
+            )),
         }
     }
 }
@@ -155,6 +158,70 @@ impl Default for FisherMergeOptions {
     }
 }
 
+/// The L2 norm of a Fisher (for the `normalize` option).
+pub fn l2(f: &[f64]) -> f64 {
+    f.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+/// The merge coefficients `l_i`: the models' weights, divided by `||F_i||` when `normalize`
+/// is on, then normalised to sum 1.
+pub fn fisher_lambdas(
+    coefficients: &[f64],
+    fisher_norms: &[f64],
+    options: &FisherMergeOptions,
+) -> Result<Vec<f64>> {
+    if options.epsilon < 0.0 || coefficients.iter().any(|c| *c < 0.0 || !c.is_finite()) {
+        return Err(DataMergeError::Invalid(
+            "fisher: epsilon and the model weights must be non-negative".into(),
+        ));
+    }
+    let mut lambdas: Vec<f64> = coefficients.to_vec();
+    if options.normalize {
+        for (l, norm) in lambdas.iter_mut().zip(fisher_norms) {
+            *l /= norm + 1e-12;
+        }
+    }
+    let total: f64 = lambdas.iter().sum();
+    if total <= 0.0 {
+        return Err(DataMergeError::Invalid(
+            "fisher: the model weights sum to zero".into(),
+        ));
+    }
+    lambdas.iter_mut().for_each(|l| *l /= total);
+    Ok(lambdas)
+}
+
+/// The Fisher-weighted average of one parameter vector: `values[i]` is model `i`'s,
+/// `fishers[i]` its Fisher (`None`: not collected, counts as 0, so with `epsilon > 0` the
+/// parameter takes the `lambdas`-weighted average).
+pub fn fisher_average(
+    values: &[&[f32]],
+    fishers: &[Option<&[f64]>],
+    lambdas: &[f64],
+    epsilon: f64,
+) -> Vec<f32> {
+    let n = values[0].len();
+    let mut out = vec![0.0f32; n];
+    for (j, o) in out.iter_mut().enumerate() {
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for i in 0..values.len() {
+            let f = fishers[i].map_or(0.0, |f| f[j]);
+            let w = lambdas[i] * (f + epsilon);
+            num += w * values[i][j] as f64;
+            den += w;
+        }
+        *o = if den > 0.0 {
+            (num / den) as f32
+        } else {
+            // epsilon 0 and no information: the coefficient-weighted average.
+            (0..values.len())
+                .map(|i| lambdas[i] * values[i][j] as f64)
+                .sum::<f64>() as f32
+        };
+    }
+    out
+}
+
 /// `theta* = sum_i l_i (F_i + eps) theta_i / sum_i l_i (F_i + eps)` per parameter, with the
 /// coefficients `l_i` (normalised to sum 1; optionally divided by `||F_i||` first).
 pub fn fisher_merge(
@@ -181,43 +248,11 @@ pub fn fisher_merge(
             )));
         }
     }
-    if options.epsilon < 0.0 || coefficients.iter().any(|c| *c < 0.0 || !c.is_finite()) {
-        return Err(DataMergeError::Invalid(
-            "fisher: epsilon and the model weights must be non-negative".into(),
-        ));
-    }
-    let mut lambdas: Vec<f64> = coefficients.to_vec();
-    if options.normalize {
-        for (l, f) in lambdas.iter_mut().zip(fishers) {
-            let norm = f.iter().map(|v| v * v).sum::<f64>().sqrt();
-            *l /= norm + 1e-12;
-        }
-    }
-    let total: f64 = lambdas.iter().sum();
-    if total <= 0.0 {
-        return Err(DataMergeError::Invalid(
-            "fisher: the model weights sum to zero".into(),
-        ));
-    }
-    lambdas.iter_mut().for_each(|l| *l /= total);
-    let n = flats[0].len();
-    let mut out = vec![0.0f32; n];
-    for (j, o) in out.iter_mut().enumerate() {
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for i in 0..models.len() {
-            let w = lambdas[i] * (fishers[i][j] + options.epsilon);
-            num += w * flats[i][j] as f64;
-            den += w;
-        }
-        *o = if den > 0.0 {
-            (num / den) as f32
-        } else {
-            // epsilon 0 and no information: the coefficient-weighted average.
-            (0..models.len())
-                .map(|i| lambdas[i] * flats[i][j] as f64)
-                .sum::<f64>() as f32
-        };
-    }
+    let norms: Vec<f64> = fishers.iter().map(|f| l2(f)).collect();
+    let lambdas = fisher_lambdas(coefficients, &norms, options)?;
+    let values: Vec<&[f32]> = flats.iter().map(Vec::as_slice).collect();
+    let fs: Vec<Option<&[f64]>> = fishers.iter().map(|f| Some(f.as_slice())).collect();
+    let out = fisher_average(&values, &fs, &lambdas, options.epsilon);
     Ok(models[0].with_flat(&out))
 }
 

@@ -25,8 +25,11 @@
 //! [`merge_mlps`] runs any of them from a method name and options: what `evomerge merge` calls
 //! for the data-using methods.
 //!
-//! Not for: Llama-family decoders (their linear layers need the decoder's activations, which
-//! these functions do not collect yet), reading recipes (`evomerge-merge`).
+//! [`lm`] applies RegMean, Fisher merging and the greedy soup to Llama-family language models
+//! (their linear maps, statistics from evomerge's decoder on text data).
+//!
+//! Not for: Git Re-Basin / REPAIR of transformers (no permutation spec for decoders), reading
+//! recipes (`evomerge-merge`).
 //!
 //! ```no_run
 //! use evomerge_data::Dataset;
@@ -47,6 +50,7 @@
 pub mod classifier;
 pub mod curve;
 pub mod fisher;
+pub mod lm;
 mod method;
 pub mod rebasin;
 pub mod regmean;

@@ -19,10 +19,13 @@
 
 use crate::MergeError;
 use crate::execute::{MergeOptions, MergeReport};
-use crate::plan::{Action, Plan, Sources};
+use crate::plan::{Action, Plan, Sources, TensorPlan};
 use crate::recipe::ParamValue;
+use evomerge_checkpoint::CheckpointWriter;
 use evomerge_data::{DataSpec, Part};
 use evomerge_datamerge::fisher::FisherKind;
+use evomerge_datamerge::fisher::FisherMergeOptions;
+use evomerge_datamerge::lm::{LmInput, LmOptions, LmTensor, merge_lms};
 use evomerge_datamerge::regmean::GramScale;
 use evomerge_datamerge::{Alignment, DataMethod, MergeInput, MethodOptions, merge_mlps};
 use evomerge_models::{MLP_ARCHITECTURE, MlpWeights};
@@ -195,29 +198,62 @@ pub(crate) fn merge_to_disk(
         .find(|t| t.action == Action::Merge)
         .ok_or_else(|| MergeError::Recipe(format!("{name}: the models have no float tensors")))?;
     let opts = method_options(&first.global, options.seed)?;
+    let is_mlp = |i: usize| sources.models[i].checkpoint.architecture() == Some(MLP_ARCHITECTURE);
+    let mlps = first.inputs.iter().filter(|inp| is_mlp(inp.model)).count();
+    if mlps != 0 && mlps != first.inputs.len() {
+        return Err(MergeError::Recipe(format!(
+            "{name}: the models mix MLP classifiers ({MLP_ARCHITECTURE}) and other architectures; merge models of one architecture"
+        )));
+    }
+    let writer = if mlps == 0 {
+        merge_lms_to(plan, sources, out_dir, options, method, first)?
+    } else {
+        merge_mlps_to(plan, sources, out_dir, options, method, first, &opts)?
+    };
+    crate::execute::finish(plan, sources, writer, extra_files, start)
+}
+
+fn data_err(src: &str, e: impl std::fmt::Display) -> MergeError {
+    MergeError::Recipe(format!("data for model {src}: {e}"))
+}
+
+fn check_finite(name: &str, values: &[f32]) -> Result<(), MergeError> {
+    match values.iter().find(|v| !v.is_finite()) {
+        Some(bad) => Err(MergeError::Kernel {
+            tensor: name.to_string(),
+            message: format!("the merged values contain {bad}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// MLP classifiers: whole models through `merge_mlps`, then written tensor by tensor.
+fn merge_mlps_to(
+    plan: &Plan,
+    sources: &Sources,
+    out_dir: &Path,
+    options: &MergeOptions,
+    method: DataMethod,
+    first: &TensorPlan,
+    opts: &MethodOptions,
+) -> Result<CheckpointWriter, MergeError> {
+    let name = method.name();
     let mut inputs = Vec::new();
     for (j, inp) in first.inputs.iter().enumerate() {
         let src = &sources.models[inp.model];
-        let model_err = |message: String| MergeError::Model {
-            model: src.name.clone(),
-            message,
-        };
-        if let Some(arch) = src.checkpoint.architecture()
-            && arch != MLP_ARCHITECTURE
-        {
-            return Err(model_err(format!(
-                "is a {arch}; {name} runs on evomerge MLP classifiers ({MLP_ARCHITECTURE}) only — for Llama-family models it would need each linear layer's inputs and gradients from the decoder, which evomerge does not collect yet (use a data-free method such as linear or ties)"
-            )));
-        }
         let weights =
-            MlpWeights::from_checkpoint(&src.checkpoint).map_err(|e| model_err(e.to_string()))?;
-        let data =
-            match plan.data.as_ref() {
-                Some(d) => Some(d.spec_for(j).resolve(None).map_err(|e| {
-                    MergeError::Recipe(format!("data for model {}: {e}", src.name))
-                })?),
-                None => None,
-            };
+            MlpWeights::from_checkpoint(&src.checkpoint).map_err(|e| MergeError::Model {
+                model: src.name.clone(),
+                message: e.to_string(),
+            })?;
+        let data = match plan.data.as_ref() {
+            Some(d) => Some(
+                d.spec_for(j)
+                    .resolve(None)
+                    .map_err(|e| data_err(&src.name, e))?,
+            ),
+            None => None,
+        };
         inputs.push(MergeInput {
             name: src.name.clone(),
             weights,
@@ -225,7 +261,7 @@ pub(crate) fn merge_to_disk(
             data,
         });
     }
-    let merged = merge_mlps(method, &inputs, &opts)
+    let merged = merge_mlps(method, &inputs, opts)
         .map_err(|e| MergeError::Recipe(format!("{name}: {e}")))?;
     let named = merged.named_tensors();
     let writer = crate::execute::create_writer(plan, out_dir, options)?;
@@ -237,37 +273,87 @@ pub(crate) fn merge_to_disk(
                 tensor: tp.name.clone(),
                 message: format!("{name} produced no such tensor"),
             })?;
-        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(MergeError::Kernel {
-                tensor: tp.name.clone(),
-                message: format!("the merged values contain {bad}"),
-            });
-        }
+        check_finite(&tp.name, values)?;
         writer.write_f32(&tp.name, values)?;
     }
-    for (file, contents) in extra_files {
-        writer.write_file(file, contents)?;
+    Ok(writer)
+}
+
+/// Llama-family language models: statistics from evomerge's decoder on each model's text
+/// data, merged tensor by tensor (`evomerge_datamerge::lm`).
+fn merge_lms_to(
+    plan: &Plan,
+    sources: &Sources,
+    out_dir: &Path,
+    options: &MergeOptions,
+    method: DataMethod,
+    first: &TensorPlan,
+) -> Result<CheckpointWriter, MergeError> {
+    let name = method.name();
+    let g = &first.global;
+    let d = MethodOptions::default();
+    let lm_opts = LmOptions {
+        fisher: match text(g, "fisher") {
+            "" | "auto" => FisherKind::Empirical,
+            other => other.parse::<FisherKind>().map_err(MergeError::Recipe)?,
+        },
+        fisher_merge: FisherMergeOptions {
+            epsilon: num(g, "epsilon", d.fisher_merge.epsilon),
+            normalize: flag(g, "normalize", d.fisher_merge.normalize),
+        },
+        regmean: method_options(g, options.seed)?.regmean,
+        ..LmOptions::default()
+    };
+    let mut inputs = Vec::new();
+    for (j, inp) in first.inputs.iter().enumerate() {
+        let src = &sources.models[inp.model];
+        let texts = match plan.data.as_ref() {
+            Some(d) => Some(
+                d.spec_for(j)
+                    .resolve_texts(None)
+                    .map_err(|e| data_err(&src.name, e))?,
+            ),
+            None => None,
+        };
+        inputs.push(LmInput {
+            name: src.name.clone(),
+            dir: src.checkpoint.dir().to_path_buf(),
+            coefficient: first.input_f32(j, "weight").unwrap_or(1.0) as f64,
+            texts,
+        });
     }
-    let shards = writer.num_shards();
-    let out_dir = writer.finish(plan.config.clone(), None)?;
-    let bytes_written = plan
-        .tensors
-        .iter()
-        .map(|tp| tp.shape.iter().product::<usize>() as u64 * tp.dtype.size() as u64)
-        .sum();
-    let bytes_read = plan
-        .tensors
-        .iter()
-        .flat_map(|tp| tp.inputs.iter())
-        .filter_map(|i| sources.models[i.model].checkpoint.info(&i.tensor))
-        .map(|info| info.nbytes() as u64)
-        .sum();
-    Ok(MergeReport {
-        out_dir,
-        tensors: plan.tensors.len(),
-        shards,
-        bytes_read,
-        bytes_written,
-        seconds: start.elapsed().as_secs_f64(),
+    let mut tensors = Vec::new();
+    let mut copies = Vec::new();
+    for tp in &plan.tensors {
+        if tp.inputs.len() != inputs.len() || tp.action == Action::Copy {
+            copies.push(tp);
+            continue;
+        }
+        tensors.push(LmTensor {
+            name: tp.name.clone(),
+            shape: tp.shape.clone(),
+            inputs: tp.inputs.iter().map(|i| i.tensor.clone()).collect(),
+        });
+    }
+    let writer = crate::execute::create_writer(plan, out_dir, options)?;
+    for tp in copies {
+        let i = &tp.inputs[0];
+        let c = &sources.models[i.model].checkpoint;
+        writer.write_bytes(&tp.name, c.bytes(&i.tensor)?)?;
+    }
+    let mut failure = None;
+    merge_lms(method, &inputs, &tensors, &lm_opts, |t, values| {
+        let r = check_finite(t, &values).and_then(|_| Ok(writer.write_f32(t, &values)?));
+        r.map_err(|e| {
+            let msg = e.to_string();
+            failure = Some(e);
+            evomerge_datamerge::DataMergeError::Invalid(msg)
+        })
     })
+    .map_err(|e| {
+        failure
+            .take()
+            .unwrap_or_else(|| MergeError::Recipe(format!("{name}: {e}")))
+    })?;
+    Ok(writer)
 }

@@ -299,6 +299,18 @@ pub fn merge_to_disk(
     };
     pool.install(|| plan.tensors.par_iter().try_for_each(run_one))?;
     bar.finish_and_clear();
+    finish(plan, sources, writer, extra_files, start)
+}
+
+/// Write the extra files, the config and the tokenizer files, commit the output folder, and
+/// report what was read and written (shared by the kernel and the data-method paths).
+pub(crate) fn finish(
+    plan: &Plan,
+    sources: &Sources,
+    writer: CheckpointWriter,
+    extra_files: &[(&str, Vec<u8>)],
+    start: Instant,
+) -> Result<MergeReport, MergeError> {
     for (name, contents) in extra_files {
         writer.write_file(name, contents)?;
     }

@@ -254,11 +254,11 @@ pub fn registry() -> Vec<MethodSpec> {
         data_method(
             "fisher",
             vec![
-                word("fisher", "exact"),
+                word("fisher", "auto"),
                 num("epsilon", 1e-6),
                 flag("normalize", true),
             ],
-            "Fisher-weighted average (diagonal Fisher, exact or empirical) of MLP classifiers; needs `data`",
+            "Fisher-weighted average (diagonal Fisher: exact or empirical; auto = exact for MLP classifiers, empirical per sequence for Llama-family linear maps); needs `data`",
         ),
         data_method(
             "regmean",
@@ -268,7 +268,7 @@ pub fn registry() -> Vec<MethodSpec> {
                 word("gram", "sum"),
                 flag("average_head", false),
             ],
-            "RegMean: per linear layer (sum G_i)^-1 sum G_i W_i from input Grams on each model's data; needs `data`",
+            "RegMean: per linear layer (sum G_i)^-1 sum G_i W_i from input Grams on each model's data (MLP classifiers, Llama-family linear maps on text); needs `data`",
         ),
         data_method(
             "git_rebasin",
@@ -277,7 +277,7 @@ pub fn registry() -> Vec<MethodSpec> {
                 num("t", 0.5),
                 num("max_iter", 100.0),
             ],
-            "Git Re-Basin: permute model B's hidden units to match model A (weight or activation matching), then interpolate at t",
+            "Git Re-Basin: permute model B's hidden units to match model A (weight or activation matching), then interpolate at t (MLP classifiers)",
         ),
         data_method(
             "repair",
@@ -287,12 +287,12 @@ pub fn registry() -> Vec<MethodSpec> {
                 num("max_iter", 100.0),
                 flag("include_output", false),
             ],
-            "align as git_rebasin, interpolate at t, then REPAIR each channel's mean/std on `data`",
+            "align as git_rebasin, interpolate at t, then REPAIR each channel's mean/std on `data` (MLP classifiers)",
         ),
         data_method(
             "greedy_soup",
             vec![],
-            "greedy model soup: add models by validation accuracy while it improves; `data` is the validation set",
+            "greedy model soup: add models while validation accuracy (MLPs) or next-token loss (LMs) improves; `data` is the validation set",
         ),
     ]
 }

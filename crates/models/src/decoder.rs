@@ -1,7 +1,7 @@
 //! Running a decoder: batched forward passes with padding masks, a KV cache, greedy generation
 //! and continuation log-likelihoods, over a [`LayerPath`] through one or several models.
 
-use crate::llama::{LayerCache, LayerInput, rms_norm};
+use crate::llama::{LayerCache, LayerInput, LinearSite, LinearTap, NoTap, rms_norm, tapped};
 use crate::{Hop, LayerPath, Llama, LlamaConfig, ModelError};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -216,6 +216,19 @@ impl Decoder {
     /// extending the caches when `cache` is on. Returns hidden states `[B*S, H]` before the
     /// final norm.
     fn run(&self, tokens: &[u32], b: usize, s: usize, state: &mut State, cache: bool) -> Tensor<2> {
+        self.run_tapped(tokens, b, s, state, cache, &mut NoTap)
+    }
+
+    /// [`Decoder::run`] with a tap on the linear maps.
+    fn run_tapped(
+        &self,
+        tokens: &[u32],
+        b: usize,
+        s: usize,
+        state: &mut State,
+        cache: bool,
+        tap: &mut dyn LinearTap,
+    ) -> Tensor<2> {
         let device = self.device();
         let a = &self.models[0];
         let start = state.len;
@@ -259,7 +272,7 @@ impl Decoder {
             } else {
                 None
             };
-            x = layer.forward(x, &input, slot);
+            x = layer.forward(x, &input, slot, tap, t);
         }
         state.len = total;
         x
@@ -267,8 +280,33 @@ impl Decoder {
 
     /// Final norm and LM head of model A on hidden rows `[N, H]`: logits `[N, V]`.
     fn head(&self, x: Tensor<2>) -> Tensor<2> {
+        self.head_tapped(x, &mut NoTap)
+    }
+
+    fn head_tapped(&self, x: Tensor<2>, tap: &mut dyn LinearTap) -> Tensor<2> {
         let a = &self.models[0];
-        rms_norm(x, &a.norm, a.config().rms_norm_eps).matmul(a.head.clone())
+        let h = rms_norm(x, &a.norm, a.config().rms_norm_eps);
+        let logits = h.clone().matmul(a.head.clone());
+        tapped(tap, self.hops.len(), LinearSite::Head, &h, logits)
+    }
+
+    /// Logits `[B*S, V]` of several sequences run as one left-padded batch (row `r * S + i` is
+    /// position `i` of sequence `r`; the first `pads[r]` positions of a row are padding), with
+    /// `tap` watching every linear map. On an autodiff device the logits carry the graph, so
+    /// a loss built from them backpropagates into the tap's probes. Returns the logits, the
+    /// padding per sequence and `S`.
+    pub fn forward_tapped(
+        &self,
+        seqs: &[Vec<u32>],
+        tap: &mut dyn LinearTap,
+    ) -> Result<(Tensor<2>, Vec<usize>, usize), ModelError> {
+        if seqs.is_empty() {
+            return Err(ModelError::Input("forward_tapped: no sequences".into()));
+        }
+        let (tokens, pads, s) = self.pad_left(seqs, "sequence")?;
+        let mut state = State::new(pads.clone(), self.hops.len());
+        let hidden = self.run_tapped(&tokens, seqs.len(), s, &mut state, false, tap);
+        Ok((self.head_tapped(hidden, tap), pads, s))
     }
 
     /// Logits at every position of one sequence: `ids.len()` rows of `vocab_size` values.

@@ -60,7 +60,7 @@ mod weights;
 pub use config::{Family, LlamaConfig, RopeScaling, SUPPORTED_ARCHITECTURES};
 pub use decoder::{ContinuationScore, Decoder, Finish, GeneratedIds, TokenGenerateOptions};
 pub use error::ModelError;
-pub use llama::{DecoderLayer, Llama};
+pub use llama::{DecoderLayer, LinearSite, LinearTap, Llama};
 pub use lm::{GenerateOptions, Generation, LanguageModel};
 pub use mlp::{MLP_ARCHITECTURE, Mlp, MlpError, MlpWeights};
 pub use path::{Hop, LayerPath};

@@ -111,6 +111,63 @@ pub(crate) struct LayerInput<'a> {
 /// Keys and values a layer has seen so far, `[B, kv_heads, T, head_dim]` each.
 pub(crate) type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
 
+/// The linear maps a decoder runs, as evomerge runs them: q/k/v fused into one map (output
+/// columns `q | k | v`), gate/up fused (`gate | up`), and the LM head after the final norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearSite {
+    /// `self_attn.{q,k,v}_proj`, input: the attention-normed hidden state.
+    Qkv,
+    /// `self_attn.o_proj`, input: the attention output.
+    O,
+    /// `mlp.{gate,up}_proj`, input: the MLP-normed hidden state.
+    GateUp,
+    /// `mlp.down_proj`, input: `silu(gate) * up`.
+    Down,
+    /// `lm_head`, input: the final-normed hidden state.
+    Head,
+}
+
+/// Watches a decoder's linear maps while it runs ([`crate::Decoder::forward_tapped`]): it sees
+/// every map's input rows `[B*S, in]` (padding rows included; the caller knows the padding)
+/// and may return a tensor `[B*S, out]` to add to the map's output — a zero "probe" whose
+/// gradient is the per-row backpropagated signal. RegMean's Gram matrices and Fisher's
+/// per-token squared gradients are both collected this way.
+pub trait LinearTap {
+    /// `input` enters linear `site` of hop `hop` (the layer's position in the path; the LM head
+    /// has `hop` = the number of hops); `out_dim` is the map's output width.
+    fn tap(
+        &mut self,
+        hop: usize,
+        site: LinearSite,
+        input: &Tensor<2>,
+        out_dim: usize,
+    ) -> Option<Tensor<2>>;
+}
+
+/// The tap of an ordinary run: sees nothing, adds nothing.
+pub(crate) struct NoTap;
+
+impl LinearTap for NoTap {
+    fn tap(&mut self, _: usize, _: LinearSite, _: &Tensor<2>, _: usize) -> Option<Tensor<2>> {
+        None
+    }
+}
+
+/// Run `out` past the tap: add its probe when it returns one.
+pub(crate) fn tapped(
+    tap: &mut dyn LinearTap,
+    hop: usize,
+    site: LinearSite,
+    input: &Tensor<2>,
+    out: Tensor<2>,
+) -> Tensor<2> {
+    let width = out.dims()[1];
+    match tap.tap(hop, site, input, width) {
+        Some(probe) => out.add(probe),
+        None => out,
+    }
+}
+
 impl DecoderLayer {
     /// Queries per key-value head.
     pub fn group_size(&self) -> usize {
@@ -123,18 +180,21 @@ impl DecoderLayer {
     }
 
     /// Run the layer on hidden states `[B*S, H]`, appending this call's keys and values to
-    /// `cache` when one is given.
+    /// `cache` when one is given; `tap` sees its linear maps as hop `hop`.
     pub(crate) fn forward(
         &self,
         x: Tensor<2>,
         input: &LayerInput<'_>,
         cache: Option<&mut LayerCache>,
+        tap: &mut dyn LinearTap,
+        hop: usize,
     ) -> Tensor<2> {
         let (b, s) = (input.batch, input.seq);
         let (nh, nkv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let rep = nh / nkv;
         let h = rms_norm(x.clone(), &self.attn_norm, self.eps);
-        let qkv = add_bias(h.matmul(self.wqkv.clone()), &self.bqkv);
+        let qkv = add_bias(h.clone().matmul(self.wqkv.clone()), &self.bqkv);
+        let qkv = tapped(tap, hop, LinearSite::Qkv, &h, qkv);
         // Rotary embedding on q and k together: [B, S, nh + nkv, hd].
         let qk = qkv
             .clone()
@@ -185,12 +245,15 @@ impl DecoderLayer {
             .reshape([b, nh, s, hd])
             .swap_dims(1, 2)
             .reshape([b * s, nh * hd]);
-        let x = x.add(add_bias(o.matmul(self.wo.clone()), &self.bo));
+        let attn = add_bias(o.clone().matmul(self.wo.clone()), &self.bo);
+        let x = x.add(tapped(tap, hop, LinearSite::O, &o, attn));
         let h = rms_norm(x.clone(), &self.mlp_norm, self.eps);
-        let gu = add_bias(h.matmul(self.wgu.clone()), &self.bgu);
+        let gu = add_bias(h.clone().matmul(self.wgu.clone()), &self.bgu);
+        let gu = tapped(tap, hop, LinearSite::GateUp, &h, gu);
         let i = self.intermediate;
         let act = silu(gu.clone().narrow(1, 0, i)).mul(gu.narrow(1, i, i));
-        x.add(add_bias(act.matmul(self.wdown.clone()), &self.bdown))
+        let down = add_bias(act.clone().matmul(self.wdown.clone()), &self.bdown);
+        x.add(tapped(tap, hop, LinearSite::Down, &act, down))
     }
 }
 

@@ -118,7 +118,7 @@ fn bad_inputs_are_clear_errors() {
         e.contains("singular") && e.contains("layers.0.weight") && e.contains("ridge"),
         "{e}"
     );
-    // A Llama-family model is refused with the reason.
+    // Language models need text, and cannot be permutation-aligned; no MLP/LM mixes.
     let spec = TinyLlama::default();
     spec.random(0)
         .save(w.root.join("llama"), Dtype::F32, u64::MAX)
@@ -132,7 +132,15 @@ fn bad_inputs_are_clear_errors() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("MLP") && e.contains("Llama"), "{e}");
+    assert!(e.contains("language model") && e.contains(".txt"), "{e}");
+    let e = merge(
+        &w.recipe("merge_method = \"git_rebasin\"\n[[models]]\nmodel = \"{root}/llama\"\n[[models]]\nmodel = \"{root}/llama2\"\n"),
+        &w.root.join("x5b"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no permutation spec"), "{e}");
+    assert!(!w.root.join("x5b").exists());
     // Unknown words.
     let e = merge(
         &w.recipe("merge_method = \"fisher\"\nparameters = { fisher = \"sampled\" }\n[[models]]\nmodel = \"{root}/a\"\n[[models]]\nmodel = \"{root}/b\"\n[data]\ndataset = \"digits\"\n"),
@@ -154,6 +162,63 @@ fn bad_inputs_are_clear_errors() {
         e.contains("small.csv") && e.contains("2 features") && e.contains("64"),
         "{e}"
     );
+}
+
+#[test]
+fn lm_data_methods_merge_llama_checkpoints_on_text() {
+    let w = World::new();
+    let spec = TinyLlama::default();
+    let base = spec.random(0);
+    base.perturbed(1, 0.1)
+        .save(w.root.join("lm_a"), Dtype::F32, u64::MAX)
+        .unwrap();
+    base.perturbed(2, 0.1)
+        .save(w.root.join("lm_b"), Dtype::F32, u64::MAX)
+        .unwrap();
+    // Word-level texts over the tiny tokenizer's words; one file per model's domain.
+    for (file, offset) in [("a.txt", 3), ("b.jsonl", 30)] {
+        let lines: Vec<String> = (0..40)
+            .map(|i| {
+                let text = (0..6)
+                    .map(|k| format!("tok{}", offset + (i * 7 + k * 3) % 30))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if file.ends_with("jsonl") {
+                    format!("{{\"text\": \"{text}\"}}")
+                } else {
+                    text
+                }
+            })
+            .collect();
+        std::fs::write(w.root.join(file), lines.join("\n")).unwrap();
+    }
+    for (method, params) in [
+        ("regmean", "alpha = 0.9"),
+        ("fisher", "normalize = false"),
+        ("greedy_soup", ""),
+    ] {
+        let recipe = w.recipe(&format!(
+            "merge_method = \"{method}\"\nparameters = {{ {params} }}\n[[models]]\nmodel = \"{{root}}/lm_a\"\n[[models]]\nmodel = \"{{root}}/lm_b\"\n[data]\ndataset = \"{{root}}/a.txt\"\nsplit = \"all\"\n[[data.models]]\n[[data.models]]\ndataset = \"{{root}}/b.jsonl\"\n"
+        ));
+        let out = w.root.join(format!("lm_{method}"));
+        merge(&recipe, &out).unwrap_or_else(|e| panic!("{method}: {e}"));
+        let m = evomerge_models::Llama::from_dir(&out, &evomerge_kernels::Device::flex())
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert_eq!(m.num_layers(), spec.layers);
+        assert!(out.join("tokenizer.json").exists(), "{method}");
+        let c = evomerge_checkpoint::Checkpoint::open(&out).unwrap();
+        let merged = c.read_f32("model.layers.1.mlp.down_proj.weight").unwrap();
+        assert!(merged.iter().all(|v| v.is_finite()), "{method}");
+    }
+    // Exact Fisher on an LM is refused with what to use instead.
+    let e = merge(
+        &w.recipe("merge_method = \"fisher\"\nparameters = { fisher = \"exact\" }\n[[models]]\nmodel = \"{root}/lm_a\"\n[[models]]\nmodel = \"{root}/lm_b\"\n[data]\ndataset = \"{root}/a.txt\"\n"),
+        &w.root.join("lm_exact"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("empirical"), "{e}");
+    assert!(!w.root.join("lm_exact").exists());
 }
 
 #[test]
