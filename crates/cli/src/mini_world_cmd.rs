@@ -24,6 +24,23 @@ pub enum MiniWorldCommand {
     Build(BuildArgs),
     /// Score the models of a built world on the JA-math and EN-math test splits.
     Eval(EvalArgs),
+    /// Write examples of one training corpus as text (one per line): the data-using merges'
+    /// `data` for a model (e.g. `ja` for the JA expert, `math2` for the second math expert).
+    Corpus(CorpusArgs),
+}
+
+#[derive(Args)]
+pub struct CorpusArgs {
+    /// base, math, math2, ja (a model's training corpus) or ja-math (the target task's text).
+    pub corpus: String,
+    /// The *.txt file to write.
+    pub out: PathBuf,
+    /// Number of examples.
+    #[arg(long, default_value_t = 256)]
+    pub samples: usize,
+    /// Seed of the draw (the models were trained on seeds from 1; use another to hold out).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
 }
 
 #[derive(Args)]
@@ -57,6 +74,12 @@ pub struct EvalArgs {
     /// Split of the JA task to score (search, validation, test).
     #[arg(long, default_value = "test")]
     pub split: String,
+    /// More model folders to score beside the world's own (e.g. merges); named by folder.
+    #[arg(long, num_args = 1..)]
+    pub extra: Vec<PathBuf>,
+    /// Write the rows as JSON here (default: DIR/sources_SPLIT.json, only without --extra).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// The models of the world: name, corpus, parent, steps multiplier.
@@ -77,9 +100,44 @@ pub fn run(cmd: MiniWorldCommand) -> Result<()> {
                 "test" => Split::Test,
                 other => bail!("unknown split {other:?}; use search, validation or test"),
             };
-            evaluate(&args.dir, split)
+            evaluate(&args.dir, split, &args.extra, args.json.as_deref())
         }
+        MiniWorldCommand::Corpus(args) => write_corpus(&args),
     }
+}
+
+fn write_corpus(args: &CorpusArgs) -> Result<()> {
+    use rand::SeedableRng;
+    let corpus = match args.corpus.as_str() {
+        "ja-math" => Corpus::MathJa,
+        name => match MODELS.iter().find(|(n, ..)| *n == name) {
+            Some((_, c, ..)) => *c,
+            None => bail!("unknown corpus {name:?}; use base, math, math2, ja or ja-math"),
+        },
+    };
+    if args.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+    let mut text = String::new();
+    for _ in 0..args.samples {
+        text.push_str(&corpus.sample(&mut rng).text.replace('\n', " "));
+        text.push('\n');
+    }
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = args.out.with_extension("txt.partial");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out)?;
+    eprintln!(
+        "{}: {} examples of the {} corpus (seed {})",
+        args.out.display(),
+        args.samples,
+        args.corpus,
+        args.seed
+    );
+    Ok(())
 }
 
 fn build(args: BuildArgs) -> Result<()> {
@@ -210,7 +268,7 @@ fn build(args: BuildArgs) -> Result<()> {
     }
     eprintln!("built in {:.0}s", started.elapsed().as_secs_f64());
     if !args.no_eval {
-        evaluate(&args.dir, Split::Test)?;
+        evaluate(&args.dir, Split::Test, &[], None)?;
     }
     Ok(())
 }
@@ -232,7 +290,7 @@ fn weights_from_dir(dir: &Path) -> Result<evomerge_zoo::Weights> {
     Ok(evomerge_zoo::Weights { config, tensors })
 }
 
-fn evaluate(dir: &Path, split: Split) -> Result<()> {
+fn evaluate(dir: &Path, split: Split, extra: &[PathBuf], json_out: Option<&Path>) -> Result<()> {
     let device = Device::flex();
     let ja = Evaluators::build(&[EvaluatorSpec::Lm {
         task: dir.join("task/ja_math.toml"),
@@ -249,9 +307,19 @@ fn evaluate(dir: &Path, split: Split) -> Result<()> {
     );
     println!("|---|---|---|---|---|");
     let mut rows = Vec::new();
-    for (name, ..) in MODELS {
-        let mdir = dir.join("models").join(name);
-        let cand = checkpoint_candidate(&mdir, name, &device)?;
+    let mut models: Vec<(String, PathBuf)> = MODELS
+        .iter()
+        .map(|(n, ..)| (n.to_string(), dir.join("models").join(n)))
+        .collect();
+    for e in extra {
+        let name = e
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| e.display().to_string());
+        models.push((name, e.clone()));
+    }
+    for (name, mdir) in &models {
+        let cand = checkpoint_candidate(mdir, name, &device)?;
         let s = ja.evaluate(&cand, &EvalRequest::new(split, 0, 0))?;
         let e = en.evaluate(&cand, &EvalRequest::new(Split::Test, 0, 0))?;
         let m = |k: &str| s.metrics.get(k).copied().unwrap_or(f64::NAN) * 100.0;
@@ -264,9 +332,13 @@ fn evaluate(dir: &Path, split: Split) -> Result<()> {
         );
         rows.push(json!({"model": name, "split": split.as_str(), "acc_lang": m("acc_lang"), "acc": m("acc"), "lang_pass": m("lang_pass"), "en_acc": en_acc}));
     }
-    std::fs::write(
-        dir.join(format!("sources_{}.json", split.as_str())),
-        serde_json::to_string_pretty(&rows)?,
-    )?;
+    let out = match json_out {
+        Some(p) => Some(p.to_path_buf()),
+        None if extra.is_empty() => Some(dir.join(format!("sources_{}.json", split.as_str()))),
+        None => None,
+    };
+    if let Some(out) = out {
+        std::fs::write(&out, serde_json::to_string_pretty(&rows)?)?;
+    }
     Ok(())
 }
