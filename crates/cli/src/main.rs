@@ -5,6 +5,7 @@
 mod bench;
 mod bench_lm;
 mod demo;
+mod digits_models;
 mod inspect;
 mod merge_cmd;
 mod mini_world_cmd;
@@ -51,6 +52,8 @@ enum Command {
     Inspect(inspect::InspectCommand),
     /// Reproduce the data-using and permutation merge findings on digits (report + plots).
     DataMergeStudy(study_data::StudyDataArgs),
+    /// Train digits MLP classifiers to merge (a base and two experts), e.g. for a classifier search.
+    DigitsModels(digits_models::DigitsModelsArgs),
     /// Build the miniature Japanese-math world (task + trained base and experts) and score it.
     #[command(subcommand)]
     MiniWorld(mini_world_cmd::MiniWorldCommand),
@@ -73,6 +76,7 @@ fn main() {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Inspect(cmd) => inspect::run(cmd),
         Command::DataMergeStudy(args) => study_data::run(args),
+        Command::DigitsModels(args) => digits_models::run(args),
         Command::MiniWorld(cmd) => mini_world_cmd::run(cmd),
     };
     if let Err(e) = result {

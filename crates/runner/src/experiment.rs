@@ -1,6 +1,7 @@
 //! The experiment file: what to search, with what, for how long.
 
 use crate::RunError;
+use evomerge_eval_classifier::ClassifierSpec;
 use evomerge_eval_command::CommandConfig;
 use evomerge_genome::{DfsSpec, PsSpec};
 use evomerge_kernels::DeviceChoice;
@@ -85,6 +86,15 @@ pub enum EvaluatorSpec {
         #[serde(flatten)]
         config: CommandConfig,
     },
+    /// Accuracy of an MLP classifier (sources that are `EvomergeMlp` checkpoints; see
+    /// `evomerge-eval-classifier`): `name`, `subsample` and the `search` / `validation` /
+    /// `test` data tables.
+    Classifier {
+        #[serde(default = "one")]
+        weight: f64,
+        #[serde(flatten)]
+        spec: ClassifierSpec,
+    },
 }
 
 fn one() -> f64 {
@@ -94,7 +104,18 @@ fn one() -> f64 {
 impl EvaluatorSpec {
     pub fn weight(&self) -> f64 {
         match self {
-            EvaluatorSpec::Lm { weight, .. } | EvaluatorSpec::Command { weight, .. } => *weight,
+            EvaluatorSpec::Lm { weight, .. }
+            | EvaluatorSpec::Command { weight, .. }
+            | EvaluatorSpec::Classifier { weight, .. } => *weight,
+        }
+    }
+
+    /// The `kind` key of this evaluator.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EvaluatorSpec::Lm { .. } => "lm",
+            EvaluatorSpec::Command { .. } => "command",
+            EvaluatorSpec::Classifier { .. } => "classifier",
         }
     }
 }
@@ -257,6 +278,19 @@ fn resolve_paths(value: &mut toml::Value, base: &Path) {
                     abs(v);
                 }
             }
+            // A classifier's data files (the built-in `digits` is a name, not a path).
+            if e.get("kind").and_then(toml::Value::as_str) == Some("classifier") {
+                for split in ["search", "validation", "test"] {
+                    if let Some(v) = e
+                        .get_mut(split)
+                        .and_then(toml::Value::as_table_mut)
+                        .and_then(|t| t.get_mut("dataset"))
+                        .filter(|v| v.as_str() != Some("digits"))
+                    {
+                        abs(v);
+                    }
+                }
+            }
         }
     }
 }
@@ -276,6 +310,15 @@ fn evaluator_keys(kind: &str) -> Option<&'static [&'static str]> {
             "env",
             "lm_eval",
             "temp_dir",
+        ]),
+        "classifier" => Some(&[
+            "kind",
+            "weight",
+            "name",
+            "subsample",
+            "search",
+            "validation",
+            "test",
         ]),
         _ => None,
     }
@@ -359,7 +402,7 @@ impl Experiment {
             );
         }
         if self.evaluators.is_empty() {
-            return Err("no [[evaluators]]; add at least one (kind = \"lm\" with a task file, or kind = \"command\")".into());
+            return Err("no [[evaluators]]; add at least one (kind = \"lm\" with a task file, kind = \"classifier\" for MLP sources, or kind = \"command\")".into());
         }
         if self.parallelism == 0 {
             return Err("parallelism must be at least 1".into());
@@ -471,6 +514,47 @@ task = "tasks/t.toml"
         );
         let e = Experiment::from_toml(&cmd, Path::new("/")).unwrap_err();
         assert!(e.contains("`timeout`") && e.contains("timeout_s"), "{e}");
+    }
+
+    #[test]
+    fn classifier_evaluators_parse_with_data_paths_relative_to_the_file() {
+        let text = MINIMAL.replace(
+            "kind = \"lm\"\ntask = \"tasks/t.toml\"",
+            "kind = \"classifier\"\nweight = 2.0\nname = \"digits\"\nsubsample = 64\n\
+             [evaluators.search]\ndataset = \"digits\"\nsplit = \"train\"\n\
+             [evaluators.test]\ndataset = \"data/test.csv\"\nsplit = \"all\"",
+        );
+        let (e, v) = Experiment::from_toml(&text, Path::new("/exp")).unwrap();
+        let EvaluatorSpec::Classifier { weight, spec } = &e.evaluators[0] else {
+            panic!("{:?}", e.evaluators[0]);
+        };
+        assert_eq!((*weight, e.evaluators[0].kind()), (2.0, "classifier"));
+        assert_eq!(spec.name.as_deref(), Some("digits"));
+        assert_eq!(spec.subsample, Some(64));
+        assert_eq!(spec.search.as_ref().unwrap().dataset, "digits");
+        assert!(spec.validation.is_none());
+        let test = spec.test.as_ref().unwrap();
+        assert_eq!(test.dataset, "/exp/data/test.csv");
+        assert_eq!(test.split, evomerge_data::Part::All);
+        // run.toml keeps the resolved path, and parses again to the same spec
+        assert_eq!(
+            v["evaluators"][0]["test"]["dataset"].as_str(),
+            Some("/exp/data/test.csv")
+        );
+        let again = Experiment::from_value(v).unwrap();
+        assert!(
+            matches!(&again.evaluators[0], EvaluatorSpec::Classifier { spec: s, .. } if s == spec)
+        );
+        // Unknown keys name the key, at the evaluator and inside a data table.
+        let e = Experiment::from_toml(&text.replace("subsample", "subsmaple"), Path::new("/"))
+            .unwrap_err();
+        assert!(e.contains("`subsmaple`") && e.contains("subsample"), "{e}");
+        let e = Experiment::from_toml(
+            &text.replace("split = \"all\"", "splits = \"all\""),
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.contains("splits"), "{e}");
     }
 
     /// The README documents every key in one example; it must stay a valid experiment.

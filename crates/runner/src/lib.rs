@@ -34,6 +34,10 @@
 //! `results.csv` columns: `name`, `kind` (`best`, `source`, `baseline`), `split`, `fitness`,
 //! `metrics` (JSON).
 //!
+//! Sources that are `EvomergeMlp` classifier checkpoints make MLP candidates instead of language
+//! models: a parameter-space search over them is scored by `[[evaluators]] kind = "classifier"`
+//! (the `evomerge-eval-classifier` settings); layer paths and the `lm` evaluator need decoders.
+//!
 //! Not for: merge math, optimizers, model execution (the crates below it).
 
 pub mod compare;
@@ -52,7 +56,10 @@ pub use experiment::{
 };
 pub use export::{ExportFormat, export_run};
 pub use plot::{PlotError, plot_run};
-pub use report::{ResultRow, checkpoint_candidate, path_candidate, recipe_candidate};
+pub use report::{
+    ResultRow, checkpoint_candidate, mlp_checkpoint_candidate, mlp_recipe_candidate,
+    path_candidate, recipe_candidate,
+};
 pub use run::{Evaluators, RunOptions, resume, stage_files, start};
 pub use space::{Decoded, Resident, key_of, path_text};
 pub use state::{RunState, Scored, Snapshot, StageState};

@@ -4,13 +4,14 @@
 use crate::RunError;
 use crate::experiment::{Experiment, GenomeKind};
 use crate::run::{Setup, write_atomic};
+use crate::space::Family;
 use crate::state::{RunState, Snapshot};
-use evomerge_eval::{Candidate, EvalRequest, MergedCandidate, PathCandidate, Split};
+use evomerge_eval::{Candidate, EvalRequest, MergedCandidate, MlpCandidate, PathCandidate, Split};
 use evomerge_kernels::Device;
 use evomerge_merge::{
     InputModel, ModelRef, ParamSetting, Params, Plan, PlanOptions, Recipe, Sources, merge_in_memory,
 };
-use evomerge_models::{LayerPath, Llama, TensorMap, Tokenizer};
+use evomerge_models::{LayerPath, Llama, MlpWeights, TensorMap, Tokenizer};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -84,6 +85,49 @@ pub fn recipe_candidate(
         Some(tok_dir),
         device,
     )?)
+}
+
+/// Merge a recipe over `EvomergeMlp` checkpoints (reading the sources from disk) into an
+/// in-memory MLP classifier candidate.
+pub fn mlp_recipe_candidate(
+    recipe: &Recipe,
+    label: &str,
+    device: &Device,
+    seed: u64,
+) -> Result<MlpCandidate, RunError> {
+    let sources = Sources::open(recipe, None)?;
+    let plan = Plan::build(recipe, &sources, &PlanOptions::default())?;
+    let merged = merge_in_memory(&plan, &sources, device, seed)?;
+    let config = plan
+        .config
+        .clone()
+        .ok_or_else(|| RunError::Config("the merged model has no config.json".into()))?;
+    Ok(MlpCandidate::from_tensors(
+        label,
+        &config,
+        &TensorMap::from_views(label, merged),
+    )?)
+}
+
+/// An `EvomergeMlp` checkpoint folder as a candidate.
+pub fn mlp_checkpoint_candidate(dir: &Path, label: &str) -> Result<MlpCandidate, RunError> {
+    let weights =
+        MlpWeights::load(dir).map_err(|e| RunError::Config(format!("{}: {e}", dir.display())))?;
+    Ok(MlpCandidate::new(label, weights))
+}
+
+/// A recipe's merge as the candidate its sources make.
+fn family_recipe_candidate(
+    family: Family,
+    recipe: &Recipe,
+    label: &str,
+    device: &Device,
+    seed: u64,
+) -> Result<Box<dyn Candidate>, RunError> {
+    Ok(match family {
+        Family::Decoder => Box::new(recipe_candidate(recipe, label, device, seed)?),
+        Family::Mlp => Box::new(mlp_recipe_candidate(recipe, label, device, seed)?),
+    })
 }
 
 /// A checkpoint folder as a candidate.
@@ -172,17 +216,13 @@ fn snapshot_candidate(
     stage: usize,
     kind: &str,
     snap: &Snapshot,
-    device: &Device,
+    setup: &Setup,
 ) -> Result<Box<dyn Candidate>, RunError> {
     let label = stage_label(exp, kind);
+    let device = &setup.device;
     if kind == "ps" {
         let recipe = Recipe::from_toml(&snap.decoded)?;
-        Ok(Box::new(recipe_candidate(
-            &recipe,
-            &label,
-            device,
-            exp.merge_seed(),
-        )?))
+        family_recipe_candidate(setup.family, &recipe, &label, device, exp.merge_seed())
     } else {
         let path: LayerPath =
             serde_json::from_str(&snap.decoded).map_err(|e| RunError::Io(e.to_string()))?;
@@ -299,7 +339,7 @@ fn test_table(
     eprintln!("scoring the test split: best, sources, baselines ...");
     for (stage, st) in state.stages.iter().enumerate() {
         if let Some(chosen) = st.chosen() {
-            let c = snapshot_candidate(dir, exp, stage, &st.kind, chosen, device)?;
+            let c = snapshot_candidate(dir, exp, stage, &st.kind, chosen, setup)?;
             let mut row = score_row(
                 setup,
                 c.as_ref(),
@@ -328,13 +368,16 @@ fn test_table(
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or(d.clone());
-            let c = checkpoint_candidate(Path::new(&d), &name, device)?;
+            let c: Box<dyn Candidate> = match setup.family {
+                Family::Decoder => Box::new(checkpoint_candidate(Path::new(&d), &name, device)?),
+                Family::Mlp => Box::new(mlp_checkpoint_candidate(Path::new(&d), &name)?),
+            };
             let kind = if exp.sources.base.as_deref() == Some(d.as_str()) {
                 "base"
             } else {
                 "source"
             };
-            rows.push(score_row(setup, &c, name, kind, exp.seed)?);
+            rows.push(score_row(setup, c.as_ref(), name, kind, exp.seed)?);
         }
     }
     if exp.sources.base.is_some() {
@@ -348,8 +391,8 @@ fn test_table(
                     .map(|d| format!(", density {d}"))
                     .unwrap_or_default()
             );
-            match recipe_candidate(&recipe, &name, device, exp.merge_seed()) {
-                Ok(c) => rows.push(score_row(setup, &c, name, "baseline", exp.seed)?),
+            match family_recipe_candidate(setup.family, &recipe, &name, device, exp.merge_seed()) {
+                Ok(c) => rows.push(score_row(setup, c.as_ref(), name, "baseline", exp.seed)?),
                 Err(e) => rows.push(ResultRow {
                     name,
                     kind: "baseline",

@@ -1,11 +1,12 @@
 //! The search loop: ask, build, evaluate, log, tell, save — resumable at any point.
 
 use crate::experiment::{Budget, EvaluatorSpec, Experiment, GenomeKind};
-use crate::space::{Decoded, DfsSpace, PsSpace, Space};
+use crate::space::{Decoded, DfsSpace, Family, PsSpace, Space};
 use crate::state::{CsvLog, RunState, Scored, Snapshot, StageState, crash_point, read_rows};
 use crate::{RunError, report};
 use evomerge_checkpoint::Dtype;
 use evomerge_eval::{Candidate, EvalError, EvalRequest, Evaluator, Score, Split};
+use evomerge_eval_classifier::ClassifierEvaluator;
 use evomerge_eval_command::CommandEvaluator;
 use evomerge_eval_lm::LmEvaluator;
 use evomerge_genome::{PsGenome, PsSpec};
@@ -59,6 +60,13 @@ impl Evaluators {
                 }
                 EvaluatorSpec::Command { weight, config } => {
                     list.push((Box::new(CommandEvaluator::new(config.clone())?), *weight));
+                }
+                EvaluatorSpec::Classifier { weight, spec } => {
+                    // Data paths were resolved against the experiment file when it was read.
+                    list.push((
+                        Box::new(ClassifierEvaluator::from_spec(spec, None)?),
+                        *weight,
+                    ));
                 }
             }
         }
@@ -226,28 +234,34 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// What every stage shares: the device, the evaluators, the parameter-space genome.
+/// What every stage shares: the device, the evaluators, the parameter-space genome, and what
+/// the source models are.
 pub(crate) struct Setup {
     pub device: Device,
     pub evaluators: Evaluators,
     pub ps_genome: Option<PsGenome>,
+    pub family: Family,
 }
 
 impl Setup {
     fn new(exp: &Experiment) -> Result<Setup, RunError> {
         let device = exp.device.device().map_err(RunError::Config)?;
-        for m in exp
+        let dirs: Vec<&str> = exp
             .sources
             .models
             .iter()
             .chain(exp.sources.base.iter())
             .chain(exp.genome.partner.iter())
             .chain(exp.genome.dfs_models.iter().flatten())
-        {
+            .map(String::as_str)
+            .collect();
+        for m in &dirs {
             if !Path::new(m).is_dir() {
                 return Err(RunError::Config(format!("model folder {m} does not exist")));
             }
         }
+        let family = Family::of_models(&dirs)?;
+        family.check(&exp.evaluators, exp.genome.kind, &exp.sources.models[0])?;
         let evaluators = Evaluators::build(&exp.evaluators)?;
         let ps_genome = match exp.genome.kind {
             GenomeKind::Ps | GenomeKind::PsDfs => {
@@ -272,6 +286,7 @@ impl Setup {
             device,
             evaluators,
             ps_genome,
+            family,
         };
         // Opening the parameter space checks shapes and tensor names of every source now.
         if let Some(g) = &setup.ps_genome {
@@ -296,6 +311,7 @@ fn build_space(
         return Ok(Space::Ps(Box::new(PsSpace::new(
             genome,
             exp.sources.base.as_deref(),
+            setup.family,
             &setup.device,
             exp.merge_seed(),
         )?)));

@@ -4,16 +4,21 @@
 //! decodes each vector into a recipe, plans it (headers only) and merges it in memory; a
 //! data-flow stage keeps the source models loaded and builds a layer-path decoder over them.
 //! Nothing is written to disk per candidate.
+//!
+//! What a merge becomes depends on the sources ([`Family`]): Llama-family decoders give a
+//! [`MergedCandidate`] (a language model with the sources' tokenizer), `EvomergeMlp`
+//! checkpoints an [`MlpCandidate`] (a classifier; parameter space only).
 
 use crate::RunError;
+use crate::experiment::{EvaluatorSpec, GenomeKind};
 use evomerge_checkpoint::Checkpoint;
-use evomerge_eval::{Candidate, MergedCandidate, PathCandidate, PathExporter};
+use evomerge_eval::{Candidate, MergedCandidate, MlpCandidate, PathCandidate, PathExporter};
 use evomerge_genome::{DfsGenome, PsGenome, export_path};
 use evomerge_kernels::{Device, T2, tensor_from_vec};
 use evomerge_merge::{
     MergeError, Plan, PlanOptions, Recipe, Sources, TensorSource, merge_in_memory,
 };
-use evomerge_models::{LayerPath, Llama, TensorMap, Tokenizer};
+use evomerge_models::{LayerPath, Llama, MLP_ARCHITECTURE, TensorMap, Tokenizer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +59,103 @@ impl TensorSource for Resident {
                 model: model.to_string(),
                 message: format!("tensor '{name}' is not resident"),
             })
+    }
+}
+
+/// What the source models are, which decides what a merge of them becomes and which
+/// evaluators and search spaces apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// Llama-family decoders (anything that is not an MLP classifier): language models.
+    Decoder,
+    /// `EvomergeMlp` classifier checkpoints.
+    Mlp,
+}
+
+/// The `architectures` entry of a model folder's config.json, if it has one.
+fn architecture(dir: &str) -> Option<String> {
+    let text = std::fs::read_to_string(Path::new(dir).join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    config
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+}
+
+impl Family {
+    /// The family of a model folder, from its config.json.
+    pub(crate) fn of_dir(dir: &str) -> Family {
+        if architecture(dir).as_deref() == Some(MLP_ARCHITECTURE) {
+            Family::Mlp
+        } else {
+            Family::Decoder
+        }
+    }
+
+    /// The family of all the models of a run; they must agree.
+    pub(crate) fn of_models(dirs: &[&str]) -> Result<Family, RunError> {
+        let (mlp, other): (Vec<&str>, Vec<&str>) =
+            dirs.iter().partition(|d| Family::of_dir(d) == Family::Mlp);
+        match (mlp.first(), other.first()) {
+            (Some(m), Some(o)) => Err(RunError::Config(format!(
+                "the models mix {MLP_ARCHITECTURE} classifiers ({m}) and other models ({o}, {}); \
+                 a merge needs models of one architecture — list only MLP checkpoints or only \
+                 language models",
+                architecture(o).unwrap_or_else(|| "no architectures in config.json".into())
+            ))),
+            (Some(_), None) => Ok(Family::Mlp),
+            _ => Ok(Family::Decoder),
+        }
+    }
+
+    /// Whether the experiment's evaluators and genome suit this family (`example` names a
+    /// source model for the message).
+    pub(crate) fn check(
+        self,
+        evaluators: &[EvaluatorSpec],
+        genome: GenomeKind,
+        example: &str,
+    ) -> Result<(), RunError> {
+        let what = match self {
+            Family::Mlp => format!("{MLP_ARCHITECTURE} classifiers"),
+            Family::Decoder => format!(
+                "{} models",
+                architecture(example).unwrap_or_else(|| "language".into())
+            ),
+        };
+        for (i, e) in evaluators.iter().enumerate() {
+            let fix = match (self, e) {
+                (Family::Mlp, EvaluatorSpec::Lm { .. }) => {
+                    "kind = \"lm\" scores language models; score MLP classifiers with \
+                     kind = \"classifier\" (name, subsample, and [evaluators.search] / \
+                     [evaluators.validation] / [evaluators.test] data tables)"
+                }
+                (Family::Decoder, EvaluatorSpec::Classifier { .. }) => {
+                    "kind = \"classifier\" scores MLP classifiers (EvomergeMlp checkpoints); \
+                     score language models with kind = \"lm\" (a task file) or kind = \"command\""
+                }
+                _ => continue,
+            };
+            return Err(RunError::Config(format!(
+                "[[evaluators]] #{} (kind = \"{}\") does not fit the sources, which are {what} \
+                 ({example}): {fix}",
+                i + 1,
+                e.kind()
+            )));
+        }
+        if self == Family::Mlp && genome != GenomeKind::Ps {
+            return Err(RunError::Config(format!(
+                "[genome] kind = \"{}\" searches layer paths through decoder layers, but the \
+                 sources are {what} ({example}), which have no layer paths; use kind = \"ps\" to \
+                 search merge weights and densities",
+                match genome {
+                    GenomeKind::Dfs => "dfs",
+                    _ => "ps+dfs",
+                }
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -103,8 +205,9 @@ pub struct PsSpace {
     pub genome: PsGenome,
     pub sources: Sources,
     resident: Resident,
-    tokenizer: Arc<Tokenizer>,
-    tokenizer_dir: PathBuf,
+    /// The tokenizer of decoder merges (and the folder an export copies it from); `None` for
+    /// MLP classifiers.
+    tokenizer: Option<(Arc<Tokenizer>, PathBuf)>,
     device: Device,
     merge_seed: u64,
 }
@@ -138,9 +241,10 @@ fn tokenizer_dir(candidates: &[&str]) -> Result<PathBuf, RunError> {
 
 impl PsSpace {
     /// Open the sources, check the genome against them and upload every tensor.
-    pub fn new(
+    pub(crate) fn new(
         genome: PsGenome,
         base: Option<&str>,
+        family: Family,
         device: &Device,
         merge_seed: u64,
     ) -> Result<PsSpace, RunError> {
@@ -152,17 +256,21 @@ impl PsSpace {
         let first = &sources.models[0].checkpoint;
         let names: Vec<&str> = first.names().collect();
         genome.validate_filters(names.iter().copied())?;
-        let mut dirs: Vec<&str> = base.into_iter().collect();
-        dirs.extend(genome.models().iter().map(String::as_str));
-        let tok_dir = tokenizer_dir(&dirs)?;
-        let tokenizer = Arc::new(Tokenizer::from_dir(&tok_dir)?);
+        let tokenizer = match family {
+            Family::Decoder => {
+                let mut dirs: Vec<&str> = base.into_iter().collect();
+                dirs.extend(genome.models().iter().map(String::as_str));
+                let tok_dir = tokenizer_dir(&dirs)?;
+                Some((Arc::new(Tokenizer::from_dir(&tok_dir)?), tok_dir))
+            }
+            Family::Mlp => None,
+        };
         let resident = Resident::load(&sources, device)?;
         Ok(PsSpace {
             genome,
             sources,
             resident,
             tokenizer,
-            tokenizer_dir: tok_dir,
             device: device.clone(),
             merge_seed,
         })
@@ -173,8 +281,8 @@ impl PsSpace {
         Ok(Decoded::Recipe(Box::new(self.genome.decode(x)?)))
     }
 
-    /// Merge a recipe in memory into a candidate.
-    pub fn build(&self, recipe: &Recipe, label: &str) -> Result<MergedCandidate, String> {
+    /// Merge a recipe in memory into a candidate: a language model, or an MLP classifier.
+    pub fn build(&self, recipe: &Recipe, label: &str) -> Result<Box<dyn Candidate>, String> {
         let plan = Plan::build(recipe, &self.sources, &PlanOptions::default())
             .map_err(|e| e.to_string())?;
         let merged = merge_in_memory(&plan, &self.resident, &self.device, self.merge_seed)
@@ -189,15 +297,23 @@ impl PsSpace {
             .config
             .clone()
             .ok_or("the base model has no config.json")?;
-        MergedCandidate::new(
-            label,
-            config,
-            TensorMap::from_views(label, merged),
-            self.tokenizer.clone(),
-            Some(self.tokenizer_dir.clone()),
-            &self.device,
-        )
-        .map_err(|e| e.to_string())
+        let tensors = TensorMap::from_views(label, merged);
+        match &self.tokenizer {
+            Some((tokenizer, dir)) => Ok(Box::new(
+                MergedCandidate::new(
+                    label,
+                    config,
+                    tensors,
+                    tokenizer.clone(),
+                    Some(dir.clone()),
+                    &self.device,
+                )
+                .map_err(|e| e.to_string())?,
+            )),
+            None => Ok(Box::new(
+                MlpCandidate::from_tensors(label, &config, &tensors).map_err(|e| e.to_string())?,
+            )),
+        }
     }
 }
 
@@ -260,7 +376,7 @@ impl Space {
     /// Build the candidate a decoded vector describes.
     pub fn build(&self, decoded: &Decoded, label: &str) -> Result<Box<dyn Candidate>, String> {
         match (self, decoded) {
-            (Space::Ps(s), Decoded::Recipe(r)) => Ok(Box::new(s.build(r, label)?)),
+            (Space::Ps(s), Decoded::Recipe(r)) => s.build(r, label),
             (Space::Dfs(s), Decoded::Path(p)) => Ok(Box::new(s.build(p, label)?)),
             _ => Err("internal: decoded value does not match the stage".into()),
         }

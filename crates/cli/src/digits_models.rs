@@ -1,0 +1,109 @@
+//! `evomerge digits-models DIR`: train the MLP classifiers a classifier search merges — a base
+//! trained on every digit and two experts fine-tuned from it on digits 0-4 and 5-9 — and save
+//! them as `EvomergeMlp` checkpoints (what `experiments/data-merges/classifier-ps.toml` searches).
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use evomerge_data::Dataset;
+use evomerge_models::MlpWeights;
+use evomerge_models::mlp::{TrainConfig, evaluate, train};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Train digits MLP classifiers for merging: DIR/base (all digits), DIR/low (base fine-tuned
+/// on digits 0-4), DIR/high (on digits 5-9); prints each model's test accuracy.
+#[derive(Args)]
+pub struct DigitsModelsArgs {
+    /// Output folder (base/, low/, high/ inside).
+    pub dir: PathBuf,
+    /// Hidden layer sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    pub hidden: Vec<usize>,
+    /// Epochs of the base on all digits.
+    #[arg(long, default_value_t = 5)]
+    pub base_epochs: usize,
+    /// Epochs of each expert's fine-tune.
+    #[arg(long, default_value_t = 5)]
+    pub ft_epochs: usize,
+    /// Seed of the initialisation and the batch order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seed of the train/validation/test split (the classifier evaluator's data `seed`).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// Replace models already in DIR.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(args: DigitsModelsArgs) -> Result<()> {
+    let start = Instant::now();
+    let names = ["base", "low", "high"];
+    if !args.force
+        && let Some(n) = names.iter().find(|n| args.dir.join(n).exists())
+    {
+        bail!(
+            "{} already exists; pass --force to replace the models in {}",
+            args.dir.join(n).display(),
+            args.dir.display()
+        );
+    }
+    let splits = Dataset::digits().split(args.split_seed);
+    let mut sizes = vec![splits.train.n_features];
+    sizes.extend(&args.hidden);
+    sizes.push(splits.train.n_classes);
+    let cfg = |epochs, seed| TrainConfig {
+        epochs,
+        batch_size: 64,
+        lr: 1e-3,
+        seed,
+    };
+    let init = MlpWeights::init(&sizes, args.seed)?;
+    let base = train(&init, &splits.train, &cfg(args.base_epochs, args.seed))?;
+    let low_set = splits.train.with_classes(&[0, 1, 2, 3, 4]);
+    let high_set = splits.train.with_classes(&[5, 6, 7, 8, 9]);
+    let low = train(&base, &low_set, &cfg(args.ft_epochs, args.seed + 100))?;
+    let high = train(&base, &high_set, &cfg(args.ft_epochs, args.seed + 200))?;
+    println!(
+        "layer sizes {sizes:?}, seed {}, split seed {} ({} train / {} test rows)\n",
+        args.seed,
+        args.split_seed,
+        splits.train.len(),
+        splits.test.len()
+    );
+    println!("| model | trained on | test accuracy | test loss |\n|---|---|---|---|");
+    for (name, w, what) in [
+        (
+            names[0],
+            &base,
+            format!("all digits, {} epochs", args.base_epochs),
+        ),
+        (
+            names[1],
+            &low,
+            format!("base + digits 0-4, {} epochs", args.ft_epochs),
+        ),
+        (
+            names[2],
+            &high,
+            format!("base + digits 5-9, {} epochs", args.ft_epochs),
+        ),
+    ] {
+        let dir = args.dir.join(name);
+        w.save(&dir, args.force)
+            .with_context(|| format!("writing {}", dir.display()))?;
+        let e = evaluate(w, &splits.test)?;
+        println!(
+            "| {} | {what} | {:.4} | {:.4} |",
+            dir.display(),
+            e.accuracy,
+            e.loss
+        );
+    }
+    eprintln!(
+        "\nwrote {} in {:.1}s",
+        args.dir.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
