@@ -62,6 +62,12 @@ pub struct BuildArgs {
     /// Learning rate of the fine-tunes.
     #[arg(long, default_value_t = 1e-4)]
     pub ft_lr: f64,
+    /// Model width (d_model; default 128, quick: 32); the MLP is twice as wide.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Decoder layers (default 4, quick: 2).
+    #[arg(long)]
+    pub layers: Option<usize>,
     /// Skip scoring the models at the end.
     #[arg(long)]
     pub no_eval: bool,
@@ -168,28 +174,20 @@ fn build(args: BuildArgs) -> Result<()> {
         counts[1],
         counts[2]
     );
-    let spec = if args.quick {
-        TinyLlama {
-            hidden: 32,
-            intermediate: 64,
-            layers: 2,
-            vocab: vocabulary().len(),
-            heads: 4,
-            kv_heads: 4,
-            max_positions: 64,
-            ..Default::default()
-        }
-    } else {
-        TinyLlama {
-            hidden: 128,
-            intermediate: 256,
-            layers: 4,
-            vocab: vocabulary().len(),
-            heads: 4,
-            kv_heads: 4,
-            max_positions: 64,
-            ..Default::default()
-        }
+    let hidden = args.hidden.unwrap_or(if args.quick { 32 } else { 128 });
+    let layers = args.layers.unwrap_or(if args.quick { 2 } else { 4 });
+    if hidden == 0 || !hidden.is_multiple_of(4) || layers == 0 {
+        bail!("--hidden must be a positive multiple of 4 (4 heads) and --layers at least 1");
+    }
+    let spec = TinyLlama {
+        hidden,
+        intermediate: 2 * hidden,
+        layers,
+        vocab: vocabulary().len(),
+        heads: 4,
+        kv_heads: 4,
+        max_positions: 64,
+        ..Default::default()
     };
     let base_steps = args
         .base_steps
