@@ -81,4 +81,44 @@ fn quick_world_builds_caches_and_runs_the_experiments() {
     }
     assert!(results.join("mini-ps/seed1/candidates.csv").exists());
     assert!(results.join("mini-dfs/seed1/candidates.csv").exists());
+
+    // The README's main command, on the quick world: the embedded layer-wise PS, the table.
+    let demo = tmp.path().join("demo");
+    let args = [
+        "mini-world",
+        "demo",
+        "--quick",
+        "--world",
+        w,
+        "--out",
+        demo.to_str().unwrap(),
+        "--evaluations",
+        "6",
+    ];
+    let (table, log) = evomerge(&args);
+    assert_eq!(log.matches(": cached").count(), 4, "{log}");
+    for row in [
+        "| PS best |",
+        "| ja |",
+        "| math |",
+        "| math2 |",
+        "| ties (untuned",
+    ] {
+        assert!(table.contains(row), "{row} missing:\n{table}");
+    }
+    let run = demo.join("mini-demo/seed1");
+    let lines = std::fs::read_to_string(run.join("candidates.csv")).unwrap();
+    assert!(lines.lines().count() > 6, "{lines}");
+    // Again: the finished run is reported, not searched anew.
+    let (again, _) = evomerge(&args);
+    assert_eq!(
+        again
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>(),
+        table
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>()
+    );
 }
