@@ -145,10 +145,14 @@ fn read_run_toml(dir: &Path) -> Result<toml::Value, RunError> {
     toml::from_str(&text).map_err(|e| RunError::Config(format!("{}: {e}", path.display())))
 }
 
-fn without_run_table(v: &toml::Value) -> toml::Value {
+/// What makes two runs the same experiment: everything but the `[run]` table and
+/// `parallelism` (candidates scored at once change the row order of candidates.csv, not a
+/// single result).
+fn identity(v: &toml::Value) -> toml::Value {
     let mut v = v.clone();
     if let Some(t) = v.as_table_mut() {
         t.remove("run");
+        t.remove("parallelism");
     }
     v
 }
@@ -164,7 +168,7 @@ pub fn start(experiment: &Path, options: &RunOptions) -> Result<PathBuf, RunErro
     let dir = exp.output.join(&exp.name).join(&run_id);
     if dir.join("run.toml").exists() {
         let existing = read_run_toml(&dir)?;
-        if without_run_table(&existing) == resolved {
+        if identity(&existing) == identity(&resolved) {
             return Err(RunError::Config(format!(
                 "{} already holds this run; continue it with `evomerge resume {}` or start another with --run-id",
                 dir.display(),

@@ -137,5 +137,48 @@ fn bad_experiments_fail_before_any_work() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("evomerge resume"), "{err}");
+    // Only `parallelism` changed: the same experiment (it changes no result).
+    let faster = text.replace("seed = 3", "seed = 3\nparallelism = 2");
+    let p = tmp.path().join("faster.toml");
+    std::fs::write(&p, faster).unwrap();
+    let err = start(&p, &RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("evomerge resume"), "{err}");
     assert!(dir.join("state.json").exists());
+}
+
+#[test]
+fn parallel_scoring_gives_the_same_results() {
+    let run = |parallelism: usize| {
+        let tmp = tempfile::tempdir().unwrap();
+        let exp_path = toy_experiment(tmp.path(), 16, "").unwrap();
+        let text = std::fs::read_to_string(&exp_path).unwrap();
+        std::fs::write(
+            &exp_path,
+            text.replace("seed = 3", &format!("seed = 3\nparallelism = {parallelism}")),
+        )
+        .unwrap();
+        let dir = start(&exp_path, &RunOptions::default()).unwrap();
+        // (generation, index) -> (status, fitness), whatever order the rows were written in.
+        let mut by_key: Vec<(u64, u64, String, String)> = rows(&dir.join("candidates.csv"))
+            .iter()
+            .map(|r| {
+                (
+                    r[1].parse().unwrap(),
+                    r[2].parse().unwrap(),
+                    r[3].to_string(),
+                    r[4].to_string(),
+                )
+            })
+            .collect();
+        by_key.sort();
+        let best = std::fs::read_to_string(dir.join("best.toml"))
+            .unwrap()
+            .replace(tmp.path().to_str().unwrap(), "ROOT");
+        (by_key, best, tmp)
+    };
+    let (one, best_one, _a) = run(1);
+    let (three, best_three, _b) = run(3);
+    assert!(one.len() >= 16);
+    assert_eq!(one, three);
+    assert_eq!(best_one, best_three);
 }
