@@ -3,6 +3,7 @@
 #   experiments/mini-evollm-jp/run-all.sh [SEEDS...]      (default seeds: 1)
 # builds (or reuses) the world in results/mini-world, runs every experiment of this folder once
 # per seed, and writes the strategy comparison into results/mini-evollm-jp/compare.
+# Env: EXPS (which experiments), WORLD and OUT (other folders, relative to the repository root).
 # Run it from the repository root after `cargo build --release -p evomerge`.
 set -euo pipefail
 root=$(pwd)
@@ -10,22 +11,28 @@ bin=${EVOMERGE:-$root/target/release/evomerge}
 here=experiments/mini-evollm-jp
 seeds=("${@:-1}")
 exps=${EXPS:-"ps ps-ties ps-layers ps-ga ps-random dfs dfs-no-w ps-dfs"}
+world=${WORLD:-results/mini-world}        # where the world is built (or reused)
+out=${OUT:-results/mini-evollm-jp}        # where the runs go
 start=$(date +%s)
-"$bin" mini-world build results/mini-world
-mkdir -p results/mini-evollm-jp/seeds
+"$bin" mini-world build "$world"
+mkdir -p "$out/seeds"
 runs=()
 for s in "${seeds[@]}"; do
   for e in $exps; do
-    f=results/mini-evollm-jp/seeds/$e.seed$s.toml
+    f=$out/seeds/$e.seed$s.toml
     # same experiment, another seed; the world's paths made absolute so the copy can live here
-    sed -e "s/^seed = .*/seed = $s/" -e "s#\.\./\.\./results/mini-world#$root/results/mini-world#g" \
-      "$here/$e.toml" > "$f"
+    sed -e "s/^seed = .*/seed = $s/" -e "s#\.\./\.\./results/mini-world#$root/$world#g" \
+      -e "s#^output = .*#output = \"$out\"#" "$here/$e.toml" > "$f"
     name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$f")
     echo "== $e seed $s ($(($(date +%s) - start))s)"
-    "$bin" run "$f" -q
-    "$bin" plot "results/mini-evollm-jp/$name/seed$s" > /dev/null || true
-    runs+=("results/mini-evollm-jp/$name/seed$s")
+    if [ -f "$out/$name/seed$s/run.toml" ]; then
+      "$bin" resume "$out/$name/seed$s" -q   # finish (or re-report) an earlier run
+    else
+      "$bin" run "$f" -q
+    fi
+    "$bin" plot "$out/$name/seed$s" > /dev/null || true
+    runs+=("$out/$name/seed$s")
   done
 done
-"$bin" compare "${runs[@]}" --out results/mini-evollm-jp/compare
+"$bin" compare "${runs[@]}" --out "$out/compare"
 echo "all done in $(($(date +%s) - start))s"

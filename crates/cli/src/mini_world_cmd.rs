@@ -350,8 +350,11 @@ fn build(args: BuildArgs) -> Result<()> {
         .unwrap_or(if args.quick { 40 } else { 1500 });
     let ft_steps = args.ft_steps.unwrap_or(if args.quick { 10 } else { 300 });
     let models_dir = args.dir.join("models");
-    let mut stamps = std::collections::BTreeMap::new();
-    for (name, corpus, parent, mult) in MODELS {
+    // Every model's training options and cache stamp (a fine-tune's stamp includes its parent's,
+    // so retraining the base retrains the experts).
+    let mut stamps: std::collections::BTreeMap<&str, serde_json::Value> = Default::default();
+    let mut jobs = Vec::new();
+    for (i, (name, corpus, parent, mult)) in MODELS.iter().enumerate() {
         let (steps, lr) = match parent {
             None => (base_steps, 1e-3),
             Some(_) => (((ft_steps as f64) * mult).round() as usize, args.ft_lr),
@@ -362,7 +365,7 @@ fn build(args: BuildArgs) -> Result<()> {
             batch_size: 32,
             seq_len: 48,
             lr,
-            seed: args.seed.wrapping_mul(1000) + stamps.len() as u64,
+            seed: args.seed.wrapping_mul(1000) + i as u64,
         };
         let stamp = json!({
             "model": format!("{spec:?}"),
@@ -370,60 +373,100 @@ fn build(args: BuildArgs) -> Result<()> {
             "parent": parent.map(|p| stamps.get(p).cloned()),
             "seed": args.seed,
         });
-        let out = models_dir.join(name);
-        let stamp_file = out.join("mini_world.json");
-        let cached = std::fs::read_to_string(&stamp_file)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["stamp"] == stamp);
-        if cached {
-            eprintln!("{name}: cached ({})", out.display());
-            stamps.insert(*name, stamp);
-            continue;
-        }
-        let init = match parent {
-            None => spec.random(args.seed),
-            Some(p) => {
-                let dir = models_dir.join(p);
-                weights_from_dir(&dir)?
+        stamps.insert(*name, stamp.clone());
+        jobs.push((*name, *parent, options, stamp));
+    }
+    // The base first, then the experts side by side (each training mostly uses one core).
+    for wave in [true, false] {
+        let todo: Vec<_> = jobs
+            .iter()
+            .filter(|(_, parent, ..)| parent.is_none() == wave)
+            .filter(|(name, _, _, stamp)| {
+                let file = models_dir.join(name).join("mini_world.json");
+                let cached = std::fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .is_some_and(|v| v["stamp"] == *stamp);
+                if cached {
+                    eprintln!("{name}: cached ({})", models_dir.join(name).display());
+                }
+                !cached
+            })
+            .collect();
+        std::thread::scope(|sc| -> Result<()> {
+            let handles: Vec<_> = todo
+                .iter()
+                .map(|(name, parent, options, stamp)| {
+                    let (models_dir, spec) = (&models_dir, &spec);
+                    sc.spawn(move || {
+                        train_one(models_dir, spec, args.seed, name, *parent, options, stamp)
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a training thread panicked"))??;
             }
-        };
-        let t0 = Instant::now();
-        let every = (steps / 10).max(1);
-        let (trained, report) = train(&init, &options, |step, loss| {
-            if (step + 1) % every == 0 {
-                eprintln!(
-                    "{name}: step {}/{steps} loss {loss:.3} ({:.0}s)",
-                    step + 1,
-                    t0.elapsed().as_secs_f64()
-                );
-            }
-        });
-        trained
-            .save_with_tokenizer(&out, Dtype::F32, u64::MAX, &tokenizer_json())
-            .with_context(|| format!("saving {}", out.display()))?;
-        let record = json!({
-            "stamp": stamp,
-            "first_loss": report.first_loss,
-            "last_loss": report.last_loss,
-            "seconds": t0.elapsed().as_secs_f64(),
-            "corpus": format!("{corpus:?}"),
-            "steps": steps,
-            "lr": lr,
-        });
-        std::fs::write(&stamp_file, serde_json::to_string_pretty(&record)?)?;
-        eprintln!(
-            "{name}: trained {steps} steps in {:.0}s, loss {:.3} -> {:.3}",
-            t0.elapsed().as_secs_f64(),
-            report.first_loss,
-            report.last_loss
-        );
-        stamps.insert(*name, stamp);
+            Ok(())
+        })?;
     }
     eprintln!("built in {:.0}s", started.elapsed().as_secs_f64());
     if !args.no_eval {
         evaluate(&args.dir, Split::Test, &[], None)?;
     }
+    Ok(())
+}
+
+/// Train one model of the world (from a random draw, or from its parent's saved weights) and
+/// save it with its cache stamp.
+fn train_one(
+    models_dir: &Path,
+    spec: &TinyLlama,
+    seed: u64,
+    name: &str,
+    parent: Option<&str>,
+    options: &TrainOptions,
+    stamp: &serde_json::Value,
+) -> Result<()> {
+    let out = models_dir.join(name);
+    let init = match parent {
+        None => spec.random(seed),
+        Some(p) => weights_from_dir(&models_dir.join(p))?,
+    };
+    let t0 = Instant::now();
+    let steps = options.steps;
+    let every = (steps / 10).max(1);
+    let (trained, report) = train(&init, options, |step, loss| {
+        if (step + 1) % every == 0 {
+            eprintln!(
+                "{name}: step {}/{steps} loss {loss:.3} ({:.0}s)",
+                step + 1,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    });
+    trained
+        .save_with_tokenizer(&out, Dtype::F32, u64::MAX, &tokenizer_json())
+        .with_context(|| format!("saving {}", out.display()))?;
+    let record = json!({
+        "stamp": stamp,
+        "first_loss": report.first_loss,
+        "last_loss": report.last_loss,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "corpus": format!("{:?}", options.corpus),
+        "steps": steps,
+        "lr": options.lr,
+    });
+    std::fs::write(
+        out.join("mini_world.json"),
+        serde_json::to_string_pretty(&record)?,
+    )?;
+    eprintln!(
+        "{name}: trained {steps} steps in {:.0}s, loss {:.3} -> {:.3}",
+        t0.elapsed().as_secs_f64(),
+        report.first_loss,
+        report.last_loss
+    );
     Ok(())
 }
 
