@@ -107,3 +107,41 @@ pub fn run(args: DigitsModelsArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &std::path::Path, force: bool) -> DigitsModelsArgs {
+        DigitsModelsArgs {
+            dir: dir.to_path_buf(),
+            hidden: vec![16],
+            base_epochs: 2,
+            ft_epochs: 2,
+            seed: 1,
+            split_seed: 0,
+            force,
+        }
+    }
+
+    #[test]
+    fn trains_a_base_and_two_experts_and_refuses_to_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        run(args(tmp.path(), false)).unwrap();
+        let load = |n: &str| MlpWeights::load(tmp.path().join(n)).unwrap();
+        let (base, low, high) = (load("base"), load("low"), load("high"));
+        assert_eq!(base.layer_sizes, vec![64, 16, 10]);
+        assert_ne!(base, low);
+        assert_ne!(low, high);
+        // Each expert is better than the other on its own half of the test split.
+        let test = Dataset::digits().split(0).test;
+        let acc = |w: &MlpWeights, c: &[u32]| evaluate(w, &test.with_classes(c)).unwrap().accuracy;
+        let (lo, hi) = ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9]);
+        assert!(acc(&low, &lo) > acc(&high, &lo));
+        assert!(acc(&high, &hi) > acc(&low, &hi));
+        let e = run(args(tmp.path(), false)).unwrap_err().to_string();
+        assert!(e.contains("--force"), "{e}");
+        run(args(tmp.path(), true)).unwrap();
+        assert_eq!(load("low"), low, "seeded: the same models again");
+    }
+}
