@@ -717,7 +717,9 @@ impl TensorPlanner<'_> {
     }
 
     /// The final norm, or the LM head: models that tie their head contribute their embedding,
-    /// and no head is written when no model stores one.
+    /// and no head is written when no model stores one. Planned at `t = 1` (the last value of
+    /// a gradient), as mergekit's `plan.py` does for its post-weights (`ConfigReader(t=1)`; the
+    /// reference text's `t = 0` describes an older mergekit).
     fn plan_head_or_norm(
         &mut self,
         si: usize,
