@@ -69,23 +69,28 @@ impl DataSpec {
         }
     }
 
+    /// The data file, if it exists: the path as given, or relative to `base_dir`.
+    pub(crate) fn locate(&self, base_dir: Option<&Path>) -> Option<PathBuf> {
+        let raw = PathBuf::from(&self.dataset);
+        let path = match base_dir {
+            Some(dir) if raw.is_relative() && !raw.exists() => dir.join(&raw),
+            _ => raw,
+        };
+        path.exists().then_some(path)
+    }
+
     /// Load the rows this spec names. A relative path is tried against the working directory,
     /// then against `base_dir` (the folder of the recipe file).
     pub fn resolve(&self, base_dir: Option<&Path>) -> Result<Dataset> {
         let full = if self.dataset == "digits" {
             Dataset::digits()
         } else {
-            let raw = PathBuf::from(&self.dataset);
-            let path = match base_dir {
-                Some(dir) if raw.is_relative() && !raw.exists() => dir.join(&raw),
-                _ => raw,
-            };
-            if !path.exists() {
-                return Err(DataError::Invalid(format!(
+            let path = self.locate(base_dir).ok_or_else(|| {
+                DataError::Invalid(format!(
                     "data set '{}' not found (use `digits` for the built-in set, or a path to a *.csv or *.jsonl file)",
                     self.dataset
-                )));
-            }
+                ))
+            })?;
             Dataset::load(&path)?
         };
         let mut rows = if self.split == Part::All {

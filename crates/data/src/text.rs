@@ -10,7 +10,7 @@ use crate::{DataError, DataSpec, Part, Result, TEST_FRACTION, VAL_FRACTION};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A list of text examples.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,17 +147,12 @@ impl DataSpec {
                 self.dataset
             )));
         }
-        let raw = PathBuf::from(&self.dataset);
-        let path = match base_dir {
-            Some(dir) if raw.is_relative() && !raw.exists() => dir.join(&raw),
-            _ => raw,
-        };
-        if !path.exists() {
-            return Err(DataError::Invalid(format!(
+        let path = self.locate(base_dir).ok_or_else(|| {
+            DataError::Invalid(format!(
                 "text data '{}' not found (a *.txt file with one example per line, or *.jsonl with {{\"text\": \"...\"}} per line)",
                 self.dataset
-            )));
-        }
+            ))
+        })?;
         let full = TextSet::load(&path)?;
         let mut rows = full.part(self.split, self.seed);
         if let Some(n) = self.samples {
@@ -178,6 +173,7 @@ impl DataSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
         let p = dir.join(name);

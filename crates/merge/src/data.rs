@@ -213,8 +213,20 @@ pub(crate) fn merge_to_disk(
     crate::execute::finish(plan, sources, writer, extra_files, start)
 }
 
-fn data_err(src: &str, e: impl std::fmt::Display) -> MergeError {
-    MergeError::Recipe(format!("data for model {src}: {e}"))
+/// Input `j`'s data (rows or texts, as `resolve` loads them), if the recipe has a data section.
+fn data_for<T>(
+    plan: &Plan,
+    j: usize,
+    model: &str,
+    resolve: impl Fn(&DataSpec) -> Result<T, evomerge_data::DataError>,
+) -> Result<Option<T>, MergeError> {
+    plan.data
+        .as_ref()
+        .map(|d| {
+            resolve(&d.spec_for(j))
+                .map_err(|e| MergeError::Recipe(format!("data for model {model}: {e}")))
+        })
+        .transpose()
 }
 
 fn check_finite(name: &str, values: &[f32]) -> Result<(), MergeError> {
@@ -246,14 +258,7 @@ fn merge_mlps_to(
                 model: src.name.clone(),
                 message: e.to_string(),
             })?;
-        let data = match plan.data.as_ref() {
-            Some(d) => Some(
-                d.spec_for(j)
-                    .resolve(None)
-                    .map_err(|e| data_err(&src.name, e))?,
-            ),
-            None => None,
-        };
+        let data = data_for(plan, j, &src.name, |d| d.resolve(None))?;
         inputs.push(MergeInput {
             name: src.name.clone(),
             weights,
@@ -307,14 +312,7 @@ fn merge_lms_to(
     let mut inputs = Vec::new();
     for (j, inp) in first.inputs.iter().enumerate() {
         let src = &sources.models[inp.model];
-        let texts = match plan.data.as_ref() {
-            Some(d) => Some(
-                d.spec_for(j)
-                    .resolve_texts(None)
-                    .map_err(|e| data_err(&src.name, e))?,
-            ),
-            None => None,
-        };
+        let texts = data_for(plan, j, &src.name, |d| d.resolve_texts(None))?;
         inputs.push(LmInput {
             name: src.name.clone(),
             dir: src.checkpoint.dir().to_path_buf(),
