@@ -154,7 +154,10 @@ fn parallel_scoring_gives_the_same_results() {
         let text = std::fs::read_to_string(&exp_path).unwrap();
         std::fs::write(
             &exp_path,
-            text.replace("seed = 3", &format!("seed = 3\nparallelism = {parallelism}")),
+            text.replace(
+                "seed = 3",
+                &format!("seed = 3\nparallelism = {parallelism}"),
+            ),
         )
         .unwrap();
         let dir = start(&exp_path, &RunOptions::default()).unwrap();
