@@ -11,7 +11,7 @@
 use crate::mini_world::{Corpus, Encoder};
 use crate::{TinyLlama, Weights};
 use burn::module::{Module, Param};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
@@ -51,6 +51,10 @@ pub struct TrainOptions {
     /// Peak Adam learning rate (linear warm-up over the first 5% of steps, cosine decay to 10%).
     pub lr: f64,
     pub seed: u64,
+    /// Data-parallel shards: every batch is split into this many row blocks whose gradients are
+    /// computed on their own threads and summed in a fixed order. The result depends on this
+    /// number (float summation order), never on the machine's core count.
+    pub shards: usize,
 }
 
 /// What a training run did.
@@ -288,7 +292,9 @@ fn rope_tables(positions: usize, hd: usize, theta: f64, device: &Device) -> (Ten
     (t(cos), t(sin))
 }
 
-/// A batch: ids `[B, S]` (inputs), and per position the target id and its loss weight.
+/// A batch: ids `[B, S]` (inputs), and per position the target id and its loss weight. `S` is
+/// the longest example's length (at most `seq_len`): trailing padding is cut, which changes
+/// nothing but the work (attention is causal and padding is not learned).
 fn batch(
     options: &TrainOptions,
     step: usize,
@@ -297,19 +303,30 @@ fn batch(
 ) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>, f32) {
     let mut rng =
         ChaCha8Rng::seed_from_u64(options.seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let (b, s) = (options.batch_size, options.seq_len);
+    let b = options.batch_size;
+    let rows: Vec<(Vec<u32>, usize)> = (0..b)
+        .map(|_| {
+            let ex = options.corpus.sample(&mut rng);
+            let mut ids = encoder.encode(&ex.text);
+            ids.truncate(options.seq_len + 1);
+            (ids, ex.prompt_words)
+        })
+        .collect();
+    let s = rows
+        .iter()
+        .map(|(ids, _)| ids.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut inputs = vec![0i32; b * s];
     let mut targets = vec![0i32; b * s];
     let mut weights = vec![0f32; b * s];
-    for r in 0..b {
-        let ex = options.corpus.sample(&mut rng);
-        let ids = encoder.encode(&ex.text);
-        let n = ids.len().min(s + 1);
-        for t in 0..n.saturating_sub(1) {
+    for (r, (ids, prompt_words)) in rows.iter().enumerate() {
+        for t in 0..ids.len().saturating_sub(1) {
             inputs[r * s + t] = ids[t] as i32;
             targets[r * s + t] = ids[t + 1] as i32;
             // token t+1 is learned unless it is part of the prompt
-            if t + 1 >= ex.prompt_words {
+            if t + 1 >= *prompt_words {
                 weights[r * s + t] = 1.0;
             }
         }
@@ -353,16 +370,57 @@ pub fn train(
     let encoder = Encoder::default();
     let vocab = spec.vocab;
     let mut losses = Vec::with_capacity(options.steps);
+    let shards = options.shards.clamp(1, options.batch_size.max(1));
     for step in 0..options.steps {
         let (ids, targets, w, total) = batch(options, step, &encoder, &device);
         let [b, s] = ids.dims();
-        let logits = model.forward(ids, g, &rope).reshape([b * s, vocab]);
-        let logp = log_softmax(logits, 1).gather(1, targets);
-        let loss = logp.mul(w).sum().neg().div_scalar(total);
-        losses.push(host(loss.clone())[0] as f64);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        // Row blocks of the batch; each block's loss is its share of the batch mean, so the
+        // summed gradients are the batch gradient.
+        let bounds: Vec<(usize, usize)> = (0..shards)
+            .map(|i| (i * b / shards, (i + 1) * b / shards))
+            .filter(|(lo, hi)| hi > lo)
+            .collect();
+        let shard_step = |m: TrainLm, lo: usize, hi: usize| -> (f64, GradientsParams) {
+            let n = hi - lo;
+            let ids = ids.clone().narrow(0, lo, n);
+            let targets = targets.clone().narrow(0, lo * s, n * s);
+            let w = w.clone().narrow(0, lo * s, n * s);
+            let logits = m.forward(ids, g, &rope).reshape([n * s, vocab]);
+            let logp = log_softmax(logits, 1).gather(1, targets);
+            let loss = logp.mul(w).sum().neg().div_scalar(total);
+            let value = host(loss.clone())[0] as f64;
+            (value, GradientsParams::from_grads(loss.backward(), &m))
+        };
+        let (loss, grads) = if bounds.len() == 1 {
+            shard_step(model.clone(), 0, b)
+        } else {
+            // Each thread gets its own leaves (same parameter ids, detached), so the autodiff
+            // graphs do not share nodes and the backward passes run in parallel.
+            let parts: Vec<(f64, GradientsParams)> = std::thread::scope(|sc| {
+                let handles: Vec<_> = bounds
+                    .iter()
+                    .map(|&(lo, hi)| {
+                        let m = model.clone().fork(&device);
+                        let shard_step = &shard_step;
+                        sc.spawn(move || shard_step(m, lo, hi))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a training shard panicked"))
+                    .collect()
+            });
+            let mut acc = GradientsAccumulator::<TrainLm>::new();
+            let mut loss = 0.0;
+            for (l, g) in parts {
+                loss += l;
+                acc.accumulate(&model, g);
+            }
+            (loss, acc.grads())
+        };
+        losses.push(loss);
         model = optim.step(lr_at(step, options.steps, options.lr), model, grads);
-        progress(step, *losses.last().expect("a loss"));
+        progress(step, loss);
     }
     let tenth = (options.steps / 10).max(1).min(losses.len().max(1));
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
@@ -402,6 +460,7 @@ mod tests {
             seq_len: 48,
             lr: 3e-3,
             seed: 4,
+            shards: 1,
         };
         let (trained, report) = train(&init, &options, |_, _| {});
         assert_eq!(report.losses.len(), 30);
@@ -415,5 +474,18 @@ mod tests {
         // same seed, same result
         let (again, _) = train(&init, &options, |_, _| {});
         assert_eq!(again, trained);
+        // data-parallel shards compute the same gradient (up to float summation order)
+        let sharded = TrainOptions {
+            shards: 3,
+            ..options.clone()
+        };
+        let (split, split_report) = train(&init, &sharded, |_, _| {});
+        assert!((split_report.losses[0] - report.losses[0]).abs() < 1e-5);
+        for (a, b) in split_report.losses.iter().zip(&report.losses) {
+            assert!((a - b).abs() < 2e-3, "sharded loss {a} vs {b}");
+        }
+        assert_ne!(split, trained, "3 shards sum in another order");
+        let (split_again, _) = train(&init, &sharded, |_, _| {});
+        assert_eq!(split_again, split, "sharded training is deterministic");
     }
 }
