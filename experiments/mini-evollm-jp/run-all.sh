@@ -3,7 +3,9 @@
 #   experiments/mini-evollm-jp/run-all.sh [SEEDS...]      (default seeds: 1)
 # builds (or reuses) the world in results/mini-world, runs every experiment of this folder once
 # per seed, and writes the strategy comparison into results/mini-evollm-jp/compare.
-# Env: EXPS (which experiments), WORLD and OUT (other folders, relative to the repository root).
+# Env: EXPS (which experiments), WORLD and OUT (other folders, relative to the repository root),
+# JOBS (experiments run at once, default 2: one run alone leaves a core idle between generations
+# and in its final report; the results do not depend on it). Each run's log: OUT/NAME/seedS.log.
 # Run it from the repository root after `cargo build --release -p evomerge`.
 set -euo pipefail
 root=$(pwd)
@@ -16,7 +18,18 @@ out=${OUT:-results/mini-evollm-jp}        # where the runs go
 start=$(date +%s)
 "$bin" mini-world build "$world"
 mkdir -p "$out/seeds"
+jobs=${JOBS:-2}
 runs=()
+one() {  # one experiment file: run (or resume) it, then draw its plots
+  local f=$1 name=$2 s=$3
+  if [ -f "$out/$name/seed$s/run.toml" ]; then
+    "$bin" resume "$out/$name/seed$s" -q   # finish (or re-report) an earlier run
+  else
+    "$bin" run "$f" -q
+  fi
+  "$bin" plot "$out/$name/seed$s" > /dev/null || true
+}
+running=0
 for s in "${seeds[@]}"; do
   for e in $exps; do
     f=$out/seeds/$e.seed$s.toml
@@ -24,15 +37,20 @@ for s in "${seeds[@]}"; do
     sed -e "s/^seed = .*/seed = $s/" -e "s#\.\./\.\./results/mini-world#$root/$world#g" \
       -e "s#^output = .*#output = \"$out\"#" "$here/$e.toml" > "$f"
     name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$f")
-    echo "== $e seed $s ($(($(date +%s) - start))s)"
-    if [ -f "$out/$name/seed$s/run.toml" ]; then
-      "$bin" resume "$out/$name/seed$s" -q   # finish (or re-report) an earlier run
-    else
-      "$bin" run "$f" -q
+    if [ "$running" -ge "$jobs" ]; then
+      wait -n || { echo "a run failed; see its log under $out" >&2; wait; exit 1; }
+      running=$((running - 1))
     fi
-    "$bin" plot "$out/$name/seed$s" > /dev/null || true
+    echo "== $e seed $s ($(($(date +%s) - start))s; log: $out/$name/seed$s.log)"
+    mkdir -p "$out/$name"
+    one "$f" "$name" "$s" > "$out/$name/seed$s.log" 2>&1 &
+    running=$((running + 1))
     runs+=("$out/$name/seed$s")
   done
+done
+while [ "$running" -gt 0 ]; do
+  wait -n || { echo "a run failed; see its log under $out" >&2; wait; exit 1; }
+  running=$((running - 1))
 done
 "$bin" compare "${runs[@]}" --out "$out/compare"
 echo "all done in $(($(date +%s) - start))s"
