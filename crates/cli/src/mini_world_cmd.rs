@@ -25,7 +25,7 @@ pub enum MiniWorldCommand {
     /// Score the models of a built world on the JA-math and EN-math test splits.
     Eval(EvalArgs),
     /// The mini reproduction in one command: build the world into DIR if it is not there (about
-    /// 7 minutes on 2 cores; cached afterwards), run the layer-wise PS search on it (CMA-ES over
+    /// 10 minutes on 2 cores; cached afterwards), run the layer-wise PS search on it (CMA-ES over
     /// DARE-TIES weights and densities per layer and model), and print the test table: the
     /// sources, the untuned baselines and the evolved merge on JA math.
     Demo(DemoArgs),
@@ -123,9 +123,6 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
 }
 
-/// Version of the training code in the cache stamps (2: batches cut to their longest example).
-const TRAINER_VERSION: u32 = 2;
-
 /// The models of the world: name, corpus, parent, steps multiplier.
 const MODELS: &[(&str, Corpus, Option<&str>, f64)] = &[
     ("base", Corpus::Base, None, 1.0),
@@ -221,7 +218,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
     }) && args.world.join("task/ja_math.toml").exists();
     if !built {
         eprintln!(
-            "building the mini world into {} (task + base + three experts; about 7 minutes on 2 cores, once)",
+            "building the mini world into {} (task + base + three experts; about 10 minutes on 2 cores, once)",
             args.world.display()
         );
     }
@@ -391,8 +388,6 @@ fn build(args: BuildArgs) -> Result<()> {
             "options": format!("{options:?}"),
             "parent": parent.map(|p| stamps.get(p).cloned()),
             "seed": args.seed,
-            // bumped when training changes in a way the options do not show
-            "trainer": TRAINER_VERSION,
         });
         stamps.insert(*name, stamp.clone());
         jobs.push((*name, *parent, options, stamp));

@@ -292,9 +292,11 @@ fn rope_tables(positions: usize, hd: usize, theta: f64, device: &Device) -> (Ten
     (t(cos), t(sin))
 }
 
-/// A batch: ids `[B, S]` (inputs), and per position the target id and its loss weight. `S` is
-/// the longest example's length (at most `seq_len`): trailing padding is cut, which changes
-/// nothing but the work (attention is causal and padding is not learned).
+/// A batch: ids `[B, S]` (inputs), and per position the target id and its loss weight; `S` is
+/// `seq_len`, padded. Cutting the padding to the longest example changes nothing but the work
+/// and the float summation order, and is 30% faster, but the base it trained did not transfer
+/// math across languages in two worlds out of two (RESULTS.md, issue 7): the mini world's
+/// result depends on which models training lands on, and the published world is this trainer's.
 fn batch(
     options: &TrainOptions,
     step: usize,
@@ -312,12 +314,7 @@ fn batch(
             (ids, ex.prompt_words)
         })
         .collect();
-    let s = rows
-        .iter()
-        .map(|(ids, _)| ids.len().saturating_sub(1))
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    let s = options.seq_len;
     let mut inputs = vec![0i32; b * s];
     let mut targets = vec![0i32; b * s];
     let mut weights = vec![0f32; b * s];
