@@ -12,14 +12,18 @@
 //! | `compare.png`, `compare.svg` | best-so-far search fitness vs evaluations, one line per strategy: the mean over its runs, with the min–max band |
 //! | `compare.csv` | one row per strategy: runs, seeds, mean evaluations, final search best, best validation, test fitness (mean and sd) |
 //! | `compare_runs.csv` | one row per run: its strategy, seed, evaluations and the three fitnesses |
-//! | `compare.md` | both tables in markdown |
+//! | `compare_references.csv` | one row per source, base and untuned baseline of the runs' `results.csv`: its test fitness over the runs that scored it |
+//! | `compare.md` | the three tables in markdown |
 //!
 //! Each run's curve is the step function of `generations.csv` (`evaluations`, `best`); a `ps+dfs`
 //! run's `dfs_generations.csv` follows its first stage, its evaluations counted after the first
 //! stage's. Curves are averaged on the union of their runs' evaluation counts, from the first
 //! count every run has reached; a run that stopped earlier keeps its final best. Validation is
 //! the best `validation` a run logged; test is the `fitness` of the (last) `results.csv` row of
-//! kind `best` and split `test`. Standard deviations are sample ones (n − 1), empty for one run.
+//! kind `best` and split `test`. The references are the other `test` rows of `results.csv`
+//! (kinds `source`, `base`, `baseline`), grouped by name and kind: the sources the runs merged
+//! and the untuned baselines, whose numbers vary with the run seed where they are random
+//! (DARE's masks). Standard deviations are sample ones (n − 1), empty for one run.
 //!
 //! Not for: plotting one run (see [`crate::plot`]), significance tests.
 //!
@@ -57,8 +61,14 @@ impl Stat {
             return None;
         }
         let mean = values.iter().sum::<f64>() / n as f64;
+        // equal values have sd 0 exactly (their float mean may differ from them in the last bit)
+        let equal = values.iter().all(|v| *v == values[0]);
         let sd = (n > 1).then(|| {
-            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+            if equal {
+                0.0
+            } else {
+                (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+            }
         });
         Some(Stat { mean, sd, n })
     }
@@ -107,6 +117,25 @@ pub struct RunSummary {
     pub validation: Option<f64>,
     /// Test fitness of the best recipe (results.csv).
     pub test: Option<f64>,
+    /// The other test rows of results.csv: sources, base, untuned baselines.
+    pub references: Vec<Reference>,
+}
+
+/// A test row of a run's results.csv that is not the best recipe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reference {
+    pub name: String,
+    /// `source`, `base` or `baseline`.
+    pub kind: String,
+    pub test: f64,
+}
+
+/// One reference over the runs that scored it.
+#[derive(Clone, Debug)]
+pub struct ReferenceSummary {
+    pub name: String,
+    pub kind: String,
+    pub test: Stat,
 }
 
 /// One strategy over its runs.
@@ -130,6 +159,8 @@ pub struct ComparisonSummary {
     pub strategies: Vec<StrategySummary>,
     /// In the order given.
     pub runs: Vec<RunSummary>,
+    /// Sources and baselines, in the order they first appear.
+    pub references: Vec<ReferenceSummary>,
     /// The files written.
     pub written: Vec<PathBuf>,
 }
@@ -229,18 +260,26 @@ pub fn compare_runs(run_dirs: &[PathBuf], out_dir: &Path) -> Result<ComparisonSu
         )?);
     }
     let runs: Vec<RunSummary> = runs.into_iter().map(|r| r.summary).collect();
+    let references = reference_summaries(&runs);
     let csv_path = out_dir.join("compare.csv");
     write_atomic(&csv_path, &strategy_csv(&strategies, &csv_path)?)?;
     written.push(csv_path);
     let runs_path = out_dir.join("compare_runs.csv");
     write_atomic(&runs_path, &runs_csv(&runs, &runs_path)?)?;
     written.push(runs_path);
+    let refs_path = out_dir.join("compare_references.csv");
+    write_atomic(&refs_path, &references_csv(&references, &refs_path)?)?;
+    written.push(refs_path);
     let md_path = out_dir.join("compare.md");
-    write_atomic(&md_path, markdown(&strategies, &runs).as_bytes())?;
+    write_atomic(
+        &md_path,
+        markdown(&strategies, &runs, &references).as_bytes(),
+    )?;
     written.push(md_path);
     Ok(ComparisonSummary {
         strategies,
         runs,
+        references,
         written,
     })
 }
@@ -331,7 +370,7 @@ fn read_run(dir: &Path) -> Result<Run, PlotError> {
         }
     }
     let search_best = curve.last().map(|p| p.1);
-    let test = read_test(&dir.join("results.csv"))?;
+    let (test, references) = read_results(&dir.join("results.csv"))?;
     Ok(Run {
         summary: RunSummary {
             dir: dir.to_path_buf(),
@@ -345,24 +384,63 @@ fn read_run(dir: &Path) -> Result<Run, PlotError> {
             search_best,
             validation,
             test,
+            references,
         },
         curve,
     })
 }
 
-/// The test fitness of the best recipe: the last `results.csv` row of kind `best`, split `test`.
-fn read_test(path: &Path) -> Result<Option<f64>, PlotError> {
+/// The test fitness of the best recipe (the last `results.csv` row of kind `best`, split
+/// `test`) and the other test rows with a fitness.
+fn read_results(path: &Path) -> Result<(Option<f64>, Vec<Reference>), PlotError> {
     let Some(t) = Table::read(path)? else {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
+    let name = t.require("name")?;
     let kind = t.require("kind")?;
     let split = t.require("split")?;
     let fitness = t.require("fitness")?;
-    Ok(t.rows
-        .iter()
-        .filter(|(_, r)| field(r, kind) == "best" && field(r, split) == "test")
+    let tests = || t.rows.iter().filter(|(_, r)| field(r, split) == "test");
+    let best = tests()
+        .filter(|(_, r)| field(r, kind) == "best")
         .filter_map(|(_, r)| number(r, fitness))
-        .next_back())
+        .next_back();
+    let references = tests()
+        .filter(|(_, r)| field(r, kind) != "best")
+        .filter_map(|(_, r)| {
+            number(r, fitness).map(|test| Reference {
+                name: field(r, name).to_string(),
+                kind: field(r, kind).to_string(),
+                test,
+            })
+        })
+        .collect();
+    Ok((best, references))
+}
+
+/// The runs' references grouped by name and kind, in the order they first appear.
+fn reference_summaries(runs: &[RunSummary]) -> Vec<ReferenceSummary> {
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for r in runs.iter().flat_map(|r| &r.references) {
+        if !keys.contains(&(r.name.as_str(), r.kind.as_str())) {
+            keys.push((&r.name, &r.kind));
+        }
+    }
+    keys.into_iter()
+        .filter_map(|(name, kind)| {
+            let values: Vec<f64> = runs
+                .iter()
+                .flat_map(|r| &r.references)
+                .filter(|r| r.name == name && r.kind == kind)
+                .map(|r| r.test)
+                .collect();
+            Stat::of(&values).map(|test| ReferenceSummary {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                test,
+            })
+        })
+        .collect()
 }
 
 /// Value of a best-so-far step function at `x`: the last sample at or before `x`.
@@ -570,6 +648,26 @@ fn strategy_csv(strategies: &[StrategySummary], path: &Path) -> Result<Vec<u8>, 
     )
 }
 
+fn references_csv(refs: &[ReferenceSummary], path: &Path) -> Result<Vec<u8>, PlotError> {
+    let rows = refs
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.kind.clone(),
+                r.test.mean.to_string(),
+                opt(r.test.sd),
+                r.test.n.to_string(),
+            ]
+        })
+        .collect();
+    csv_bytes(
+        path,
+        &["name", "kind", "test_mean", "test_sd", "test_runs"],
+        rows,
+    )
+}
+
 fn runs_csv(runs: &[RunSummary], path: &Path) -> Result<Vec<u8>, PlotError> {
     let rows = runs
         .iter()
@@ -613,7 +711,11 @@ fn md_cell(s: &str) -> String {
     s.replace('|', "\\|")
 }
 
-fn markdown(strategies: &[StrategySummary], runs: &[RunSummary]) -> String {
+fn markdown(
+    strategies: &[StrategySummary],
+    runs: &[RunSummary],
+    references: &[ReferenceSummary],
+) -> String {
     use std::fmt::Write as _;
     let mut md = String::from("# Comparison\n\n");
     md.push_str(
@@ -637,6 +739,23 @@ fn markdown(strategies: &[StrategySummary], runs: &[RunSummary]) -> String {
             stat(&s.validation, s.runs),
             stat(&s.test, s.runs),
         );
+    }
+    if !references.is_empty() {
+        md.push_str(
+            "\n## Sources and baselines\n\nTest fitness of the other rows of the runs' results.csv \
+             (mean ± sample sd over the runs that scored the row; runs that share a source score \
+             it the same).\n\n| model | kind | runs | test |\n|---|---|---:|---|\n",
+        );
+        for r in references {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                md_cell(&r.name),
+                md_cell(&r.kind),
+                r.test.n,
+                r.test.text(r.test.n),
+            );
+        }
     }
     md.push_str("\n## Runs\n\n");
     md.push_str(
@@ -671,6 +790,7 @@ mod tests {
         assert_eq!((s.mean, s.n), (2.0, 2));
         assert!((s.sd.unwrap() - 2f64.sqrt()).abs() < 1e-12);
         assert_eq!(Stat::of(&[5.0]).unwrap().sd, None);
+        assert_eq!(Stat::of(&[0.1, 0.1, 0.1]).unwrap().sd, Some(0.0));
         assert_eq!(Stat::of(&[]), None);
     }
 

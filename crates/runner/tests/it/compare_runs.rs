@@ -39,7 +39,8 @@ fn write_run(root: &Path, id: &str, f: &Fake) -> PathBuf {
         fs::write(
             dir.join("results.csv"),
             format!(
-                "name,kind,split,fitness,metrics\nbest,best,validation,0.99,{{}}\nbest,best,test,{t},\"{{\"\"acc\"\": {t}}}\"\nsrc,source,test,0.1,{{}}\n"
+                "name,kind,split,fitness,metrics\nbest,best,validation,0.99,{{}}\nbest,best,test,{t},\"{{\"\"acc\"\": {t}}}\"\nsrc,source,test,0.1,{{}}\n\"dare (untuned)\",baseline,test,{},{{}}\nsrc,source,validation,0.3,{{}}\n",
+                0.2 + 0.01 * f.seed as f64
             ),
         )
         .unwrap();
@@ -198,6 +199,37 @@ fn two_strategies_two_seeds_give_the_right_means() {
     );
     assert!(md.contains("0.4500 (1 of 2 runs)"), "{md}");
     assert!(md.contains("| ga | ga-2 | 2 | 40 | 0.6000 |"), "{md}");
+
+    // the sources and baselines of the three runs with a results.csv (test rows only)
+    let refs: Vec<(&str, &str, usize)> = summary
+        .references
+        .iter()
+        .map(|r| (r.name.as_str(), r.kind.as_str(), r.test.n))
+        .collect();
+    assert_eq!(
+        refs,
+        [("src", "source", 3), ("dare (untuned)", "baseline", 3)]
+    );
+    let dare = &summary.references[1].test;
+    assert!(close(dare.mean, 0.64 / 3.0), "{dare:?}");
+    assert!(
+        close(dare.sd.unwrap(), (0.0001f64 / 3.0).sqrt()),
+        "{dare:?}"
+    );
+    let ref_rows = read_csv(&out.join("compare_references.csv"));
+    assert_eq!(ref_rows.len(), 2);
+    assert_eq!(ref_rows[0]["name"], "src");
+    assert!(close(num(&ref_rows[0], "test_mean"), 0.1));
+    assert!(close(num(&ref_rows[0], "test_sd"), 0.0));
+    assert_eq!(ref_rows[1]["test_runs"], "3");
+    assert!(
+        md.contains("| src | source | 3 | 0.1000 ± 0.0000 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| dare (untuned) | baseline | 3 | 0.2133 ± 0.0058 |"),
+        "{md}"
+    );
 }
 
 #[test]
