@@ -88,10 +88,10 @@ pub struct BuildArgs {
     #[arg(long)]
     pub ft_steps: Option<usize>,
     /// Peak learning rate of the base's pretraining.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = DEFAULT_BASE_LR)]
     pub base_lr: f64,
     /// Learning rate of the fine-tunes.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = DEFAULT_FT_LR)]
     pub ft_lr: f64,
     /// Model width (d_model; default 128, quick: 32); the MLP is twice as wide.
     #[arg(long)]
@@ -101,7 +101,7 @@ pub struct BuildArgs {
     pub layers: Option<usize>,
     /// Data-parallel shards per training step (threads; default 2). The models depend on this
     /// number (float summation order), not on the machine; the cache keeps them apart.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = DEFAULT_SHARDS)]
     pub shards: usize,
     /// Skip scoring the models at the end.
     #[arg(long)]
@@ -122,6 +122,11 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
+
+/// `mini-world build`'s defaults, which `mini-world demo` builds with too.
+const DEFAULT_BASE_LR: f64 = 1e-3;
+const DEFAULT_FT_LR: f64 = 1e-4;
+const DEFAULT_SHARDS: usize = 2;
 
 /// The models of the world: name, corpus, parent, steps multiplier.
 const MODELS: &[(&str, Corpus, Option<&str>, f64)] = &[
@@ -230,11 +235,11 @@ fn demo(args: &DemoArgs) -> Result<()> {
         seed: 1,
         base_steps: None,
         ft_steps: None,
-        base_lr: 1e-3,
-        ft_lr: 1e-4,
+        base_lr: DEFAULT_BASE_LR,
+        ft_lr: DEFAULT_FT_LR,
         hidden: None,
         layers: None,
-        shards: 2,
+        shards: DEFAULT_SHARDS,
         no_eval: built,
     })?;
     std::fs::create_dir_all(&args.out)

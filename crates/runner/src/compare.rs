@@ -605,13 +605,7 @@ fn seeds_text(seeds: &[i64]) -> String {
 }
 
 fn strategy_csv(strategies: &[StrategySummary], path: &Path) -> Result<Vec<u8>, PlotError> {
-    let stat = |s: &Option<Stat>| {
-        [
-            opt(s.as_ref().map(|s| s.mean)),
-            opt(s.as_ref().and_then(|s| s.sd)),
-            s.as_ref().map(|s| s.n).unwrap_or(0).to_string(),
-        ]
-    };
+    let stat = |s: &Option<Stat>| stat_cells(s.as_ref());
     let rows = strategies
         .iter()
         .map(|s| {
@@ -648,17 +642,22 @@ fn strategy_csv(strategies: &[StrategySummary], path: &Path) -> Result<Vec<u8>, 
     )
 }
 
+/// The csv cells of a statistic: mean, sd, count (empty, empty, 0 when there is none).
+fn stat_cells(s: Option<&Stat>) -> [String; 3] {
+    [
+        opt(s.map(|s| s.mean)),
+        opt(s.and_then(|s| s.sd)),
+        s.map(|s| s.n).unwrap_or(0).to_string(),
+    ]
+}
+
 fn references_csv(refs: &[ReferenceSummary], path: &Path) -> Result<Vec<u8>, PlotError> {
     let rows = refs
         .iter()
         .map(|r| {
-            vec![
-                r.name.clone(),
-                r.kind.clone(),
-                r.test.mean.to_string(),
-                opt(r.test.sd),
-                r.test.n.to_string(),
-            ]
+            let mut row = vec![r.name.clone(), r.kind.clone()];
+            row.extend(stat_cells(Some(&r.test)));
+            row
         })
         .collect();
     csv_bytes(

@@ -305,25 +305,19 @@ fn batch(
 ) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>, f32) {
     let mut rng =
         ChaCha8Rng::seed_from_u64(options.seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let b = options.batch_size;
-    let rows: Vec<(Vec<u32>, usize)> = (0..b)
-        .map(|_| {
-            let ex = options.corpus.sample(&mut rng);
-            let mut ids = encoder.encode(&ex.text);
-            ids.truncate(options.seq_len + 1);
-            (ids, ex.prompt_words)
-        })
-        .collect();
-    let s = options.seq_len;
+    let (b, s) = (options.batch_size, options.seq_len);
     let mut inputs = vec![0i32; b * s];
     let mut targets = vec![0i32; b * s];
     let mut weights = vec![0f32; b * s];
-    for (r, (ids, prompt_words)) in rows.iter().enumerate() {
-        for t in 0..ids.len().saturating_sub(1) {
+    for r in 0..b {
+        let ex = options.corpus.sample(&mut rng);
+        let ids = encoder.encode(&ex.text);
+        let n = ids.len().min(s + 1);
+        for t in 0..n.saturating_sub(1) {
             inputs[r * s + t] = ids[t] as i32;
             targets[r * s + t] = ids[t + 1] as i32;
             // token t+1 is learned unless it is part of the prompt
-            if t + 1 >= *prompt_words {
+            if t + 1 >= ex.prompt_words {
                 weights[r * s + t] = 1.0;
             }
         }
