@@ -318,6 +318,18 @@ fn write_corpus(args: &CorpusArgs) -> Result<()> {
 
 fn build(args: BuildArgs) -> Result<()> {
     let started = Instant::now();
+    // the options are checked before anything is written into the world's folder
+    let hidden = args.hidden.unwrap_or(if args.quick { 32 } else { 128 });
+    let layers = args.layers.unwrap_or(if args.quick { 2 } else { 4 });
+    if !(args.base_lr > 0.0 && args.ft_lr > 0.0) {
+        bail!("--base-lr and --ft-lr must be positive");
+    }
+    if args.shards == 0 {
+        bail!("--shards must be at least 1");
+    }
+    if hidden == 0 || !hidden.is_multiple_of(4) || layers == 0 {
+        bail!("--hidden must be a positive multiple of 4 (4 heads) and --layers at least 1");
+    }
     let task_dir = args.dir.join("task");
     let sizes = if args.quick {
         SplitSizes {
@@ -344,17 +356,6 @@ fn build(args: BuildArgs) -> Result<()> {
         counts[1],
         counts[2]
     );
-    let hidden = args.hidden.unwrap_or(if args.quick { 32 } else { 128 });
-    let layers = args.layers.unwrap_or(if args.quick { 2 } else { 4 });
-    if !(args.base_lr > 0.0 && args.ft_lr > 0.0) {
-        bail!("--base-lr and --ft-lr must be positive");
-    }
-    if args.shards == 0 {
-        bail!("--shards must be at least 1");
-    }
-    if hidden == 0 || !hidden.is_multiple_of(4) || layers == 0 {
-        bail!("--hidden must be a positive multiple of 4 (4 heads) and --layers at least 1");
-    }
     let spec = TinyLlama {
         hidden,
         intermediate: 2 * hidden,

@@ -199,3 +199,24 @@ fn reduced_reproduction_the_evolved_merge_beats_every_source() {
         "untuned TIES {ties} >= evolved {best}:\n{table}"
     );
 }
+
+#[test]
+fn bad_build_options_are_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    for (flag, value, says) in [
+        ("--shards", "0", "--shards must be at least 1"),
+        ("--ft-lr", "0", "must be positive"),
+        ("--hidden", "30", "multiple of 4"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_evomerge"))
+            .args(["mini-world", "build", world.to_str().unwrap(), "--quick"])
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+        assert!(!world.exists(), "{flag} {value} left {}", world.display());
+    }
+}
