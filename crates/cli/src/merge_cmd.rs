@@ -176,6 +176,10 @@ pub fn print_methods() {
                     .join(", ")
             );
         }
+        let evolvable: Vec<&str> = m.evolvable().map(|p| p.name).collect();
+        if !evolvable.is_empty() {
+            println!("{:<18}   searched:  {}", "", evolvable.join(", "));
+        }
         if !m.global_params.is_empty() {
             println!(
                 "{:<18}   global:    {}",

@@ -2,7 +2,7 @@
 //! tensor filter, decoded into the same [`Recipe`] that `evomerge merge` runs.
 
 use crate::GenomeError;
-use evomerge_merge::method::{self, Kernel, nearest};
+use evomerge_merge::method::{self, nearest};
 use evomerge_merge::{
     FilterEntry, InputModel, ModelRef, OutputSlice, ParamSetting, ParamValue, Params, Recipe,
     ScalarOrGradient, SliceSource,
@@ -167,21 +167,32 @@ pub struct PsGenome {
     genes: Vec<Gene>,
 }
 
+/// The per-model parameters the method declares evolvable (its registry entry).
 fn searchable_params(name: &str) -> Result<Vec<&'static str>, GenomeError> {
     let m = method::lookup(name).map_err(GenomeError::Spec)?;
-    match m.kernel {
-        Kernel::Linear | Kernel::NuSlerp | Kernel::MultiSlerp => Ok(vec!["weight"]),
-        Kernel::TaskArithmetic { sparsify, .. } => {
-            if sparsify == evomerge_kernels::Sparsify::None {
-                Ok(vec!["weight"])
-            } else {
-                Ok(vec!["weight", "density"])
-            }
-        }
-        _ => Err(GenomeError::Spec(format!(
-            "method '{name}' has no per-model weights to search; use one of linear, nuslerp, multislerp, task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear"
-        ))),
+    let params: Vec<&'static str> = m.evolvable().map(|p| p.name).collect();
+    if params.is_empty() {
+        let searchable: Vec<&str> = method::registry()
+            .iter()
+            .filter(|m| m.evolvable().next().is_some())
+            .map(|m| m.name)
+            .collect();
+        return Err(GenomeError::Spec(format!(
+            "method '{name}' has no per-model weights to search; use one of {}",
+            searchable.join(", ")
+        )));
     }
+    Ok(params)
+}
+
+/// The search range a method declares for `param` (weights and densities use the spec's).
+fn declared_bounds(methods: &[String], param: &str) -> Option<[f64; 2]> {
+    methods
+        .iter()
+        .filter_map(|m| method::lookup(m).ok())
+        .flat_map(|m| m.evolvable())
+        .find(|p| p.name == param)
+        .and_then(|p| p.bounds)
 }
 
 impl PsGenome {
@@ -318,7 +329,8 @@ impl PsGenome {
         for g in &self.genes {
             let b = match g.param {
                 "density" => self.spec.density_bounds,
-                _ => self.spec.weight_bounds,
+                "weight" => self.spec.weight_bounds,
+                other => declared_bounds(&self.methods, other).unwrap_or(self.spec.weight_bounds),
             };
             lo.push(b[0]);
             hi.push(b[1]);

@@ -2,13 +2,10 @@
 //! the results into a checkpoint writer (or hand them back in memory).
 
 use crate::MergeError;
-use crate::method::{Kernel, consensus_mode, rescale_mode};
+use crate::method::TensorWork;
 use crate::plan::{Action, Plan, Sources, TensorPlan};
 use evomerge_checkpoint::{CheckpointWriter, OutputTensor, WriterOptions};
-use evomerge_kernels::{
-    Device, MaskRng, T2, TaskVector, generalized_task_arithmetic, karcher, linear, model_stock,
-    multislerp, nuslerp, passthrough, slerp, sparsify, tensor_from_vec, values_of,
-};
+use evomerge_kernels::{Device, T2, tensor_from_vec, values_of};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -35,12 +32,9 @@ impl TensorSource for Sources {
     }
 }
 
-fn weight(tp: &TensorPlan, j: usize) -> f32 {
-    tp.input_f32(j, "weight").unwrap_or(1.0)
-}
-
-/// Merge one output tensor. Random masks come from `MaskRng::new(seed, output name, input
-/// position)`, so the result depends only on the recipe and the seed.
+/// Merge one output tensor: the method's own work over the inputs. Random masks come from
+/// `MaskRng::new(seed, output name, input position)`, so the result depends only on the recipe
+/// and the seed.
 pub fn merge_tensor(
     plan: &Plan,
     tp: &TensorPlan,
@@ -48,120 +42,19 @@ pub fn merge_tensor(
     device: &Device,
     seed: u64,
 ) -> Result<T2, MergeError> {
-    let kernel_err = |e: evomerge_kernels::KernelError| MergeError::Kernel {
-        tensor: tp.name.clone(),
-        message: e.to_string(),
-    };
     let inputs: Vec<T2> = tp
         .inputs
         .iter()
         .map(|i| source.tensor(i.model, &i.tensor, device))
         .collect::<Result<_, _>>()?;
-    if inputs.len() == 1 && !matches!(plan.method.kernel, Kernel::Passthrough) {
+    if inputs.len() == 1 && !plan.method.runs_on_one_input {
         return Ok(inputs.into_iter().next().expect("one input"));
     }
-    let others: Vec<usize> = (0..inputs.len()).filter(|j| Some(*j) != tp.base).collect();
-    let base = tp.base.map(|b| inputs[b].clone());
-    Ok(match plan.method.kernel {
-        Kernel::Linear => {
-            let w: Vec<f32> = (0..inputs.len()).map(|j| weight(tp, j)).collect();
-            linear(&inputs, &w, tp.global_flag("normalize")).map_err(kernel_err)?
-        }
-        Kernel::Slerp => {
-            let b = base.expect("slerp plans have a base");
-            let other = inputs[others[0]].clone();
-            slerp(tp.global_f32("t"), b, other)
-        }
-        Kernel::NuSlerp => {
-            let (w1, w2) = (weight(tp, others[0]), weight(tp, others[1]));
-            let t = if (w1 + w2).abs() < 1e-6 {
-                0.5
-            } else {
-                w2 / (w1 + w2)
-            };
-            let (a, b) = (inputs[others[0]].clone(), inputs[others[1]].clone());
-            let row_wise = tp.global_flag("nuslerp_row_wise");
-            let flatten = tp.global_flag("nuslerp_flatten");
-            match base {
-                Some(bs) => {
-                    bs.clone()
-                        .add(nuslerp(t, a.sub(bs.clone()), b.sub(bs), row_wise, flatten))
-                }
-                None => nuslerp(t, a, b, row_wise, flatten),
-            }
-        }
-        Kernel::MultiSlerp => {
-            let xs: Vec<T2> = others.iter().map(|j| inputs[*j].clone()).collect();
-            let w: Vec<f32> = others.iter().map(|j| weight(tp, *j)).collect();
-            multislerp(
-                &xs,
-                &w,
-                base.as_ref(),
-                tp.global_flag("normalize_weights"),
-                tp.global_f32("eps"),
-            )
-            .map_err(kernel_err)?
-        }
-        Kernel::Karcher => karcher(
-            &inputs,
-            tp.global_f32("max_iter").max(0.0) as usize,
-            tp.global_f32("tol"),
-        )
-        .map_err(kernel_err)?,
-        Kernel::TaskArithmetic {
-            sparsify: method,
-            consensus,
-        } => {
-            let b = base.expect("task arithmetic plans have a base");
-            let rescale = tp
-                .global
-                .get("rescale")
-                .map(rescale_mode)
-                .transpose()
-                .map_err(MergeError::Recipe)?
-                .unwrap_or(evomerge_kernels::Rescale::None);
-            let consensus = match tp.global.get("consensus") {
-                Some(v) => consensus_mode(v).map_err(MergeError::Recipe)?,
-                None => consensus,
-            };
-            let mut tvs = Vec::with_capacity(others.len());
-            for &j in &others {
-                let delta = inputs[j].clone().sub(b.clone());
-                let density = tp.input_f32(j, "density").unwrap_or(1.0);
-                let gamma = tp.input_f32(j, "gamma").unwrap_or(0.0);
-                let epsilon = tp.input_f32(j, "epsilon").unwrap_or(0.0);
-                let mut rng = MaskRng::new(seed, &tp.name, j);
-                let delta = sparsify(delta, method, density, gamma, epsilon, rescale, &mut rng)
-                    .map_err(kernel_err)?;
-                tvs.push(TaskVector {
-                    delta,
-                    weight: weight(tp, j),
-                });
-            }
-            generalized_task_arithmetic(
-                b,
-                tvs,
-                consensus,
-                tp.global_flag("normalize"),
-                tp.global
-                    .get("lambda")
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(1.0) as f32,
-            )
-            .map_err(kernel_err)?
-        }
-        Kernel::ModelStock => {
-            let b = base.expect("model_stock plans have a base");
-            let xs: Vec<T2> = others.iter().map(|j| inputs[*j].clone()).collect();
-            model_stock(b, &xs, tp.global_flag("filter_wise")).map_err(kernel_err)?
-        }
-        Kernel::Passthrough => passthrough(inputs[0].clone(), tp.input_f32(0, "scale")),
-        Kernel::Data => {
-            return Err(MergeError::Recipe(format!(
-                "{} is a whole-model method (it runs the models on data), not a per-tensor one; run it with merge_to_disk (`evomerge merge`)",
-                plan.method.name
-            )));
-        }
+    plan.method.run(&TensorWork {
+        tensor: &tp.name,
+        params: tp.resolved(),
+        inputs,
+        seed,
     })
 }
 
@@ -250,7 +143,7 @@ pub fn merge_to_disk(
     options: &MergeOptions,
     extra_files: &[(&str, Vec<u8>)],
 ) -> Result<MergeReport, MergeError> {
-    if plan.method.kernel == Kernel::Data {
+    if plan.method.is_whole_model() {
         return crate::data::merge_to_disk(plan, sources, out_dir, options, extra_files);
     }
     let start = Instant::now();

@@ -9,7 +9,9 @@
 //! [`merge_to_disk`] then runs the plan tensor by tensor (in parallel, streaming into the
 //! output shards) and [`merge_in_memory`] does the same into device tensors for a search.
 //!
-//! Methods live in [`method::registry`]; their math in `evomerge-kernels`.
+//! Methods are one file each in `src/methods/` (parameters, defaults, bounds, base use, arity,
+//! scope, golden cases and the work they run, calling into `evomerge-kernels`), listed once in
+//! that module's registry and read through [`method::registry`].
 //!
 //! Not for: searching recipes (`evomerge-genome`, `evomerge-search`), running models.
 //!
@@ -34,6 +36,7 @@
 mod data;
 mod execute;
 pub mod method;
+mod methods;
 mod plan;
 mod recipe;
 

@@ -1,9 +1,14 @@
-//! The method registry: each merge method's name, its use of a base model, its parameters with
-//! mergekit's defaults, and the kernel it runs. Adding a method is one entry here plus one
-//! function in `evomerge-kernels`.
+//! The method registry's types: what a merge method declares about itself (name, parameters
+//! with defaults, bounds and which a search may evolve, its use of a base, how many inputs it
+//! takes, whether it works per tensor or on the whole model) and the work it runs on one output
+//! tensor. The methods themselves are one file each in `crate::methods`, listed once in
+//! `methods::REGISTRY`; the planner, the executor, the genome, the runner and the test loops
+//! read them from [`registry`].
 
+use crate::MergeError;
 use crate::recipe::ParamValue;
-use evomerge_kernels::{Consensus, Rescale, Sparsify};
+use evomerge_kernels::{Consensus, KernelError, Rescale, T2, tensor_from_vec, values_of};
+use std::collections::BTreeMap;
 
 /// What a method does with the base model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,309 +21,342 @@ pub enum BaseUse {
     Ignored,
 }
 
-/// The kernel family a method runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Kernel {
-    Linear,
-    Slerp,
-    NuSlerp,
-    MultiSlerp,
-    Karcher,
-    TaskArithmetic {
-        sparsify: Sparsify,
-        consensus: Consensus,
-    },
-    ModelStock,
-    Passthrough,
-    /// A whole-model method that runs the models on data (`crate::data`).
-    Data,
+/// How many inputs besides the base a method takes on one tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arity {
+    /// Any number.
+    Any,
+    /// Exactly this many; the text says what the method needs, for the error message.
+    Exactly(usize, &'static str),
+    /// At least this many, except that a tensor with a single input is copied through.
+    AtLeast(usize, &'static str),
 }
 
-/// A parameter a method reads, with its default (`None`: required).
+/// Builds a method's work on one output tensor: the merged tensor from its inputs.
+pub type WorkFn = fn(&TensorWork) -> Result<T2, MergeError>;
+
+/// A method-specific check of the resolved parameters of one tensor (run while planning);
+/// the second argument names input `j`'s model for the message.
+pub type CheckFn = fn(&Resolved, &dyn Fn(usize) -> String) -> Result<(), String>;
+
+/// Whether a method works tensor by tensor or needs the whole models.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// One output tensor from the same-named input tensors, by this work.
+    PerTensor(WorkFn),
+    /// The method runs the models (on data: `crate::data`); the per-tensor executor hands over.
+    WholeModel,
+}
+
+/// A parameter a method reads: its default (`None`: required), the range a search may move it
+/// in, whether a parameter-space genome evolves it, the words it accepts besides numbers and
+/// booleans, and the value the registry-driven tests use.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {
     pub name: &'static str,
     pub default: Option<ParamValue>,
+    pub bounds: Option<[f64; 2]>,
+    pub evolve: bool,
+    pub choices: &'static [&'static str],
+    pub example: Option<f64>,
 }
 
-const fn num(name: &'static str, v: f64) -> ParamSpec {
-    ParamSpec {
-        name,
-        default: Some(ParamValue::Number(v)),
+impl ParamSpec {
+    const fn new(name: &'static str, default: Option<ParamValue>) -> ParamSpec {
+        ParamSpec {
+            name,
+            default,
+            bounds: None,
+            evolve: false,
+            choices: &[],
+            example: None,
+        }
+    }
+
+    /// A search may evolve this parameter within `bounds`.
+    pub const fn evolvable(mut self, bounds: [f64; 2]) -> ParamSpec {
+        self.bounds = Some(bounds);
+        self.evolve = true;
+        self
+    }
+
+    /// The range the parameter's values lie in (not evolved).
+    pub const fn within(mut self, bounds: [f64; 2]) -> ParamSpec {
+        self.bounds = Some(bounds);
+        self
+    }
+
+    /// The words the parameter accepts besides numbers and booleans.
+    pub const fn words(mut self, choices: &'static [&'static str]) -> ParamSpec {
+        self.choices = choices;
+        self
+    }
+
+    /// The value registry-driven tests use (default: the default, else the middle of the bounds).
+    pub const fn example(mut self, v: f64) -> ParamSpec {
+        self.example = Some(v);
+        self
+    }
+
+    /// The value registry-driven tests and examples use for this parameter.
+    pub fn example_value(&self) -> ParamValue {
+        if let Some(v) = self.example {
+            return ParamValue::Number(v);
+        }
+        match (&self.default, self.bounds) {
+            (Some(ParamValue::Text(s)), _) if s.is_empty() => ParamValue::Number(1.0),
+            (Some(v), _) => v.clone(),
+            (None, Some([lo, hi])) => ParamValue::Number((lo + hi) / 2.0),
+            (None, None) => ParamValue::Number(0.5),
+        }
     }
 }
 
-const fn flag(name: &'static str, v: bool) -> ParamSpec {
-    ParamSpec {
-        name,
-        default: Some(ParamValue::Bool(v)),
-    }
+/// A number with a default.
+pub const fn num(name: &'static str, v: f64) -> ParamSpec {
+    ParamSpec::new(name, Some(ParamValue::Number(v)))
 }
 
-const fn required(name: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        default: None,
-    }
+/// A boolean with a default.
+pub const fn flag(name: &'static str, v: bool) -> ParamSpec {
+    ParamSpec::new(name, Some(ParamValue::Bool(v)))
+}
+
+/// A parameter without a default: the recipe must set it.
+pub const fn required(name: &'static str) -> ParamSpec {
+    ParamSpec::new(name, None)
 }
 
 /// An optional parameter without a default (e.g. passthrough's `scale`).
-const fn optional(name: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        default: Some(ParamValue::Text(String::new())),
-    }
+pub const fn optional(name: &'static str) -> ParamSpec {
+    ParamSpec::new(name, Some(ParamValue::Text(String::new())))
+}
+
+/// A parameter whose value is a word (e.g. `fisher = "exact"`).
+pub fn word(name: &'static str, v: &str, choices: &'static [&'static str]) -> ParamSpec {
+    ParamSpec::new(name, Some(ParamValue::Text(v.to_string()))).words(choices)
+}
+
+/// A hand-checkable case a method carries: inputs, parameters and the expected output, computed
+/// from the method's formula (not by running it). The registry-driven golden test runs every
+/// method's cases.
+#[derive(Debug, Clone, Copy)]
+pub struct Golden {
+    /// The base model's values (for methods that use one).
+    pub base: Option<&'static [f32]>,
+    /// The other models' values, all of one length.
+    pub models: &'static [&'static [f32]],
+    /// Per-model parameters: name and one value per model of `models`.
+    pub per_model: &'static [(&'static str, &'static [f64])],
+    /// Global parameters.
+    pub global: &'static [(&'static str, f64)],
+    /// Rows of the 2-D view (1 for a vector).
+    pub rows: usize,
+    pub want: &'static [f32],
+    pub tol: f32,
 }
 
 /// One registered merge method.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct MethodSpec {
     pub name: &'static str,
-    pub kernel: Kernel,
+    /// One-line description for `evomerge methods` and error messages.
+    pub summary: &'static str,
     pub base: BaseUse,
+    pub arity: Arity,
+    /// Whether a tensor with a single input still runs the method (passthrough scales it);
+    /// otherwise the lone input is copied.
+    pub runs_on_one_input: bool,
+    pub scope: Scope,
     /// Parameters resolved per input model and tensor (e.g. `weight`, `density`).
     pub tensor_params: Vec<ParamSpec>,
     /// Parameters resolved per output tensor (e.g. `t`, `normalize`).
     pub global_params: Vec<ParamSpec>,
-    /// One-line description for `--help` and error messages.
-    pub summary: &'static str,
+    /// Checks beyond the generic ones (DELLA's density/epsilon window).
+    pub check: Option<CheckFn>,
+    /// Hand-checked cases (every per-tensor method has at least one).
+    pub goldens: &'static [Golden],
 }
 
-fn gta(
-    name: &'static str,
-    sparsify: Sparsify,
-    consensus: Consensus,
-    normalize: bool,
-    rescale: bool,
-    summary: &'static str,
-) -> MethodSpec {
-    let mut tensor_params = vec![required("weight"), num("density", 1.0)];
-    match sparsify {
-        Sparsify::MagnitudeOutliers => tensor_params.push(num("gamma", 0.01)),
-        Sparsify::Della => tensor_params.push(num("epsilon", 0.15)),
-        _ => {}
-    }
-    let mut global_params = vec![
-        flag("int8_mask", false),
-        flag("normalize", normalize),
-        flag("rescale", rescale),
-        num("lambda", 1.0),
-    ];
-    if consensus != Consensus::None {
-        global_params.push(ParamSpec {
-            name: "consensus",
-            default: Some(ParamValue::Text("sum".into())),
-        });
-    }
-    MethodSpec {
-        name,
-        kernel: Kernel::TaskArithmetic {
-            sparsify,
-            consensus,
-        },
-        base: BaseUse::Required,
-        tensor_params,
-        global_params,
-        summary,
-    }
-}
-
-/// Every method evomerge implements, in the order `--help` lists them.
-pub fn registry() -> Vec<MethodSpec> {
-    use Consensus as C;
-    use Sparsify as S;
-    vec![
+impl MethodSpec {
+    /// A per-tensor method with no parameters yet, taking any number of inputs.
+    pub fn per_tensor(
+        name: &'static str,
+        base: BaseUse,
+        work: WorkFn,
+        summary: &'static str,
+    ) -> MethodSpec {
         MethodSpec {
-            name: "linear",
-            kernel: Kernel::Linear,
+            name,
+            summary,
+            base,
+            arity: Arity::Any,
+            runs_on_one_input: false,
+            scope: Scope::PerTensor(work),
+            tensor_params: Vec::new(),
+            global_params: Vec::new(),
+            check: None,
+            goldens: &[],
+        }
+    }
+
+    /// A whole-model method that runs the models on data (see `crate::data`): per-model
+    /// `weight` (default 1), no base.
+    pub fn whole_model(
+        name: &'static str,
+        global_params: Vec<ParamSpec>,
+        summary: &'static str,
+    ) -> MethodSpec {
+        MethodSpec {
+            name,
+            summary,
             base: BaseUse::Ignored,
-            tensor_params: vec![required("weight")],
-            global_params: vec![flag("normalize", true)],
-            summary: "weighted average (model soup)",
-        },
-        MethodSpec {
-            name: "slerp",
-            kernel: Kernel::Slerp,
-            base: BaseUse::Required,
-            tensor_params: vec![],
-            global_params: vec![required("t")],
-            summary: "spherical interpolation between the base (t=0) and one other model (t=1)",
-        },
-        MethodSpec {
-            name: "nuslerp",
-            kernel: Kernel::NuSlerp,
-            base: BaseUse::Optional,
-            tensor_params: vec![required("weight")],
-            global_params: vec![
-                flag("nuslerp_row_wise", false),
-                flag("nuslerp_flatten", true),
-            ],
-            summary: "SLERP of two models (or their task vectors) with t = w2/(w1+w2), whole-tensor or per row/column",
-        },
-        MethodSpec {
-            name: "multislerp",
-            kernel: Kernel::MultiSlerp,
-            base: BaseUse::Optional,
-            tensor_params: vec![required("weight")],
-            global_params: vec![flag("normalize_weights", true), num("eps", 1e-8)],
-            summary: "weighted spherical mean of any number of models",
-        },
-        MethodSpec {
-            name: "karcher",
-            kernel: Kernel::Karcher,
-            base: BaseUse::Ignored,
-            tensor_params: vec![],
-            global_params: vec![num("max_iter", 10.0), num("tol", 1e-5)],
-            summary: "Riemannian (Karcher) mean with equal weights",
-        },
-        gta(
-            "task_arithmetic",
-            S::None,
-            C::None,
-            false,
-            false,
-            "base + sum of weighted task vectors",
-        ),
-        gta(
-            "ties",
-            S::Magnitude,
-            C::Sum,
-            true,
-            false,
-            "TIES: keep the largest deltas, elect signs, average the agreeing ones",
-        ),
-        gta(
-            "dare_ties",
-            S::Random,
-            C::Sum,
-            false,
-            true,
-            "DARE random drop + TIES sign election",
-        ),
-        gta(
-            "dare_linear",
-            S::Random,
-            C::None,
-            false,
-            true,
-            "DARE random drop + task arithmetic",
-        ),
-        gta(
-            "breadcrumbs",
-            S::MagnitudeOutliers,
-            C::None,
-            false,
-            false,
-            "drop the smallest and the largest deltas + task arithmetic",
-        ),
-        gta(
-            "breadcrumbs_ties",
-            S::MagnitudeOutliers,
-            C::Sum,
-            false,
-            false,
-            "Breadcrumbs + TIES sign election",
-        ),
-        gta(
-            "della",
-            S::Della,
-            C::Sum,
-            true,
-            true,
-            "DELLA magnitude-ranked random drop + TIES sign election",
-        ),
-        gta(
-            "della_linear",
-            S::Della,
-            C::None,
-            false,
-            true,
-            "DELLA magnitude-ranked random drop + task arithmetic",
-        ),
-        MethodSpec {
-            name: "model_stock",
-            kernel: Kernel::ModelStock,
-            base: BaseUse::Required,
-            tensor_params: vec![],
-            global_params: vec![flag("filter_wise", false)],
-            summary: "Model Stock: base-to-average ratio from the angle between task vectors",
-        },
-        MethodSpec {
-            name: "passthrough",
-            kernel: Kernel::Passthrough,
-            base: BaseUse::Ignored,
-            tensor_params: vec![optional("scale")],
-            global_params: vec![],
-            summary: "copy one model's tensors (layer stacking / frankenmerges), optionally scaled",
-        },
-        data_method(
-            "fisher",
-            vec![
-                word("fisher", "auto"),
-                num("epsilon", 1e-6),
-                flag("normalize", true),
-            ],
-            "Fisher-weighted average (diagonal Fisher: exact or empirical; auto = exact for MLP classifiers, empirical per sequence for Llama-family linear maps); needs `data`",
-        ),
-        data_method(
-            "regmean",
-            vec![
-                num("alpha", 1.0),
-                num("ridge", 1e-6),
-                word("gram", "sum"),
-                flag("average_head", false),
-            ],
-            "RegMean: per linear layer (sum G_i)^-1 sum G_i W_i from input Grams on each model's data (MLP classifiers, Llama-family linear maps on text); needs `data`",
-        ),
-        data_method(
-            "git_rebasin",
-            vec![
-                word("matching", "weight"),
-                num("t", 0.5),
-                num("max_iter", 100.0),
-            ],
-            "Git Re-Basin: permute model B's hidden units to match model A (weight or activation matching), then interpolate at t (MLP classifiers)",
-        ),
-        data_method(
-            "repair",
-            vec![
-                word("matching", "weight"),
-                num("t", 0.5),
-                num("max_iter", 100.0),
-                flag("include_output", false),
-            ],
-            "align as git_rebasin, interpolate at t, then REPAIR each channel's mean/std on `data` (MLP classifiers)",
-        ),
-        data_method(
-            "greedy_soup",
-            vec![],
-            "greedy model soup: add models while validation accuracy (MLPs) or next-token loss (LMs) improves; `data` is the validation set",
-        ),
-    ]
-}
+            arity: Arity::Any,
+            runs_on_one_input: false,
+            scope: Scope::WholeModel,
+            tensor_params: vec![num("weight", 1.0)],
+            global_params,
+            check: None,
+            goldens: &[],
+        }
+    }
 
-/// A parameter whose value is a word (e.g. `fisher = "exact"`).
-fn word(name: &'static str, v: &str) -> ParamSpec {
-    ParamSpec {
-        name,
-        default: Some(ParamValue::Text(v.to_string())),
+    /// Whether this method runs the whole models (on data) rather than tensor by tensor.
+    pub fn is_whole_model(&self) -> bool {
+        matches!(self.scope, Scope::WholeModel)
+    }
+
+    /// Every parameter it reads, per-model ones first.
+    pub fn params(&self) -> impl Iterator<Item = &ParamSpec> {
+        self.tensor_params.iter().chain(&self.global_params)
+    }
+
+    /// The per-model parameters a parameter-space search may evolve.
+    pub fn evolvable(&self) -> impl Iterator<Item = &ParamSpec> {
+        self.tensor_params.iter().filter(|p| p.evolve)
+    }
+
+    /// Run this method's work on one output tensor's inputs (`seed` drives random masks).
+    pub fn run(&self, work: &TensorWork) -> Result<T2, MergeError> {
+        match self.scope {
+            Scope::PerTensor(f) => f(work),
+            Scope::WholeModel => Err(MergeError::Recipe(format!(
+                "{} is a whole-model method (it runs the models on data), not a per-tensor one; run it with merge_to_disk (`evomerge merge`)",
+                self.name
+            ))),
+        }
     }
 }
 
-/// A data-using method (see `crate::data`): per-model `weight` (default 1), no base.
-fn data_method(
-    name: &'static str,
-    global_params: Vec<ParamSpec>,
-    summary: &'static str,
-) -> MethodSpec {
-    MethodSpec {
-        name,
-        kernel: Kernel::Data,
-        base: BaseUse::Ignored,
-        tensor_params: vec![num("weight", 1.0)],
-        global_params,
-        summary,
+/// The resolved parameters of one output tensor, as the planner filled them in.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved<'a> {
+    /// Index of the base among the inputs, for methods that use one.
+    pub base: Option<usize>,
+    pub global: &'a BTreeMap<&'static str, ParamValue>,
+    /// One map per input, in input order (a base may lack required ones).
+    pub per_input: &'a [BTreeMap<&'static str, ParamValue>],
+}
+
+impl Resolved<'_> {
+    /// A global parameter as a number (defaults are always filled in when planned).
+    pub fn global_f32(&self, name: &str) -> f32 {
+        self.global
+            .get(name)
+            .and_then(ParamValue::as_f64)
+            .unwrap_or(0.0) as f32
     }
+
+    /// A global parameter's truthiness.
+    pub fn global_flag(&self, name: &str) -> bool {
+        self.global.get(name).is_some_and(ParamValue::truthy)
+    }
+
+    /// A per-input parameter as a number.
+    pub fn input_f32(&self, input: usize, name: &str) -> Option<f32> {
+        self.per_input[input]
+            .get(name)
+            .and_then(ParamValue::as_f64)
+            .map(|x| x as f32)
+    }
+
+    /// Input `j`'s `weight` (1 when it has none).
+    pub fn weight(&self, j: usize) -> f32 {
+        self.input_f32(j, "weight").unwrap_or(1.0)
+    }
+
+    /// The inputs other than the base, in order.
+    pub fn others(&self) -> Vec<usize> {
+        (0..self.per_input.len())
+            .filter(|j| Some(*j) != self.base)
+            .collect()
+    }
+}
+
+/// What a method's work gets for one output tensor.
+pub struct TensorWork<'a> {
+    /// The output tensor's name (random masks derive from it).
+    pub tensor: &'a str,
+    pub params: Resolved<'a>,
+    /// The input tensors on the device, in plan order.
+    pub inputs: Vec<T2>,
+    /// The seed of every random mask.
+    pub seed: u64,
+}
+
+impl TensorWork<'_> {
+    /// The base input, for methods that use one.
+    pub fn base(&self) -> Option<T2> {
+        self.params.base.map(|b| self.inputs[b].clone())
+    }
+
+    /// The inputs other than the base.
+    pub fn other_inputs(&self) -> Vec<T2> {
+        self.params
+            .others()
+            .into_iter()
+            .map(|j| self.inputs[j].clone())
+            .collect()
+    }
+
+    /// The base's values and each other input's task vector (input minus base) on the host,
+    /// for the methods whose math runs there.
+    pub fn host_task_vectors(&self) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let (base, others) = self.host_inputs();
+        let tvs = others
+            .into_iter()
+            .map(|x| x.into_iter().zip(&base).map(|(a, b)| a - b).collect())
+            .collect();
+        (base, tvs)
+    }
+
+    /// The base's values and the other inputs' values on the host.
+    pub fn host_inputs(&self) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let base = values_of(self.base().expect("the method requires a base"));
+        (
+            base,
+            self.other_inputs().into_iter().map(values_of).collect(),
+        )
+    }
+
+    /// Host values as a tensor shaped like the inputs, on their device.
+    pub fn from_host(&self, values: Vec<f32>) -> T2 {
+        let x = &self.inputs[0];
+        tensor_from_vec(values, &x.dims(), &x.device())
+    }
+
+    /// A kernel error as a merge error naming this tensor.
+    pub fn kernel_err(&self, e: KernelError) -> MergeError {
+        MergeError::Kernel {
+            tensor: self.tensor.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Every method evomerge implements, in the order `evomerge methods` lists them (built once).
+pub fn registry() -> &'static [MethodSpec] {
+    &crate::methods::REGISTRY
 }
 
 /// Parameter names some mergekit method uses but that no evomerge method reads; a recipe may
@@ -326,10 +364,10 @@ fn data_method(
 pub const FOREIGN_PARAMS: &[&str] = &["select_topk", "r", "alpha", "residual_weight"];
 
 /// Look a method up by name; an unknown name is an error suggesting the nearest one.
-pub fn lookup(name: &str) -> Result<MethodSpec, String> {
+pub fn lookup(name: &str) -> Result<&'static MethodSpec, String> {
     let all = registry();
     if let Some(m) = all.iter().find(|m| m.name == name) {
-        return Ok(m.clone());
+        return Ok(m);
     }
     let names: Vec<&str> = all.iter().map(|m| m.name).collect();
     let hint = nearest(name, &names)
@@ -351,12 +389,7 @@ pub fn lookup(name: &str) -> Result<MethodSpec, String> {
 pub fn known_params() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = registry()
         .iter()
-        .flat_map(|m| {
-            m.tensor_params
-                .iter()
-                .chain(&m.global_params)
-                .map(|p| p.name)
-        })
+        .flat_map(|m| m.params().map(|p| p.name))
         .collect();
     names.sort();
     names.dedup();

@@ -5,8 +5,8 @@
 
 use crate::MergeError;
 use crate::method::{
-    self, BaseUse, FOREIGN_PARAMS, Kernel, MethodSpec, consensus_mode, known_params, nearest,
-    rescale_mode,
+    self, Arity, BaseUse, FOREIGN_PARAMS, MethodSpec, Resolved, consensus_mode, known_params,
+    nearest, rescale_mode,
 };
 use crate::recipe::{InputModel, ModelRef, OutputSlice, ParamValue, Params, Recipe, SliceSource};
 use evomerge_checkpoint::{Checkpoint, Dtype, TensorRole, rename_layer};
@@ -190,32 +190,35 @@ pub struct TensorPlan {
 }
 
 impl TensorPlan {
+    /// The resolved parameters, as a method's work and check read them.
+    pub fn resolved(&self) -> Resolved<'_> {
+        Resolved {
+            base: self.base,
+            global: &self.global,
+            per_input: &self.per_input,
+        }
+    }
+
     /// A global parameter as a number (defaults are always filled in when planned).
     pub fn global_f32(&self, name: &str) -> f32 {
-        self.global
-            .get(name)
-            .and_then(ParamValue::as_f64)
-            .unwrap_or(0.0) as f32
+        self.resolved().global_f32(name)
     }
 
     /// A global parameter's truthiness.
     pub fn global_flag(&self, name: &str) -> bool {
-        self.global.get(name).is_some_and(ParamValue::truthy)
+        self.resolved().global_flag(name)
     }
 
     /// A per-input parameter as a number.
     pub fn input_f32(&self, input: usize, name: &str) -> Option<f32> {
-        self.per_input[input]
-            .get(name)
-            .and_then(ParamValue::as_f64)
-            .map(|x| x as f32)
+        self.resolved().input_f32(input, name)
     }
 }
 
 /// A complete merge plan.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub method: MethodSpec,
+    pub method: &'static MethodSpec,
     pub tensors: Vec<TensorPlan>,
     /// The output `config.json`.
     pub config: Option<Value>,
@@ -288,11 +291,7 @@ fn check_param_names(
 ) -> Result<(), MergeError> {
     let known = known_params();
     for name in params.keys() {
-        let used = method
-            .tensor_params
-            .iter()
-            .chain(&method.global_params)
-            .any(|p| p.name == name);
+        let used = method.params().any(|p| p.name == name);
         if used {
             continue;
         }
@@ -308,12 +307,7 @@ fn check_param_names(
         let hint = nearest(name, &candidates)
             .map(|n| format!(" — did you mean '{n}'?"))
             .unwrap_or_default();
-        let takes: Vec<&str> = method
-            .tensor_params
-            .iter()
-            .chain(&method.global_params)
-            .map(|p| p.name)
-            .collect();
+        let takes: Vec<&str> = method.params().map(|p| p.name).collect();
         return Err(MergeError::Recipe(format!(
             "unknown parameter '{name}' ({where_}){hint}; {} takes: {}",
             method.name,
@@ -349,27 +343,27 @@ impl Plan {
         check_param_names(
             &recipe.parameters,
             "top-level parameters",
-            &method,
+            method,
             &mut warnings,
         )?;
         if let Some(p) = module_params {
-            check_param_names(p, "module parameters", &method, &mut warnings)?;
+            check_param_names(p, "module parameters", method, &mut warnings)?;
         }
         for m in models.into_iter().flatten() {
             check_param_names(
                 &m.parameters,
                 &format!("model {}", m.model.name()),
-                &method,
+                method,
                 &mut warnings,
             )?;
         }
         for (i, s) in slices_in.into_iter().flatten().enumerate() {
-            check_param_names(&s.parameters, &format!("slice {i}"), &method, &mut warnings)?;
+            check_param_names(&s.parameters, &format!("slice {i}"), method, &mut warnings)?;
             for src in &s.sources {
                 check_param_names(
                     &src.parameters,
                     &format!("slice {i}, model {}", src.model.name()),
-                    &method,
+                    method,
                     &mut warnings,
                 )?;
             }
@@ -471,7 +465,7 @@ impl Plan {
 
         let mut tensors = Vec::new();
         let mut planner = TensorPlanner {
-            method: &method,
+            method,
             sources,
             resolver: &resolver,
             out_dtype: options
@@ -573,7 +567,7 @@ impl Plan {
         }
 
         let tokenizer_from = tokenizer_source(recipe, sources, donor, recipe_base)?;
-        if method.kernel == Kernel::Data {
+        if method.is_whole_model() {
             let global = tensors
                 .iter()
                 .find(|t| t.action == Action::Merge)
@@ -909,7 +903,9 @@ fn validate(tp: &TensorPlan, method: &MethodSpec, sources: &Sources) -> Result<(
         .iter()
         .chain(tp.per_input.iter().flat_map(|m| m.iter()))
     {
-        let textual = matches!(*k, "rescale" | "consensus" | "fisher" | "matching" | "gram");
+        let textual = method
+            .params()
+            .any(|p| p.name == *k && !p.choices.is_empty());
         if !textual && matches!(v, ParamValue::Text(_)) {
             return err(format!(
                 "parameter '{k}' must be a number or true/false, got '{v}'"
@@ -950,25 +946,10 @@ fn validate(tp: &TensorPlan, method: &MethodSpec, sources: &Sources) -> Result<(
                 model_name(j)
             ));
         }
-        if let (
-            Kernel::TaskArithmetic {
-                sparsify: evomerge_kernels::Sparsify::Della,
-                ..
-            },
-            Some(d),
-            Some(e),
-        ) = (
-            method.kernel,
-            tp.input_f32(j, "density"),
-            tp.input_f32(j, "epsilon"),
-        ) && d < 1.0
-            && !(d - e > 0.0 && d + e < 1.0)
-        {
-            return err(format!(
-                "della: density - epsilon and density + epsilon must lie in (0, 1) (model {}: density {d}, epsilon {e})",
-                model_name(j)
-            ));
-        }
+    }
+    if let Some(check) = method.check {
+        check(&tp.resolved(), &|j| model_name(j).to_string())
+            .map_err(|e| MergeError::Recipe(format!("tensor '{}': {e}", tp.name)))?;
     }
     let count = |needed: &str| {
         err(format!(
@@ -977,17 +958,10 @@ fn validate(tp: &TensorPlan, method: &MethodSpec, sources: &Sources) -> Result<(
             tp.inputs.len()
         ))
     };
-    match method.kernel {
-        Kernel::Slerp if tp.inputs.len() != 2 => count("exactly two models, one of them the base"),
-        Kernel::NuSlerp if others.len() != 2 => {
-            count("exactly two models besides an optional base")
-        }
-        Kernel::ModelStock if tp.inputs.len() > 1 && others.len() < 2 => {
-            count("a base and at least two other models")
-        }
-        Kernel::Passthrough if tp.inputs.len() != 1 => {
-            count("exactly one model per slice (use one source per slice)")
-        }
+    let lone_copy = tp.inputs.len() == 1 && !method.runs_on_one_input;
+    match method.arity {
+        Arity::Exactly(n, needs) if others.len() != n => count(needs),
+        Arity::AtLeast(n, needs) if !lone_copy && others.len() < n => count(needs),
         _ => Ok(()),
     }
 }

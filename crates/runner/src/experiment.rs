@@ -417,7 +417,12 @@ impl Experiment {
         match self.genome.kind {
             GenomeKind::Ps | GenomeKind::PsDfs if self.sources.base.is_none() => {
                 let ps = self.genome.ps.clone().unwrap_or_else(PsSpec::sakana);
-                let fixed = matches!(&ps.merge_method, evomerge_genome::MethodGene::Fixed(m) if m == "linear" || m == "multislerp" || m == "nuslerp");
+                // A fixed method that searches weights without a base (linear, nuslerp, ...).
+                let fixed = matches!(&ps.merge_method, evomerge_genome::MethodGene::Fixed(m)
+                if evomerge_merge::method::lookup(m).is_ok_and(|s| {
+                    s.base != evomerge_merge::method::BaseUse::Required
+                        && s.evolvable().next().is_some()
+                }));
                 if !fixed {
                     return Err(
                         "[sources] base is required for task-vector methods (ties, dare_ties, ...)"

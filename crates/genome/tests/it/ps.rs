@@ -280,3 +280,24 @@ slices:
     };
     assert_eq!(run(&decoded, "decoded"), run(&hand, "hand"));
 }
+
+/// A method added as one file (`test_scale`, the merge crate's test-only method, enabled by
+/// this crate's dev-dependency) is searchable: its declared evolvable parameter becomes genes
+/// with its declared bounds and decodes into the recipe, with no list in the genome naming it.
+#[test]
+fn a_new_methods_declared_parameters_are_evolved() {
+    let spec = PsSpec {
+        merge_method: MethodGene::Fixed("test_scale".into()),
+        ..PsSpec::default()
+    };
+    let g = PsGenome::new(spec, names(2), None, 4).unwrap();
+    assert_eq!(g.names(), vec!["g0.model0.factor", "g0.model1.factor"]);
+    assert_eq!(g.bounds(), (vec![0.0, 0.0], vec![2.0, 2.0]));
+    let r = g.decode(&[0.25, 1.75]).unwrap();
+    let yaml = r.to_yaml();
+    assert!(
+        yaml.contains("factor: 0.25") && yaml.contains("factor: 1.75"),
+        "{yaml}"
+    );
+    assert_eq!(g.decode(&g.encode(&r).unwrap()).unwrap(), r);
+}

@@ -1,7 +1,9 @@
 //! End to end: tiny Llama-layout checkpoints written by the test, merged from recipes.
 
 use evomerge_checkpoint::{Checkpoint, Dtype};
-use evomerge_merge::{MergeError, MergeOptions, Plan, PlanOptions, Recipe, Sources, merge_to_disk};
+use evomerge_merge::{
+    MergeError, MergeOptions, ParamValue, Plan, PlanOptions, Recipe, Sources, merge_to_disk,
+};
 use evomerge_zoo::TinyLlama;
 use std::path::{Path, PathBuf};
 
@@ -234,58 +236,46 @@ fn merging_identical_models_returns_that_model_for_every_method() {
         m.save(tmp.path().join(name), Dtype::F32, u64::MAX).unwrap();
     }
     let root = tmp.path().to_str().unwrap();
-    let methods = [
-        ("linear", "weight: 0.4", ""),
-        ("slerp", "", "t: 0.3"),
-        ("nuslerp", "weight: 0.5", ""),
-        ("multislerp", "weight: 0.5", ""),
-        ("karcher", "", ""),
-        ("task_arithmetic", "weight: 0.7", ""),
-        ("ties", "weight: 0.7\n      density: 0.5", ""),
-        ("dare_ties", "weight: 0.7\n      density: 0.5", ""),
-        ("dare_linear", "weight: 0.7\n      density: 0.5", ""),
-        (
-            "breadcrumbs",
-            "weight: 0.7\n      density: 0.5\n      gamma: 0.1",
-            "",
-        ),
-        (
-            "breadcrumbs_ties",
-            "weight: 0.7\n      density: 0.5\n      gamma: 0.1",
-            "",
-        ),
-        (
-            "della",
-            "weight: 0.7\n      density: 0.5\n      epsilon: 0.1",
-            "",
-        ),
-        (
-            "della_linear",
-            "weight: 0.7\n      density: 0.5\n      epsilon: 0.1",
-            "",
-        ),
-        ("model_stock", "", ""),
-    ];
+    m.save(tmp.path().join("w"), Dtype::F32, u64::MAX).unwrap();
     let original = read_all(&tmp.path().join("x"));
-    for (method, per_model, global) in methods {
-        let (models, base) = match method {
-            "slerp" => (vec!["y"], "x"),
-            "nuslerp" => (vec!["y", "z"], "x"),
-            "linear" | "karcher" | "multislerp" => (vec!["x", "y", "z"], ""),
-            _ => (vec!["y", "z"], "x"),
+    // every per-tensor method of the registry, with its example parameters
+    for spec in crate::registry::per_tensor() {
+        let method = spec.name;
+        let (others, with_base) = crate::registry::layout(spec);
+        let base = if with_base { "x" } else { "" };
+        let pool: &[&str] = if with_base {
+            &["y", "z", "w"]
+        } else {
+            &["x", "y", "z", "w"]
         };
+        let models = &pool[..others];
+        let yaml_value = |p: &evomerge_merge::method::ParamSpec| match p.example_value() {
+            ParamValue::Number(x) => Some(format!("{}: {x}", p.name)),
+            ParamValue::Bool(b) => Some(format!("{}: {b}", p.name)),
+            ParamValue::Text(_) => None,
+        };
+        let per_model: Vec<String> = spec.tensor_params.iter().filter_map(yaml_value).collect();
+        let global: Vec<String> = spec
+            .global_params
+            .iter()
+            .filter(|p| p.default.is_none())
+            .filter_map(yaml_value)
+            .collect();
         let mut yaml = format!("merge_method: {method}\n");
         if !base.is_empty() {
             yaml.push_str(&format!("base_model: {root}/{base}\n"));
         }
         if !global.is_empty() {
-            yaml.push_str(&format!("parameters:\n  {global}\n"));
+            yaml.push_str(&format!("parameters:\n  {}\n", global.join("\n  ")));
         }
         yaml.push_str("models:\n");
-        for m in &models {
+        for m in models {
             yaml.push_str(&format!("  - model: {root}/{m}\n"));
             if !per_model.is_empty() {
-                yaml.push_str(&format!("    parameters:\n      {per_model}\n"));
+                yaml.push_str(&format!(
+                    "    parameters:\n      {}\n",
+                    per_model.join("\n      ")
+                ));
             }
         }
         let recipe = Recipe::from_yaml(&yaml).unwrap_or_else(|e| panic!("{method}: {e}\n{yaml}"));

@@ -1,0 +1,45 @@
+//! `multislerp`: the weighted spherical mean of any number of models.
+
+use crate::MergeError;
+use crate::method::{BaseUse, Golden, MethodSpec, TensorWork, flag, num, required};
+use evomerge_kernels::{T2, multislerp};
+
+pub(crate) fn spec() -> MethodSpec {
+    MethodSpec {
+        tensor_params: vec![required("weight").evolvable([0.0, 1.0])],
+        global_params: vec![flag("normalize_weights", true), num("eps", 1e-8)],
+        goldens: &[Golden {
+            base: None,
+            models: &[&[1., 0.], &[0., 1.]],
+            per_model: &[("weight", &[1., 1.])],
+            global: &[],
+            rows: 1,
+            // the midpoint of two orthogonal unit vectors, back on the unit circle
+            want: &[0.707_106_8, 0.707_106_8],
+            tol: 1e-5,
+        }],
+        ..MethodSpec::per_tensor(
+            "multislerp",
+            BaseUse::Optional,
+            work,
+            "weighted spherical mean of any number of models",
+        )
+    }
+}
+
+fn work(w: &TensorWork) -> Result<T2, MergeError> {
+    let weights: Vec<f32> = w
+        .params
+        .others()
+        .iter()
+        .map(|j| w.params.weight(*j))
+        .collect();
+    multislerp(
+        &w.other_inputs(),
+        &weights,
+        w.base().as_ref(),
+        w.params.global_flag("normalize_weights"),
+        w.params.global_f32("eps"),
+    )
+    .map_err(|e| w.kernel_err(e))
+}

@@ -1,0 +1,51 @@
+//! `nuslerp`: SLERP of two models (or their task vectors) with `t = w2 / (w1 + w2)`.
+
+use crate::MergeError;
+use crate::method::{Arity, BaseUse, Golden, MethodSpec, TensorWork, flag, required};
+use evomerge_kernels::{T2, nuslerp};
+
+pub(crate) fn spec() -> MethodSpec {
+    MethodSpec {
+        arity: Arity::Exactly(2, "exactly two models besides an optional base"),
+        tensor_params: vec![required("weight").evolvable([0.0, 1.0])],
+        global_params: vec![
+            flag("nuslerp_row_wise", false),
+            flag("nuslerp_flatten", true),
+        ],
+        goldens: &[Golden {
+            base: None,
+            models: &[&[1., 0.], &[0., 1.]],
+            per_model: &[("weight", &[1., 1.])],
+            global: &[],
+            rows: 1,
+            // t = 1/2 between orthogonal unit vectors
+            want: &[0.707_106_8, 0.707_106_8],
+            tol: 1e-5,
+        }],
+        ..MethodSpec::per_tensor(
+            "nuslerp",
+            BaseUse::Optional,
+            work,
+            "SLERP of two models (or their task vectors) with t = w2/(w1+w2), whole-tensor or per row/column",
+        )
+    }
+}
+
+fn work(w: &TensorWork) -> Result<T2, MergeError> {
+    let o = w.params.others();
+    let (w1, w2) = (w.params.weight(o[0]), w.params.weight(o[1]));
+    let t = if (w1 + w2).abs() < 1e-6 {
+        0.5
+    } else {
+        w2 / (w1 + w2)
+    };
+    let (a, b) = (w.inputs[o[0]].clone(), w.inputs[o[1]].clone());
+    let row_wise = w.params.global_flag("nuslerp_row_wise");
+    let flatten = w.params.global_flag("nuslerp_flatten");
+    Ok(match w.base() {
+        Some(bs) => bs
+            .clone()
+            .add(nuslerp(t, a.sub(bs.clone()), b.sub(bs), row_wise, flatten)),
+        None => nuslerp(t, a, b, row_wise, flatten),
+    })
+}

@@ -1,0 +1,34 @@
+//! `slerp`: spherical interpolation between the base (t = 0) and one other model (t = 1).
+
+use crate::MergeError;
+use crate::method::{Arity, BaseUse, Golden, MethodSpec, TensorWork, required};
+use evomerge_kernels::{T2, slerp};
+
+pub(crate) fn spec() -> MethodSpec {
+    MethodSpec {
+        arity: Arity::Exactly(1, "exactly two models, one of them the base"),
+        global_params: vec![required("t").within([0.0, 1.0])],
+        goldens: &[Golden {
+            base: Some(&[1., 0.]),
+            models: &[&[0., 1.]],
+            per_model: &[],
+            global: &[("t", 0.5)],
+            rows: 1,
+            // orthogonal unit vectors: sin(pi/4)/sin(pi/2) each
+            want: &[0.707_106_8, 0.707_106_8],
+            tol: 1e-5,
+        }],
+        ..MethodSpec::per_tensor(
+            "slerp",
+            BaseUse::Required,
+            work,
+            "spherical interpolation between the base (t=0) and one other model (t=1)",
+        )
+    }
+}
+
+fn work(w: &TensorWork) -> Result<T2, MergeError> {
+    let base = w.base().expect("slerp plans have a base");
+    let other = w.other_inputs().remove(0);
+    Ok(slerp(w.params.global_f32("t"), base, other))
+}
