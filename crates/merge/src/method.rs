@@ -373,14 +373,8 @@ pub fn lookup(name: &str) -> Result<&'static MethodSpec, String> {
     let hint = nearest(name, &names)
         .map(|n| format!(" — did you mean '{n}'?"))
         .unwrap_or_default();
-    let mergekit_only = ["arcee_fusion", "nearswap", "sce", "ram", "ramplus_tl"];
-    let extra = if mergekit_only.contains(&name) {
-        " (mergekit has it; evomerge does not implement it yet)"
-    } else {
-        ""
-    };
     Err(format!(
-        "unknown merge method '{name}'{extra}{hint}; available: {}",
+        "unknown merge method '{name}'{hint}; available: {}",
         names.join(", ")
     ))
 }
@@ -442,8 +436,10 @@ mod tests {
         assert!(e.contains("did you mean 'ties'"), "{e}");
         let e = lookup("dare-ties").unwrap_err();
         assert!(e.contains("did you mean 'dare_ties'"), "{e}");
-        let e = lookup("sce").unwrap_err();
-        assert!(e.contains("not implement"), "{e}");
+        // mergekit 0.1.5's five methods evomerge lacked are registered now
+        for m in ["sce", "nearswap", "arcee_fusion", "ram", "ramplus_tl"] {
+            assert!(lookup(m).is_ok(), "{m}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use crate::method::MethodSpec;
 use std::sync::LazyLock;
 
+mod arcee_fusion;
 mod breadcrumbs;
 mod breadcrumbs_ties;
 mod dare_linear;
@@ -23,8 +24,12 @@ mod karcher;
 mod linear;
 mod model_stock;
 mod multislerp;
+mod nearswap;
 mod nuslerp;
 mod passthrough;
+mod ram;
+mod ramplus_tl;
+mod sce;
 mod slerp;
 mod task_arithmetic;
 #[cfg(feature = "test-method")]
@@ -49,6 +54,11 @@ pub(crate) static REGISTRY: LazyLock<Vec<MethodSpec>> = LazyLock::new(|| {
         della_linear::spec(),
         model_stock::spec(),
         passthrough::spec(),
+        sce::spec(),
+        nearswap::spec(),
+        arcee_fusion::spec(),
+        ram::spec(),
+        ramplus_tl::spec(),
         data_fisher::spec(),
         data_regmean::spec(),
         data_git_rebasin::spec(),

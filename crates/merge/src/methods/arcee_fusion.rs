@@ -1,0 +1,86 @@
+//! `arcee_fusion` (mergekit 0.1.5's `arcee_fusion.py`): keep the other model's change only where
+//! it matters: importance = |other - base| times the row's KL divergence between the softmaxes
+//! of the other and the base rows (each + 1e-8), kept where importance >= median + 1.5 IQR.
+//!
+//! The quantiles are exact, over every element (sorted, index `floor(q (n - 1))` as mergekit
+//! takes them). mergekit instead sorts an unseeded random sample of 1e6 elements when a tensor
+//! has more, so on such tensors its threshold varies from run to run and ours is the exact one.
+
+use crate::MergeError;
+use crate::method::{Arity, BaseUse, Golden, MethodSpec, TensorWork};
+use evomerge_kernels::T2;
+
+pub(crate) fn spec() -> MethodSpec {
+    MethodSpec {
+        arity: Arity::Exactly(1, "exactly two models, one of them the base"),
+        goldens: &[
+            Golden {
+                base: Some(&[0., 0., 0., 0., 0., 0., 0., 0.]),
+                models: &[&[0., 0., 0., 0., 0., 0., 0., 1.]],
+                per_model: &[],
+                global: &[],
+                rows: 1,
+                // one row: importance |diff| * KL is seven zeros and one positive value; q1, median
+                // and q3 (indices 1, 3, 5 of 8) are 0, so the threshold is 0 and `>=` keeps all
+                want: &[0., 0., 0., 0., 0., 0., 0., 1.],
+                tol: 1e-6,
+            },
+            Golden {
+                base: Some(&[0., 0., 0., 0., 0., 0., 0., 0.]),
+                models: &[&[1., 1., 1., 1., 2., 2., 2., 9.]],
+                per_model: &[],
+                global: &[],
+                rows: 2,
+                // rows (1 1 1 1) and (2 2 2 9): row 1's softmax equals the base's (KL 0), so its
+                // importances are 0; row 2's KL k > 0 gives 2k, 2k, 2k, 9k. Sorted: 0 x4, 2k x3,
+                // 9k; q1 = idx 1 = 0, median = idx 3 = 0, q3 = idx 5 = 2k: threshold 3k keeps
+                // only the 9
+                want: &[0., 0., 0., 0., 0., 0., 0., 9.],
+                tol: 1e-6,
+            },
+        ],
+        ..MethodSpec::per_tensor(
+            "arcee_fusion",
+            BaseUse::Required,
+            work,
+            "Arcee Fusion: keep the other model's changes whose KL-weighted importance is >= median + 1.5 IQR",
+        )
+    }
+}
+
+fn work(w: &TensorWork) -> Result<T2, MergeError> {
+    let (base, others) = w.host_inputs();
+    let x = &others[0];
+    let cols = w.inputs[0].dims()[1];
+    let importance: Vec<f32> = x
+        .chunks(cols)
+        .zip(base.chunks(cols))
+        .flat_map(|(xr, br)| {
+            let kl = row_kl(xr, br);
+            xr.iter().zip(br).map(move |(a, b)| (a - b).abs() * kl)
+        })
+        .collect();
+    let mut sorted = importance.clone();
+    sorted.sort_unstable_by(f32::total_cmp);
+    let q = |p: f32| sorted[(p * (sorted.len() - 1) as f32) as usize];
+    let threshold = q(0.5) + 1.5 * (q(0.75) - q(0.25));
+    let out = base
+        .iter()
+        .zip(x)
+        .zip(&importance)
+        .map(|((b, a), imp)| b + (a - b) * if *imp >= threshold { 1.0 } else { 0.0 })
+        .collect();
+    Ok(w.from_host(out))
+}
+
+/// `sum p log(p / q)` with `p`, `q` the softmaxes of the rows, each plus 1e-8.
+fn row_kl(x: &[f32], base: &[f32]) -> f32 {
+    let softmax = |v: &[f32]| -> Vec<f32> {
+        let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = v.iter().map(|a| (a - max).exp()).collect();
+        let s: f32 = e.iter().sum();
+        e.into_iter().map(|a| a / s + 1e-8).collect()
+    };
+    let (p, q) = (softmax(x), softmax(base));
+    p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum()
+}
