@@ -34,6 +34,7 @@ mod dtype;
 mod error;
 mod read;
 mod role;
+pub mod special_tokens;
 mod write;
 
 pub use config::{
@@ -44,6 +45,7 @@ pub use dtype::Dtype;
 pub use error::CheckpointError;
 pub use read::{Checkpoint, TensorInfo};
 pub use role::{TensorRole, rename_layer, tied_embedding_name};
+pub use special_tokens::SpecialTokens;
 pub use write::{CheckpointWriter, OutputTensor, WriterOptions};
 
 /// Result type of this crate.

@@ -2,7 +2,7 @@
 //! the folder renamed into place only when complete.
 
 use crate::read::read_json;
-use crate::{CheckpointError, Dtype, Result, TOKENIZER_FILES};
+use crate::{CheckpointError, Dtype, Result, TOKENIZER_FILES, special_tokens};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -312,13 +312,36 @@ impl CheckpointWriter {
         std::fs::write(&path, contents).map_err(|e| CheckpointError::io(&path, e))
     }
 
+    /// Add the files transformers expects next to a `tokenizer.json` that the folder lacks
+    /// (`tokenizer_config.json`, `special_tokens_map.json`, `generation_config.json`; see
+    /// [`crate::special_tokens`]), derived from the tokenizer and `config`.
+    fn add_side_files(&self, config: Option<&Value>) -> Result<()> {
+        let tok_path = self.tmp_dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Ok(());
+        }
+        let tokenizer = read_json(&tok_path)?;
+        let has_config = self.tmp_dir.join("tokenizer_config.json").exists();
+        for (name, value) in special_tokens::side_files(Some(&tokenizer), config, has_config) {
+            if !self.tmp_dir.join(name).exists() {
+                self.write_file(
+                    name,
+                    &serde_json::to_vec_pretty(&value).expect("json serializes"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// Number of shard files.
     pub fn num_shards(&self) -> usize {
         self.shards.len()
     }
 
     /// Check that every planned tensor was written, write the index (for more than one shard),
-    /// `config.json` and the tokenizer files copied from `copy_from`, flush everything to disk and
+    /// `config.json` and the tokenizer files copied from `copy_from` (with a `tokenizer_config.json`,
+    /// `special_tokens_map.json` and `generation_config.json` derived from `tokenizer.json` and
+    /// `config` when neither the source nor the caller gave them), flush everything to disk and
     /// move the folder into place. Returns the final path.
     pub fn finish(mut self, config: Option<Value>, copy_from: Option<&Path>) -> Result<PathBuf> {
         for name in &self.order {
@@ -346,10 +369,10 @@ impl CheckpointWriter {
                 &serde_json::to_vec_pretty(&index).expect("index serializes"),
             )?;
         }
-        if let Some(config) = config {
+        if let Some(config) = &config {
             self.write_file(
                 "config.json",
-                &serde_json::to_vec_pretty(&config).expect("config serializes"),
+                &serde_json::to_vec_pretty(config).expect("config serializes"),
             )?;
         }
         if let Some(src) = copy_from {
@@ -365,6 +388,7 @@ impl CheckpointWriter {
                 }
             }
         }
+        self.add_side_files(config.as_ref())?;
         for shard in &self.shards {
             shard
                 .file
@@ -549,5 +573,73 @@ mod tests {
             w.write_f32("zzz", &[1.0]),
             Err(CheckpointError::NotPlanned(_))
         ));
+    }
+
+    #[test]
+    fn a_tokenizer_json_gets_its_side_files_and_copied_ones_win() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tokenizer = json!({
+            "added_tokens": [{"id": 0, "content": "<unk>", "special": true}],
+            "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2}, "unk_token": "<unk>"}
+        });
+        let config = json!({"bos_token_id": 1, "eos_token_id": 2});
+        let write = |out: &Path, copy_from: Option<&Path>| {
+            let w = CheckpointWriter::create(
+                out,
+                vec![OutputTensor::new("a", Dtype::F32, vec![1])],
+                WriterOptions::default(),
+            )
+            .unwrap();
+            w.write_f32("a", &[1.0]).unwrap();
+            if copy_from.is_none() {
+                w.write_file("tokenizer.json", tokenizer.to_string().as_bytes())
+                    .unwrap();
+            }
+            w.finish(Some(config.clone()), copy_from).unwrap()
+        };
+        let derived = write(&tmp.path().join("derived"), None);
+        let tc = read_json(&derived.join("tokenizer_config.json")).unwrap();
+        assert_eq!(
+            (
+                &tc["bos_token"],
+                &tc["eos_token"],
+                &tc["unk_token"],
+                &tc["pad_token"]
+            ),
+            (
+                &json!("<s>"),
+                &json!("</s>"),
+                &json!("<unk>"),
+                &json!("<unk>")
+            )
+        );
+        let map = read_json(&derived.join("special_tokens_map.json")).unwrap();
+        assert_eq!(map["bos_token"]["content"], "<s>");
+        let gen_config = read_json(&derived.join("generation_config.json")).unwrap();
+        assert_eq!(gen_config["eos_token_id"], 2);
+        // a source's own tokenizer_config.json is copied, not replaced
+        std::fs::write(
+            derived.join("tokenizer_config.json"),
+            r#"{"bos_token": "<s>", "custom": 1}"#,
+        )
+        .unwrap();
+        std::fs::remove_file(derived.join("special_tokens_map.json")).unwrap();
+        let copied = write(&tmp.path().join("copied"), Some(&derived));
+        assert_eq!(
+            read_json(&copied.join("tokenizer_config.json")).unwrap()["custom"],
+            1
+        );
+        assert!(!copied.join("special_tokens_map.json").exists());
+        // no tokenizer, no side files
+        let w = CheckpointWriter::create(
+            tmp.path().join("bare"),
+            vec![OutputTensor::new("a", Dtype::F32, vec![1])],
+            WriterOptions::default(),
+        )
+        .unwrap();
+        w.write_f32("a", &[1.0]).unwrap();
+        let bare = w.finish(Some(config.clone()), None).unwrap();
+        assert!(!bare.join("tokenizer_config.json").exists());
+        assert!(!bare.join("generation_config.json").exists());
     }
 }

@@ -1,5 +1,5 @@
 //! `evomerge mini-world`: build the miniature Japanese-math world of the mini reproduction
-//! (issue 7) — the task files and four trained models — and score the models on it.
+//! — the task files and four trained models — and score the models on it.
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -52,6 +52,10 @@ pub struct DemoArgs {
     /// Use (or build) the very small smoke-test world of `build --quick` instead.
     #[arg(long)]
     pub quick: bool,
+    /// Train the world from scratch (about 10 minutes on 2 cores) instead of installing the
+    /// committed one (experiments/mini-evollm-jp/world) when the world folder has no models.
+    #[arg(long)]
+    pub rebuild: bool,
 }
 
 /// The experiment the demo runs: experiments/mini-evollm-jp/ps-layers.toml.
@@ -106,6 +110,10 @@ pub struct BuildArgs {
     /// Skip scoring the models at the end.
     #[arg(long)]
     pub no_eval: bool,
+    /// Train every model from scratch even where the committed world
+    /// (experiments/mini-evollm-jp/world) has one trained with the same settings.
+    #[arg(long)]
+    pub rebuild: bool,
 }
 
 #[derive(Args)]
@@ -121,6 +129,55 @@ pub struct EvalArgs {
     /// Write the rows as JSON here (default: DIR/sources_SPLIT.json, only without --extra).
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// The trainer's version in every model's cache stamp: bump it when a change to the trainer or
+/// the corpora changes what a training run produces, so that cached and committed models are
+/// retrained instead of reused.
+const TRAINER_VERSION: &str = "mini_train 2026-11-30 (2 shards, padded batches)";
+
+/// The committed default world (task and the four trained models), shipped in the repository
+/// so that `mini-world demo` and the reproduction test need no training.
+pub fn committed_world() -> PathBuf {
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = cli.parent().and_then(Path::parent).unwrap_or(cli);
+    root.join("experiments/mini-evollm-jp/world")
+}
+
+/// Copy the committed world's `name` into `models_dir` when it was trained with `stamp`;
+/// the folder appears whole (copied under a temporary name, then renamed). Returns the folder
+/// it came from, or `None` when the committed world has no such model.
+fn install_committed(
+    models_dir: &Path,
+    name: &str,
+    stamp: &serde_json::Value,
+) -> Result<Option<PathBuf>> {
+    let from = committed_world().join("models").join(name);
+    let matches = std::fs::read_to_string(from.join("mini_world.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["stamp"] == *stamp);
+    if !matches {
+        return Ok(None);
+    }
+    let to = models_dir.join(name);
+    let tmp = models_dir.join(format!(".{name}.installing"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    for entry in std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), tmp.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    if to.exists() {
+        std::fs::remove_dir_all(&to).with_context(|| format!("removing stale {}", to.display()))?;
+    }
+    std::fs::rename(&tmp, &to).with_context(|| format!("renaming into {}", to.display()))?;
+    Ok(Some(from))
 }
 
 /// `mini-world build`'s defaults, which `mini-world demo` builds with too.
@@ -222,10 +279,17 @@ fn demo(args: &DemoArgs) -> Result<()> {
             .exists()
     }) && args.world.join("task/ja_math.toml").exists();
     if !built {
-        eprintln!(
-            "building the mini world into {} (task + base + three experts; about 10 minutes on 2 cores, once)",
-            args.world.display()
-        );
+        if args.quick || args.rebuild || !committed_world().join("models").exists() {
+            eprintln!(
+                "building the mini world into {} (task + base + three experts; about 10 minutes on 2 cores, once)",
+                args.world.display()
+            );
+        } else {
+            eprintln!(
+                "installing the committed mini world into {} (`--rebuild` trains it from scratch instead)",
+                args.world.display()
+            );
+        }
     }
     // Always through build: it reuses models trained with the same settings and retrains any
     // that are missing or stale.
@@ -241,6 +305,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
         layers: None,
         shards: DEFAULT_SHARDS,
         no_eval: built,
+        rebuild: args.rebuild,
     })?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -390,6 +455,7 @@ fn build(args: BuildArgs) -> Result<()> {
             shards: args.shards,
         };
         let stamp = json!({
+            "trainer": TRAINER_VERSION,
             "model": format!("{spec:?}"),
             "options": format!("{options:?}"),
             "parent": parent.map(|p| stamps.get(p).cloned()),
@@ -415,6 +481,22 @@ fn build(args: BuildArgs) -> Result<()> {
                 !cached
             })
             .collect();
+        // Models the committed world has with the same stamp are copied instead of trained.
+        let mut todo = todo;
+        if !args.rebuild {
+            let mut left = Vec::new();
+            for job in todo {
+                let (name, _, _, stamp) = job;
+                match install_committed(&models_dir, name, stamp)? {
+                    Some(from) => eprintln!(
+                        "{name}: installed from the committed world {} (--rebuild trains it)",
+                        from.display()
+                    ),
+                    None => left.push(job),
+                }
+            }
+            todo = left;
+        }
         std::thread::scope(|sc| -> Result<()> {
             let handles: Vec<_> = todo
                 .iter()

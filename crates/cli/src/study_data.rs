@@ -1,6 +1,6 @@
 //! `evomerge data-merge-study`: train small MLPs on the digits set and reproduce the published
-//! findings of the data-using and permutation merges (issue 8, findings 4-6), writing a
-//! markdown report and PNG interpolation curves.
+//! findings of the data-using and permutation merges (Git Re-Basin barriers, REPAIR, Fisher and
+//! RegMean vs averaging, soups), writing a markdown report and PNG interpolation curves.
 //!
 //! Everything runs on the CPU in minutes: every model is trained here with burn (flex backend,
 //! Adam), every seed is fixed and printed in the report.
@@ -749,7 +749,7 @@ pub fn run(args: StudyDataArgs) -> Result<()> {
     };
     let _ = write!(
         ctx.report,
-        "## Data-using and permutation merges (issue 8)\n\n\
+        "## Data-using and permutation merges\n\n\
          Data: sklearn digits embedded in `smartcore` (1797 x 64, pixels / 16), seeded stratified \
          split (seed {}): {} train / {} validation / {} test rows. All models trained here with \
          burn (flex CPU backend, autodiff, Adam). Command: `cargo run --release -p evomerge -- \

@@ -260,7 +260,7 @@ pub fn fisher_merge(
 mod tests {
     use super::*;
 
-    /// Softmax regression (no hidden layer): the closed forms of the reference, §1.2.
+    /// Softmax regression (no hidden layer): the closed forms of the Fisher of a softmax output (Matena & Raffel 2022, §2).
     fn closed_form(w: &MlpWeights, data: &Dataset, kind: FisherKind) -> Vec<f64> {
         let l = &w.layers[0];
         let (d, c) = (l.d_in, l.d_out);

@@ -19,8 +19,7 @@
 //!   network so each channel's mean and std match the interpolated statistics, folded back into
 //!   the weights (Jordan et al. 2023);
 //! - [`soup`]: uniform and greedy soups (Wortsman et al. 2022);
-//! - [`curve`]: interpolation curves and loss barriers;
-//! - [`classifier`]: accuracy and loss of an MLP on a data split (the `classifier` evaluation).
+//! - [`curve`]: interpolation curves and loss barriers.
 //!
 //! [`merge_mlps`] runs any of them from a method name and options: what `evomerge merge` calls
 //! for the data-using methods.
@@ -47,7 +46,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod classifier;
 pub mod curve;
 pub mod fisher;
 pub mod lm;

@@ -48,7 +48,7 @@ impl CmaConfig {
     }
 }
 
-/// Strategy constants of full CMA-ES (reference §5.1; Hansen 2016, `cmaes.CMA`).
+/// Strategy constants of full CMA-ES (Hansen 2016, "The CMA Evolution Strategy: A Tutorial", Table 1; the `cmaes` library's `CMA`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CmaParams {
     /// Dimension n.
@@ -228,7 +228,7 @@ impl Cma {
         &self.b * t
     }
 
-    /// The CMA-ES update for one told generation (reference §5.1).
+    /// The CMA-ES update for one told generation (Hansen 2016, eqs. 39-47).
     fn update(&mut self, genotypes: &[Vec<f64>], valid: &[bool]) {
         let p = &self.params;
         let n = p.dim as f64;
@@ -319,7 +319,7 @@ impl Cma {
         self.eigen_generation = self.run.progress.generation;
     }
 
-    /// Termination tests of the `cmaes` library (reference §5.3).
+    /// Termination tests of the `cmaes` library (`CMA.should_stop`).
     fn termination(&self) -> Option<Termination> {
         if self.run.stop == Some(Termination::NumericalError) {
             return self.run.stop;

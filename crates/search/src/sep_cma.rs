@@ -10,7 +10,7 @@ use crate::cma::default_population_size;
 use crate::es::{EsRun, SIGMA_MAX, check_population, check_start, effective_weights};
 use crate::{Best, Bounds, CmaConfig, Optimizer, SearchError, Termination};
 
-/// Strategy constants of sep-CMA-ES (reference §5.5, `cmaes.SepCMA`).
+/// Strategy constants of sep-CMA-ES (Ros & Hansen 2008, "A Simple Modification in CMA-ES"; the `cmaes` library's `SepCMA`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SepCmaParams {
     /// Dimension n.

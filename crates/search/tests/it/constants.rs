@@ -1,4 +1,4 @@
-//! The strategy constants equal the formula table (reference §5.1 / §5.5). Golden values were
+//! The strategy constants equal the formula table (Hansen 2016 Table 1; Ros & Hansen 2008). Golden values were
 //! computed independently from the formulas in double precision (Python `math`).
 
 use evomerge_search::{CmaParams, SepCmaParams};
@@ -107,7 +107,7 @@ fn full_cma_constants_match_the_formula_table() {
 
 #[test]
 fn full_cma_constants_agree_with_the_reference_table_and_pycma_banners() {
-    // reference §5.1 table (3-4 significant digits) and pycma's "(5_w,10) mu_w=3.2 w_1=45%"
+    // Hansen 2016 Table 1 (3-4 significant digits) and pycma's "(5_w,10) mu_w=3.2 w_1=45%"
     let p = CmaParams::new(40, None).unwrap();
     assert_eq!((p.lambda, p.mu), (15, 7));
     assert!((p.mu_eff - 4.541).abs() < 1e-3);
@@ -125,7 +125,7 @@ fn full_cma_constants_agree_with_the_reference_table_and_pycma_banners() {
     let expected = (1.0 / (10.0 * 200.0 * (p.c1 + p.c_mu))).floor() as u64;
     assert_eq!(p.eigen_interval, expected.max(1));
     assert!(p.eigen_interval >= 2);
-    // DFS at lambda = 128: c1 = 1.09e-7 (§5.1 table)
+    // DFS at lambda = 128: c1 = 1.09e-7 (Hansen 2016 Table 1)
     let p = CmaParams::new(4288, Some(128)).unwrap();
     assert!((p.c1 - 1.09e-7).abs() < 1e-9);
     assert_eq!(p.eigen_interval, 6); // floor(1 / (10 · 4288 · 3.61e-6))
