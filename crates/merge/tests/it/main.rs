@@ -2,4 +2,5 @@
 
 mod data_methods;
 mod end_to_end;
+mod mergekit_parity;
 mod registry;

@@ -23,7 +23,7 @@ pub fn layout(m: &MethodSpec) -> (usize, bool) {
         Arity::AtLeast(n, _) => n.max(3),
         Arity::Any => 3,
     };
-    (others, m.base != BaseUse::Ignored)
+    (others, m.base == BaseUse::Required)
 }
 
 fn run(
