@@ -8,13 +8,13 @@ use evomerge_kernels::{Consensus, Sparsify, T2};
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
         goldens: &[Golden {
-            base: Some(&[0., 0., 0., 0.]),
-            models: &[&[1., -2., 3., 0.5], &[1.5, 2., 4., 0.5]],
-            per_model: &[("weight", &[1., 3.]), ("density", &[1., 1.])],
+            base: Some(&[0., 0., 0.]),
+            models: &[&[2., -4., 6.], &[2., 4., -2.]],
+            per_model: &[("weight", &[1., 1.]), ("density", &[1., 1.])],
             global: &[],
             rows: 1,
-            // density 1 drops nothing; normalized: (1 + 4.5)/4, 6/3, (3 + 12)/4, (0.5 + 1.5)/4
-            want: &[1.375, 2., 3.75, 0.5],
+            // density 1 drops nothing; sums (4, 0, 4) elect +: (2 + 2)/2, 4, 6
+            want: &[2., 4., 6.],
             tol: 1e-6,
         }],
         ..gta::spec(

@@ -8,13 +8,13 @@ use evomerge_kernels::{Consensus, Sparsify, T2};
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
         goldens: &[Golden {
-            base: Some(&[0., 0., 0., 0.]),
-            models: &[&[1., -2., 3., 0.5], &[1.5, 2., 4., 0.5]],
-            per_model: &[("weight", &[1., 3.]), ("density", &[1., 1.])],
+            base: Some(&[0., 0., 0.]),
+            models: &[&[2., -4., 6.], &[1., 1., 1.]],
+            per_model: &[("weight", &[0.5, 1.]), ("density", &[1., 1.])],
             global: &[],
             rows: 1,
-            // density 1 drops nothing: a + 3 b
-            want: &[5.5, 4., 15., 2.],
+            // density 1 drops nothing: 0.5 a + b
+            want: &[2., -1., 4.],
             tol: 1e-6,
         }],
         ..gta::spec(

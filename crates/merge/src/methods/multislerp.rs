@@ -10,12 +10,12 @@ pub(crate) fn spec() -> MethodSpec {
         global_params: vec![flag("normalize_weights", true), num("eps", 1e-8)],
         goldens: &[Golden {
             base: None,
-            models: &[&[1., 0.], &[0., 1.]],
-            per_model: &[("weight", &[1., 1.])],
+            models: &[&[1., 0., 0.], &[0., 2., 0.], &[0., 0., 3.]],
+            per_model: &[("weight", &[1., 1., 1.])],
             global: &[],
             rows: 1,
-            // the midpoint of two orthogonal unit vectors, back on the unit circle
-            want: &[0.707_106_8, 0.707_106_8],
+            // the mean direction (1, 1, 1)/sqrt3 at the mean norm 2
+            want: &[1.154_701, 1.154_701, 1.154_701],
             tol: 1e-5,
         }],
         ..MethodSpec::per_tensor(

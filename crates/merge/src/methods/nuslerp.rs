@@ -15,11 +15,11 @@ pub(crate) fn spec() -> MethodSpec {
         goldens: &[Golden {
             base: None,
             models: &[&[1., 0.], &[0., 1.]],
-            per_model: &[("weight", &[1., 1.])],
+            per_model: &[("weight", &[1., 3.])],
             global: &[],
             rows: 1,
-            // t = 1/2 between orthogonal unit vectors
-            want: &[0.707_106_8, 0.707_106_8],
+            // t = 3/4 between orthogonal unit vectors: (cos 3pi/8, sin 3pi/8)
+            want: &[0.382_683, 0.923_880],
             tol: 1e-5,
         }],
         ..MethodSpec::per_tensor(

@@ -12,10 +12,10 @@ pub(crate) fn spec() -> MethodSpec {
             base: Some(&[1., 0.]),
             models: &[&[0., 1.]],
             per_model: &[],
-            global: &[("t", 0.5)],
+            global: &[("t", 0.25)],
             rows: 1,
-            // orthogonal unit vectors: sin(pi/4)/sin(pi/2) each
-            want: &[0.707_106_8, 0.707_106_8],
+            // orthogonal unit vectors: (cos pi/8, sin pi/8)
+            want: &[0.923_880, 0.382_683],
             tol: 1e-5,
         }],
         ..MethodSpec::per_tensor(

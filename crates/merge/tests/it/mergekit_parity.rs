@@ -60,7 +60,11 @@ fn write_inputs(root: &Path) {
     let spec = TinyLlama::default();
     let mut base = spec.random(0);
     for (t, (name, _, values)) in base.tensors.iter_mut().enumerate() {
-        let offset = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
+        let offset = if name.ends_with("norm.weight") {
+            1.0
+        } else {
+            0.0
+        };
         for (i, v) in values.iter_mut().enumerate() {
             *v = offset + 0.05 * unit(mix((t as u64) << 32 | i as u64));
         }
@@ -96,13 +100,15 @@ pub fn summary(values: &[f32]) -> Vec<f64> {
 fn new_methods_match_mergekit_0_1_5() {
     let keep = std::env::var_os("EVOMERGE_PARITY_DIR");
     let tmp = tempfile::tempdir().unwrap();
-    let root = keep.as_ref().map(Path::new).unwrap_or(tmp.path()).to_path_buf();
+    let root = keep
+        .as_ref()
+        .map(Path::new)
+        .unwrap_or(tmp.path())
+        .to_path_buf();
     std::fs::create_dir_all(&root).unwrap();
     write_inputs(&root);
-    let fixture: serde_json::Value = serde_json::from_str(include_str!(
-        "../fixtures/mergekit_parity.json"
-    ))
-    .unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/mergekit_parity.json")).unwrap();
     let mut outputs = Vec::new();
     for (method, yaml) in RECIPES {
         let yaml = yaml.replace("{root}", root.to_str().unwrap());
