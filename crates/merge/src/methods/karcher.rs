@@ -14,7 +14,7 @@ pub(crate) fn spec() -> MethodSpec {
             global: &[],
             rows: 1,
             // unit directions' mean (1,1)/sqrt2 scaled by the mean norm 1.5
-            want: &[1.060_660, 1.060_660],
+            want: &[1.060_66, 1.060_66],
             tol: 1e-5,
         }],
         ..MethodSpec::per_tensor(

@@ -77,7 +77,7 @@ fn write_inputs(root: &Path) {
                 let h = mix(((k as u64 + 1) << 56) ^ ((t as u64) << 32) ^ i as u64);
                 if k == 2 {
                     *v += 0.5 * unit(h >> 8);
-                } else if h % 3 != 0 {
+                } else if !h.is_multiple_of(3) {
                     *v += 0.01 * unit(h >> 8);
                 }
             }
