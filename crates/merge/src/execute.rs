@@ -127,9 +127,9 @@ pub fn merge_tensor(
             let mut tvs = Vec::with_capacity(others.len());
             for &j in &others {
                 let delta = inputs[j].clone().sub(b.clone());
-                let density = tp.input_f32(j, "density").unwrap_or(1.0);
-                let gamma = tp.input_f32(j, "gamma").unwrap_or(0.0);
-                let epsilon = tp.input_f32(j, "epsilon").unwrap_or(0.0);
+                let density = tp.input_f64(j, "density").unwrap_or(1.0);
+                let gamma = tp.input_f64(j, "gamma").unwrap_or(0.0);
+                let epsilon = tp.input_f64(j, "epsilon").unwrap_or(0.0);
                 let mut rng = MaskRng::new(seed, &tp.name, j);
                 let delta = sparsify(delta, method, density, gamma, epsilon, rescale, &mut rng)
                     .map_err(kernel_err)?;

@@ -181,7 +181,8 @@ pub struct TensorPlan {
     pub inputs: Vec<PlanInput>,
     /// Index into `inputs` of the base model, for methods that use one.
     pub base: Option<usize>,
-    /// Position `t` inside the output slice (0 for embeddings, 1 for the final norm and head).
+    /// Position `t` inside the output slice (0 for the embeddings, the final norm and the head,
+    /// as mergekit 0.1.5 plans them).
     pub t: f64,
     /// Method parameters resolved for this output tensor.
     pub global: BTreeMap<&'static str, ParamValue>,
@@ -209,6 +210,12 @@ impl TensorPlan {
             .get(name)
             .and_then(ParamValue::as_f64)
             .map(|x| x as f32)
+    }
+
+    /// A per-input parameter as the f64 the recipe holds (mergekit's Python float): what
+    /// counts such as TIES' `k = int(density * numel)` must be computed from.
+    pub fn input_f64(&self, input: usize, name: &str) -> Option<f64> {
+        self.per_input[input].get(name).and_then(ParamValue::as_f64)
     }
 }
 
@@ -692,6 +699,10 @@ fn tokenizer_source(
     })
 }
 
+/// Where in a gradient the final norm and the LM head read their parameters: mergekit 0.1.5
+/// plans them (like the embeddings) at `t = 0`, so `weight: [0.2, 0.8]` gives them 0.2.
+const POST_WEIGHTS_T: f64 = 0.0;
+
 struct TensorPlanner<'a> {
     method: &'a MethodSpec,
     sources: &'a Sources,
@@ -717,9 +728,10 @@ impl TensorPlanner<'_> {
     }
 
     /// The final norm, or the LM head: models that tie their head contribute their embedding,
-    /// and no head is written when no model stores one. Planned at `t = 1` (the last value of
-    /// a gradient), as mergekit's `plan.py` does for its post-weights (`ConfigReader(t=1)`; the
-    /// reference text's `t = 0` describes an older mergekit).
+    /// and no head is written when no model stores one. Planned at `t = 0` (the first value of
+    /// a gradient), as mergekit 0.1.5 does: its `plan.py::plan_module` reads the pre-weights
+    /// and the post-weights through one `ConfigReader(t=0)` (mergekit before the module
+    /// refactor used `t = 1` for the post-weights).
     fn plan_head_or_norm(
         &mut self,
         si: usize,
@@ -727,7 +739,7 @@ impl TensorPlanner<'_> {
         name: &str,
     ) -> Result<Option<TensorPlan>, MergeError> {
         if TensorRole::of(name) != TensorRole::LmHead {
-            return self.plan_whole(si, s, name, 1.0).map(Some);
+            return self.plan_whole(si, s, name, POST_WEIGHTS_T).map(Some);
         }
         let mut inputs = Vec::new();
         for (m, _, _) in &s.sources {
@@ -744,7 +756,7 @@ impl TensorPlanner<'_> {
                 }
             }
         }
-        self.plan_tensor(si, s, name.to_string(), inputs, 1.0)
+        self.plan_tensor(si, s, name.to_string(), inputs, POST_WEIGHTS_T)
             .map(Some)
     }
 
@@ -926,7 +938,7 @@ fn validate(tp: &TensorPlan, method: &MethodSpec, sources: &Sources) -> Result<(
         .filter(|j| Some(*j) != tp.base)
         .collect();
     for &j in &others {
-        if let Some(d) = tp.input_f32(j, "density")
+        if let Some(d) = tp.input_f64(j, "density")
             && !(d > 0.0 && d <= 1.0)
         {
             return err(format!(
@@ -942,7 +954,7 @@ fn validate(tp: &TensorPlan, method: &MethodSpec, sources: &Sources) -> Result<(
                 model_name(j)
             ));
         }
-        if let Some(g) = tp.input_f32(j, "gamma")
+        if let Some(g) = tp.input_f64(j, "gamma")
             && !(0.0..1.0).contains(&g)
         {
             return err(format!(
@@ -959,8 +971,8 @@ fn validate(tp: &TensorPlan, method: &MethodSpec, sources: &Sources) -> Result<(
             Some(e),
         ) = (
             method.kernel,
-            tp.input_f32(j, "density"),
-            tp.input_f32(j, "epsilon"),
+            tp.input_f64(j, "density"),
+            tp.input_f64(j, "epsilon"),
         ) && d < 1.0
             && !(d - e > 0.0 && d + e < 1.0)
         {

@@ -2,3 +2,4 @@
 
 mod data_methods;
 mod end_to_end;
+mod mergekit_parity;
