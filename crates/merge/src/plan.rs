@@ -554,9 +554,12 @@ impl Plan {
             }
         }
 
-        // The output config: the base's (or the first model's) with layer count and dtype.
+        // The output config: the base's (or the first model's) with layer count and dtype,
+        // as mergekit takes it. A donor without config.json would leave a folder transformers
+        // cannot load (mergekit stops there); the first model that has one stands in, warned.
         let donor = recipe_base.unwrap_or(slices[0].sources[0].0);
-        let mut config = sources.models[donor].checkpoint.config().cloned();
+        let config_from = config_donor(sources, donor, &mut warnings);
+        let mut config = config_from.and_then(|m| sources.models[m].checkpoint.config().cloned());
         if let Some(c) = config.as_mut() {
             evomerge_checkpoint::set_num_layers(c, out_layer);
             let dtypes: BTreeSet<String> = tensors
@@ -579,7 +582,7 @@ impl Plan {
             }
         }
 
-        let tokenizer_from = tokenizer_source(recipe, sources, donor, recipe_base)?;
+        let tokenizer_from = tokenizer_source(recipe, sources, donor, recipe_base, &mut warnings)?;
         if method.kernel == Kernel::Data {
             let global = tensors
                 .iter()
@@ -659,11 +662,45 @@ impl Plan {
     }
 }
 
+/// The model whose config.json the output takes: `donor` (the base, else the first model)
+/// when it has one, else the first model in recipe order that does (with a warning), else none
+/// (with a warning: the output then has no config.json).
+fn config_donor(sources: &Sources, donor: usize, warnings: &mut Vec<String>) -> Option<usize> {
+    let has = |m: usize| sources.models[m].checkpoint.config().is_some();
+    if has(donor) {
+        return Some(donor);
+    }
+    let name = &sources.models[donor].name;
+    match (0..sources.models.len()).find(|&m| has(m)) {
+        Some(m) => {
+            warnings.push(format!(
+                "{name} (the config donor: the base, else the first model) has no config.json; the merged config.json is {}'s, with the merged layer count and dtype",
+                sources.models[m].name
+            ));
+            Some(m)
+        }
+        None => {
+            warnings.push(format!(
+                "no model has a config.json ({name} would give it), so the merged folder has none; transformers cannot load it without one"
+            ));
+            None
+        }
+    }
+}
+
+/// Whether a model folder holds a tokenizer (tokenizer.json, or a sentencepiece model).
+fn has_tokenizer(m: &SourceModel) -> bool {
+    ["tokenizer.json", "tokenizer.model"]
+        .iter()
+        .any(|f| m.path.join(f).is_file())
+}
+
 fn tokenizer_source(
     recipe: &Recipe,
     sources: &Sources,
     donor: usize,
     base: Option<usize>,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<usize>, MergeError> {
     if let Some(t) = &recipe.tokenizer
         && (t.tokens.is_some() || t.pad_to_multiple_of.is_some())
@@ -678,6 +715,19 @@ fn tokenizer_source(
         .and_then(|t| t.source.clone())
         .or_else(|| recipe.tokenizer_source.clone());
     Ok(match source.as_deref() {
+        None if !has_tokenizer(&sources.models[donor]) => {
+            // The same stand-in as for config.json: the first model that has a tokenizer.
+            match sources.models.iter().position(has_tokenizer) {
+                Some(m) => {
+                    warnings.push(format!(
+                        "{} (the tokenizer donor: the base, else the first model) has no tokenizer; the merged folder gets {}'s tokenizer files (set tokenizer_source to choose)",
+                        sources.models[donor].name, sources.models[m].name
+                    ));
+                    Some(m)
+                }
+                None => Some(donor),
+            }
+        }
         None => Some(donor),
         Some("base") => Some(base.unwrap_or(donor)),
         Some("union") => {

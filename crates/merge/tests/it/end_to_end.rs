@@ -542,3 +542,63 @@ fn tied_and_untied_heads() {
     );
     assert_eq!(c.config().unwrap()["tie_word_embeddings"], false);
 }
+
+/// Issue 15, 9: a base without config.json (or tokenizer) no longer gives a folder without
+/// one: the first model that has it stands in, and the plan says so.
+#[test]
+fn a_donor_without_config_or_tokenizer_borrows_another_models_and_says_so() {
+    let w = World::new(Dtype::F32, false);
+    std::fs::remove_file(w.path("base/config.json")).unwrap();
+    std::fs::remove_file(w.path("base/tokenizer.json")).unwrap();
+    let recipe = Recipe::from_yaml(&w.text(TIES_YAML)).unwrap();
+    let sources = Sources::open(&recipe, None).unwrap();
+    let plan = Plan::build(&recipe, &sources, &PlanOptions::default()).unwrap();
+    let a = w.path("a");
+    let a = a.to_str().unwrap();
+    let config_warning = plan
+        .warnings
+        .iter()
+        .find(|m| m.contains("no config.json"))
+        .unwrap_or_else(|| panic!("no warning in {:?}", plan.warnings));
+    assert!(
+        config_warning.contains(&format!("{a}'s")),
+        "{config_warning}"
+    );
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|m| m.contains("no tokenizer") && m.contains(a)),
+        "{:?}",
+        plan.warnings
+    );
+    assert!(plan.describe(&sources).contains("has no config.json"));
+    let out = w.merge(&recipe, "out").unwrap();
+    let cfg = Checkpoint::open(&out).unwrap().config().cloned().unwrap();
+    let from_a = Checkpoint::open(w.path("a"))
+        .unwrap()
+        .config()
+        .cloned()
+        .unwrap();
+    assert_eq!(cfg["hidden_size"], from_a["hidden_size"]);
+    assert_eq!(cfg["num_hidden_layers"], 2);
+    assert_eq!(cfg["torch_dtype"], "float32");
+    assert_eq!(
+        std::fs::read(out.join("tokenizer.json")).unwrap(),
+        std::fs::read(w.path("a/tokenizer.json")).unwrap()
+    );
+
+    // No model has a config: the merge still runs, and says the output has none.
+    for m in ["a", "b"] {
+        std::fs::remove_file(w.path(&format!("{m}/config.json"))).unwrap();
+    }
+    let sources = Sources::open(&recipe, None).unwrap();
+    let plan = Plan::build(&recipe, &sources, &PlanOptions::default()).unwrap();
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|m| m.contains("no model has a config.json")),
+        "{:?}",
+        plan.warnings
+    );
+    assert!(plan.config.is_none());
+}
