@@ -72,6 +72,21 @@ impl Sources {
         Ok(self.models.len() - 1)
     }
 
+    /// `recipe` (the one these sources were opened for) with every model reference, and every
+    /// data set path, made absolute: the folders these sources were actually read from. This is
+    /// the copy a merged folder keeps (`mergekit_config.yml`), so it merges again from any
+    /// working directory, whereas relative paths only worked from where the merge was run.
+    pub fn absolute_recipe(&self, recipe: &Recipe) -> Recipe {
+        let mut r = recipe.map_models(&|name| {
+            let m = self.models.iter().find(|m| m.name == name)?;
+            Some(absolute(&m.path).display().to_string())
+        });
+        if let Some(d) = r.data.as_mut() {
+            d.make_absolute();
+        }
+        r
+    }
+
     /// The index of a model by the name the recipe uses.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.models.iter().position(|m| m.name == name)
@@ -81,6 +96,13 @@ impl Sources {
         self.index_of(r.name())
             .expect("every referenced model was opened")
     }
+}
+
+/// `path` made absolute, symbolic links resolved where it exists.
+pub(crate) fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Every distinct model reference of a recipe, base first.
