@@ -1,6 +1,6 @@
 //! `evomerge merge CONFIG OUT_DIR`.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use evomerge_checkpoint::Dtype;
 use evomerge_kernels::DeviceChoice;
@@ -115,13 +115,23 @@ pub fn run(args: MergeArgs) -> Result<()> {
         jobs: args.jobs,
         progress: !args.quiet,
     };
-    let original = std::fs::read(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
     let card = model_card(&recipe, &args, plan.method.name);
     let mut extra: Vec<(&str, Vec<u8>)> = vec![("README.md", card.into_bytes())];
+    // The recipe's copy with absolute model paths, so it merges again from the output folder.
+    let portable = sources.absolute_recipe(&recipe);
+    let note = format!(
+        "# from {}, model paths made absolute\n",
+        args.config.display()
+    );
     match format {
-        RecipeFormat::Yaml => extra.push(("mergekit_config.yml", original)),
-        RecipeFormat::Toml => extra.push(("evomerge_recipe.toml", original)),
+        RecipeFormat::Yaml => extra.push((
+            "mergekit_config.yml",
+            (note + &portable.to_yaml()).into_bytes(),
+        )),
+        RecipeFormat::Toml => extra.push((
+            "evomerge_recipe.toml",
+            (note + &portable.to_toml()).into_bytes(),
+        )),
     }
     let report = merge_to_disk(&plan, &sources, &args.out_dir, &options, &extra)?;
     eprintln!(

@@ -219,6 +219,67 @@ fn reduced_reproduction_the_evolved_merge_beats_every_source() {
     );
 }
 
+/// The committed world's model folders hold what `mini-world build` writes today: the
+/// Hugging Face tokenizer files (with the special tokens transformers and lm-eval need) are the
+/// ones the quick world's freshly trained models get, and the config matches in every key but
+/// the model shape.
+#[test]
+fn the_committed_world_has_the_files_a_build_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let world = tmp.path().join("world");
+    evomerge(&[
+        "mini-world",
+        "build",
+        world.to_str().unwrap(),
+        "--quick",
+        "--no-eval",
+    ]);
+    let committed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/mini-evollm-jp/world/models");
+    let json = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    for m in ["base", "math", "math2", "ja"] {
+        let fresh = world.join("models").join(m);
+        let kept = committed.join(m);
+        let mut files: Vec<String> = std::fs::read_dir(&fresh)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        for f in &files {
+            assert!(kept.join(f).exists(), "the committed {m} lacks {f}");
+        }
+        for f in [
+            "tokenizer.json",
+            "special_tokens_map.json",
+            "generation_config.json",
+        ] {
+            assert_eq!(json(&fresh.join(f)), json(&kept.join(f)), "{m}/{f}");
+        }
+        // The quick world's context is the same (64 positions), so even model_max_length agrees.
+        assert_eq!(
+            json(&fresh.join("tokenizer_config.json")),
+            json(&kept.join("tokenizer_config.json")),
+            "{m}/tokenizer_config.json"
+        );
+        let (a, b) = (
+            json(&fresh.join("config.json")),
+            json(&kept.join("config.json")),
+        );
+        for key in [
+            "architectures",
+            "model_type",
+            "bos_token_id",
+            "eos_token_id",
+            "vocab_size",
+        ] {
+            assert_eq!(a[key], b[key], "{m}/config.json {key}");
+        }
+    }
+}
+
 #[test]
 fn bad_build_options_are_refused_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();

@@ -11,7 +11,8 @@ use burn::tensor::{Tensor, TensorData};
 pub enum Sparsify {
     /// Keep everything (task arithmetic).
     None,
-    /// Keep the `k = floor(density * n)` largest magnitudes (TIES).
+    /// Keep the `k = max(1, floor(density * n))` largest magnitudes (TIES), `density * n`
+    /// computed in f64 as mergekit's Python floats are.
     Magnitude,
     /// Keep each entry with probability `density` (DARE).
     Random,
@@ -95,10 +96,10 @@ fn rank_range_mask(x: &T2, lo: usize, hi: usize) -> T2 {
     Tensor::<2>::from_data(TensorData::new(mask, [r, c]), &x.device())
 }
 
-fn apply_rescale(x: &T2, masked: T2, rescale: Rescale, density: f32) -> T2 {
+fn apply_rescale(x: &T2, masked: T2, rescale: Rescale, density: f64) -> T2 {
     match rescale {
         Rescale::None => masked,
-        Rescale::InverseDensity => masked.div_scalar(density),
+        Rescale::InverseDensity => masked.div_scalar(density as f32),
         Rescale::L1 => {
             let before = scalar(x.clone().abs().sum());
             let after = scalar(masked.clone().abs().sum());
@@ -116,19 +117,34 @@ fn uniform_like(x: &T2, rng: &mut MaskRng) -> T2 {
     Tensor::from_data(TensorData::new(rng.uniform(r * c), [r, c]), &x.device())
 }
 
+/// `int(fraction * n)` as mergekit computes it: a Python float (f64) product truncated
+/// toward zero, at most `n`.
+pub fn kept_count(fraction: f64, n: usize) -> usize {
+    let x = fraction * n as f64;
+    if x.is_nan() || x <= 0.0 {
+        0
+    } else {
+        (x as usize).min(n)
+    }
+}
+
 /// Thin one task vector. `rng` is only drawn from by the random methods (DARE, DELLA); pass the
 /// stream for this tensor and model ([`MaskRng::new`]).
 ///
 /// `density` must be in (0, 1] (checked by the recipe layer; here `>= 1` means keep all).
-/// Unlike mergekit, magnitude pruning keeps at least one entry when `density * n < 1` instead
-/// of failing, and Breadcrumbs with `gamma * n < 1` drops no top entries instead of dropping
-/// the whole tensor.
+/// As in mergekit 0.1.5, magnitude pruning keeps at least one entry when `density * n < 1`.
+///
+/// `density`, `gamma` and `epsilon` are f64 because mergekit computes every count from them
+/// with Python floats (`k = int(density * numel)`, `n_top = int(gamma * numel)`): with an f32
+/// density, 5/6 x 1536 gives 1279.99997 -> 1279 where mergekit keeps 1280. The per-entry
+/// probabilities (DARE's `density`, DELLA's `density - epsilon + 2 epsilon r`) are f32, as
+/// torch computes them in the tensor's dtype.
 pub fn sparsify(
     x: T2,
     method: Sparsify,
-    density: f32,
-    gamma: f32,
-    epsilon: f32,
+    density: f64,
+    gamma: f64,
+    epsilon: f64,
     rescale: Rescale,
     rng: &mut MaskRng,
 ) -> Result<T2> {
@@ -146,15 +162,18 @@ pub fn sparsify(
     }
     let [r, c] = x.dims();
     let n = r * c;
+    if n == 0 {
+        return Ok(x);
+    }
     match method {
         Sparsify::None => unreachable!(),
         Sparsify::Magnitude => {
-            let k = ((density as f64 * n as f64) as usize).clamp(1, n);
+            let k = kept_count(density, n).max(1);
             let mask = rank_range_mask(&x, n - k, n);
             Ok(apply_rescale(&x, x.clone().mul(mask), rescale, density))
         }
         Sparsify::Random => {
-            let keep = uniform_like(&x, rng).lower_elem(density).float();
+            let keep = uniform_like(&x, rng).lower_elem(density as f32).float();
             Ok(apply_rescale(&x, x.clone().mul(keep), rescale, density))
         }
         Sparsify::MagnitudeOutliers => {
@@ -164,15 +183,12 @@ pub fn sparsify(
                     what: format!("gamma {gamma} must be in [0, 1)"),
                 });
             }
-            let target = (density as f64 * n as f64) as i64;
-            let mut n_top = (gamma as f64 * n as f64) as i64;
-            let mut n_bot = n as i64 - target - n_top;
-            if n_bot < 0 {
-                n_top += n_bot;
-                n_bot = 0;
-            }
-            let (lo, hi) = (n_bot as usize, n - n_top.max(0) as usize);
-            let mask = rank_range_mask(&x, lo, hi);
+            // mergekit 0.1.5: keep ranks [n_bot, n_bot + target) of the ascending order,
+            // n_bot = max(0, n - target - n_top).
+            let target = kept_count(density, n);
+            let n_top = kept_count(gamma, n);
+            let n_bot = n.saturating_sub(target + n_top);
+            let mask = rank_range_mask(&x, n_bot, n_bot + target);
             Ok(apply_rescale(&x, x.clone().mul(mask), rescale, density))
         }
         Sparsify::Della => {
@@ -192,8 +208,8 @@ pub fn sparsify(
                 ranks.add_scalar(0.5) // one column: every entry gets the middle probability
             };
             let p = rank_norm
-                .mul_scalar(2.0 * epsilon)
-                .add_scalar(density - epsilon);
+                .mul_scalar((2.0 * epsilon) as f32)
+                .add_scalar((density - epsilon) as f32);
             let keep = uniform_like(&x, rng).lower(p.clone()).float();
             let masked = x.clone().mul(keep);
             Ok(match rescale {
@@ -308,7 +324,7 @@ mod tests {
         }
     }
 
-    fn ties(a: &[f32], b: &[f32], w: [f32; 2], density: f32) -> Vec<f32> {
+    fn ties(a: &[f32], b: &[f32], w: [f32; 2], density: f64) -> Vec<f32> {
         let base = t(&vec![0.0; a.len()]);
         let sa = sparsify(
             t(a),
@@ -502,12 +518,88 @@ mod tests {
         assert!(min_kept >= max_dropped);
     }
 
+    /// `int(fraction * n)` with Python floats, as printed by
+    /// `python3 -c "print(int(5/6*1536), int(0.7*10), int(0.35*20), int(0.29*100))"`: an f32
+    /// fraction gives 1279, 6, 6 for the first three (5/6 in f32 is 0.83333331).
+    #[test]
+    fn counts_are_python_float_counts() {
+        let cases: [(f64, usize, usize); 8] = [
+            (5.0 / 6.0, 1536, 1280),
+            (0.8333333333333334, 1536, 1280),
+            (0.7, 10, 7),
+            (0.35, 20, 7),
+            (0.29, 100, 28), // 28.999999999999996 in f64
+            (0.57, 100, 56),
+            (0.9, 1536, 1382),
+            (1.0 / 96.0, 1536, 16),
+        ];
+        for (f, n, want) in cases {
+            assert_eq!(kept_count(f, n), want, "int({f} * {n})");
+        }
+        assert_eq!(kept_count(0.0, 10), 0);
+        assert_eq!(kept_count(f64::NAN, 10), 0);
+        assert_eq!(kept_count(2.0, 10), 10);
+    }
+
+    /// TIES on a 1536-element tensor at density 5/6 keeps exactly mergekit's k = 1280 (the
+    /// largest magnitudes), not the 1279 an f32 density gives.
+    #[test]
+    fn magnitude_k_lands_on_the_integer_as_mergekit() {
+        let x = randn(1536, 11);
+        let keep = |density: f64| {
+            let out = values_of(
+                sparsify(
+                    t(&x),
+                    Sparsify::Magnitude,
+                    density,
+                    0.0,
+                    0.0,
+                    Rescale::None,
+                    &mut rng(),
+                )
+                .unwrap(),
+            );
+            out.iter().filter(|v| **v != 0.0).count()
+        };
+        assert_eq!(keep(5.0 / 6.0), 1280);
+        assert_eq!(keep(0.7), 1075);
+    }
+
+    /// Breadcrumbs with 20 entries, density 0.35, gamma 0.35: mergekit drops the 7 largest
+    /// (`int(0.35 * 20)` = 7) and the 6 smallest, keeping ranks 6..13 of the ascending order
+    /// (an f32 density and gamma give 6 and 6, keeping ranks 8..14).
+    #[test]
+    fn breadcrumbs_counts_are_python_float_counts() {
+        let x: Vec<f32> = (1..=20)
+            .map(|i| i as f32 * if i % 2 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let out = values_of(
+            sparsify(
+                t(&x),
+                Sparsify::MagnitudeOutliers,
+                0.35,
+                0.35,
+                0.0,
+                Rescale::None,
+                &mut rng(),
+            )
+            .unwrap(),
+        );
+        let kept: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != 0.0)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(kept, (6..13).collect::<Vec<_>>());
+    }
+
     #[test]
     fn breadcrumbs_counts() {
         let x = randn(128 * 64, 2);
         let n = x.len();
-        for gamma0 in [0.1f32, 0.2, 0.5, 1.0] {
-            for density in [0.1f32, 0.3, 0.5, 0.6, 0.9] {
+        for gamma0 in [0.1f64, 0.2, 0.5, 1.0] {
+            for density in [0.1f64, 0.3, 0.5, 0.6, 0.9] {
                 let gamma = gamma0 * (1.0 - density);
                 if gamma >= 1.0 {
                     continue;
@@ -527,7 +619,7 @@ mod tests {
                 let nnz = out.iter().filter(|v| **v != 0.0).count();
                 assert_eq!(
                     nnz,
-                    (n as f64 * density as f64) as usize,
+                    (n as f64 * density) as usize,
                     "gamma {gamma} density {density}"
                 );
             }

@@ -85,6 +85,21 @@ impl DataSection {
         }
     }
 
+    /// Make data set paths that exist absolute (`digits`, the built-in set, stays).
+    pub(crate) fn make_absolute(&mut self) {
+        let fix = |p: &mut String| {
+            if p != "digits" && Path::new(p).exists() {
+                *p = crate::plan::absolute(Path::new(p)).display().to_string();
+            }
+        };
+        fix(&mut self.dataset);
+        for o in self.models.iter_mut().flatten() {
+            if let Some(d) = o.dataset.as_mut() {
+                fix(d);
+            }
+        }
+    }
+
     /// Make relative data set paths that exist next to the recipe point there.
     pub(crate) fn relative_to(&mut self, dir: &Path) {
         let fix = |p: &mut String| {

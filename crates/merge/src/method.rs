@@ -280,6 +280,12 @@ impl Resolved<'_> {
             .map(|x| x as f32)
     }
 
+    /// A per-input parameter as the f64 the recipe holds (mergekit's Python float): what
+    /// counts such as TIES' `k = int(density * numel)` must be computed from.
+    pub fn input_f64(&self, input: usize, name: &str) -> Option<f64> {
+        self.per_input[input].get(name).and_then(ParamValue::as_f64)
+    }
+
     /// Input `j`'s `weight` (1 when it has none).
     pub fn weight(&self, j: usize) -> f32 {
         self.input_f32(j, "weight").unwrap_or(1.0)

@@ -72,6 +72,21 @@ impl Sources {
         Ok(self.models.len() - 1)
     }
 
+    /// `recipe` (the one these sources were opened for) with every model reference, and every
+    /// data set path, made absolute: the folders these sources were actually read from. This is
+    /// the copy a merged folder keeps (`mergekit_config.yml`), so it merges again from any
+    /// working directory, whereas relative paths only worked from where the merge was run.
+    pub fn absolute_recipe(&self, recipe: &Recipe) -> Recipe {
+        let mut r = recipe.map_models(&|name| {
+            let m = self.models.iter().find(|m| m.name == name)?;
+            Some(absolute(&m.path).display().to_string())
+        });
+        if let Some(d) = r.data.as_mut() {
+            d.make_absolute();
+        }
+        r
+    }
+
     /// The index of a model by the name the recipe uses.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.models.iter().position(|m| m.name == name)
@@ -81,6 +96,13 @@ impl Sources {
         self.index_of(r.name())
             .expect("every referenced model was opened")
     }
+}
+
+/// `path` made absolute, symbolic links resolved where it exists.
+pub(crate) fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Every distinct model reference of a recipe, base first.
@@ -181,7 +203,8 @@ pub struct TensorPlan {
     pub inputs: Vec<PlanInput>,
     /// Index into `inputs` of the base model, for methods that use one.
     pub base: Option<usize>,
-    /// Position `t` inside the output slice (0 for embeddings, 1 for the final norm and head).
+    /// Position `t` inside the output slice (0 for the embeddings, the final norm and the head,
+    /// as mergekit 0.1.5 plans them).
     pub t: f64,
     /// Method parameters resolved for this output tensor.
     pub global: BTreeMap<&'static str, ParamValue>,
@@ -212,6 +235,12 @@ impl TensorPlan {
     /// A per-input parameter as a number.
     pub fn input_f32(&self, input: usize, name: &str) -> Option<f32> {
         self.resolved().input_f32(input, name)
+    }
+
+    /// A per-input parameter as the f64 the recipe holds (mergekit's Python float): what
+    /// counts such as TIES' `k = int(density * numel)` must be computed from.
+    pub fn input_f64(&self, input: usize, name: &str) -> Option<f64> {
+        self.per_input[input].get(name).and_then(ParamValue::as_f64)
     }
 }
 
@@ -541,9 +570,12 @@ impl Plan {
             }
         }
 
-        // The output config: the base's (or the first model's) with layer count and dtype.
+        // The output config: the base's (or the first model's) with layer count and dtype,
+        // as mergekit takes it. A donor without config.json would leave a folder transformers
+        // cannot load (mergekit stops there); the first model that has one stands in, warned.
         let donor = recipe_base.unwrap_or(slices[0].sources[0].0);
-        let mut config = sources.models[donor].checkpoint.config().cloned();
+        let config_from = config_donor(sources, donor, &mut warnings);
+        let mut config = config_from.and_then(|m| sources.models[m].checkpoint.config().cloned());
         if let Some(c) = config.as_mut() {
             evomerge_checkpoint::set_num_layers(c, out_layer);
             let dtypes: BTreeSet<String> = tensors
@@ -566,7 +598,7 @@ impl Plan {
             }
         }
 
-        let tokenizer_from = tokenizer_source(recipe, sources, donor, recipe_base)?;
+        let tokenizer_from = tokenizer_source(recipe, sources, donor, recipe_base, &mut warnings)?;
         if method.is_whole_model() {
             let global = tensors
                 .iter()
@@ -646,11 +678,45 @@ impl Plan {
     }
 }
 
+/// The model whose config.json the output takes: `donor` (the base, else the first model)
+/// when it has one, else the first model in recipe order that does (with a warning), else none
+/// (with a warning: the output then has no config.json).
+fn config_donor(sources: &Sources, donor: usize, warnings: &mut Vec<String>) -> Option<usize> {
+    let has = |m: usize| sources.models[m].checkpoint.config().is_some();
+    if has(donor) {
+        return Some(donor);
+    }
+    let name = &sources.models[donor].name;
+    match (0..sources.models.len()).find(|&m| has(m)) {
+        Some(m) => {
+            warnings.push(format!(
+                "{name} (the config donor: the base, else the first model) has no config.json; the merged config.json is {}'s, with the merged layer count and dtype",
+                sources.models[m].name
+            ));
+            Some(m)
+        }
+        None => {
+            warnings.push(format!(
+                "no model has a config.json ({name} would give it), so the merged folder has none; transformers cannot load it without one"
+            ));
+            None
+        }
+    }
+}
+
+/// Whether a model folder holds a tokenizer (tokenizer.json, or a sentencepiece model).
+fn has_tokenizer(m: &SourceModel) -> bool {
+    ["tokenizer.json", "tokenizer.model"]
+        .iter()
+        .any(|f| m.path.join(f).is_file())
+}
+
 fn tokenizer_source(
     recipe: &Recipe,
     sources: &Sources,
     donor: usize,
     base: Option<usize>,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<usize>, MergeError> {
     if let Some(t) = &recipe.tokenizer
         && (t.tokens.is_some() || t.pad_to_multiple_of.is_some())
@@ -665,6 +731,19 @@ fn tokenizer_source(
         .and_then(|t| t.source.clone())
         .or_else(|| recipe.tokenizer_source.clone());
     Ok(match source.as_deref() {
+        None if !has_tokenizer(&sources.models[donor]) => {
+            // The same stand-in as for config.json: the first model that has a tokenizer.
+            match sources.models.iter().position(has_tokenizer) {
+                Some(m) => {
+                    warnings.push(format!(
+                        "{} (the tokenizer donor: the base, else the first model) has no tokenizer; the merged folder gets {}'s tokenizer files (set tokenizer_source to choose)",
+                        sources.models[donor].name, sources.models[m].name
+                    ));
+                    Some(m)
+                }
+                None => Some(donor),
+            }
+        }
         None => Some(donor),
         Some("base") => Some(base.unwrap_or(donor)),
         Some("union") => {
@@ -685,6 +764,10 @@ fn tokenizer_source(
         })?),
     })
 }
+
+/// Where in a gradient the final norm and the LM head read their parameters: mergekit 0.1.5
+/// plans them (like the embeddings) at `t = 0`, so `weight: [0.2, 0.8]` gives them 0.2.
+const POST_WEIGHTS_T: f64 = 0.0;
 
 struct TensorPlanner<'a> {
     method: &'a MethodSpec,
@@ -711,9 +794,10 @@ impl TensorPlanner<'_> {
     }
 
     /// The final norm, or the LM head: models that tie their head contribute their embedding,
-    /// and no head is written when no model stores one. Planned at `t = 1` (the last value of
-    /// a gradient), as mergekit's `plan.py` does for its post-weights (`ConfigReader(t=1)`; the
-    /// reference text's `t = 0` describes an older mergekit).
+    /// and no head is written when no model stores one. Planned at `t = 0` (the first value of
+    /// a gradient), as mergekit 0.1.5 does: its `plan.py::plan_module` reads the pre-weights
+    /// and the post-weights through one `ConfigReader(t=0)` (mergekit before the module
+    /// refactor used `t = 1` for the post-weights).
     fn plan_head_or_norm(
         &mut self,
         si: usize,
@@ -721,7 +805,7 @@ impl TensorPlanner<'_> {
         name: &str,
     ) -> Result<Option<TensorPlan>, MergeError> {
         if TensorRole::of(name) != TensorRole::LmHead {
-            return self.plan_whole(si, s, name, 1.0).map(Some);
+            return self.plan_whole(si, s, name, POST_WEIGHTS_T).map(Some);
         }
         let mut inputs = Vec::new();
         for (m, _, _) in &s.sources {
@@ -738,7 +822,7 @@ impl TensorPlanner<'_> {
                 }
             }
         }
-        self.plan_tensor(si, s, name.to_string(), inputs, 1.0)
+        self.plan_tensor(si, s, name.to_string(), inputs, POST_WEIGHTS_T)
             .map(Some)
     }
 
@@ -922,7 +1006,7 @@ fn validate(tp: &TensorPlan, method: &MethodSpec, sources: &Sources) -> Result<(
         .filter(|j| Some(*j) != tp.base)
         .collect();
     for &j in &others {
-        if let Some(d) = tp.input_f32(j, "density")
+        if let Some(d) = tp.input_f64(j, "density")
             && !(d > 0.0 && d <= 1.0)
         {
             return err(format!(
@@ -938,7 +1022,7 @@ fn validate(tp: &TensorPlan, method: &MethodSpec, sources: &Sources) -> Result<(
                 model_name(j)
             ));
         }
-        if let Some(g) = tp.input_f32(j, "gamma")
+        if let Some(g) = tp.input_f64(j, "gamma")
             && !(0.0..1.0).contains(&g)
         {
             return err(format!(

@@ -366,6 +366,58 @@ impl Recipe {
         Ok(recipe)
     }
 
+    /// The same recipe with every model reference (`base_model`, `models`, `slices`, `modules`,
+    /// and a `tokenizer_source` naming a model) passed through `f`; references `f` maps to
+    /// `None` stay as written.
+    pub fn map_models(&self, f: &dyn Fn(&str) -> Option<String>) -> Recipe {
+        let map_ref = |r: &mut ModelRef| match r {
+            ModelRef::Path(p) => {
+                if let Some(n) = f(p) {
+                    *p = n;
+                }
+            }
+            ModelRef::Detailed { model, .. } => {
+                if let Some(n) = f(&model.path) {
+                    model.path = n;
+                }
+            }
+        };
+        let map_slices = |slices: &mut Vec<OutputSlice>| {
+            for s in slices {
+                s.base_model.as_mut().map(map_ref);
+                for src in &mut s.sources {
+                    map_ref(&mut src.model);
+                }
+            }
+        };
+        let map_models = |models: &mut Vec<InputModel>| {
+            for m in models {
+                map_ref(&mut m.model);
+            }
+        };
+        let map_name = |n: &mut String| {
+            if n != "base"
+                && n != "union"
+                && let Some(new) = f(n)
+            {
+                *n = new;
+            }
+        };
+        let mut r = self.clone();
+        r.base_model.as_mut().map(map_ref);
+        r.models.as_mut().map(map_models);
+        r.slices.as_mut().map(map_slices);
+        for m in r.modules.iter_mut().flat_map(|m| m.values_mut()) {
+            m.models.as_mut().map(map_models);
+            m.slices.as_mut().map(map_slices);
+        }
+        r.tokenizer_source.as_mut().map(map_name);
+        if let Some(t) = r.tokenizer.as_mut() {
+            t.source.as_mut().map(map_name);
+        }
+        r
+    }
+
     /// The recipe as TOML (what `evomerge merge` reads back).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a recipe always serializes to TOML")

@@ -347,6 +347,80 @@ fn check_evaluator_keys(value: &toml::Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The key that makes `value` fail to parse as an experiment: the one whose removal alone
+/// makes it parse (serde's messages for tagged tables such as `[optimizer]` and
+/// `[[evaluators]]` lose the key). Written as a dotted path, `optimizer.population_size`,
+/// `evaluators[1].weight`.
+fn culprit(value: &toml::Value) -> Option<String> {
+    fn paths(v: &toml::Value, out: &mut Vec<Vec<PathPart>>, at: &mut Vec<PathPart>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, child) in t {
+                    at.push(PathPart::Key(k.clone()));
+                    out.push(at.clone());
+                    paths(child, out, at);
+                    at.pop();
+                }
+            }
+            toml::Value::Array(a) if a.iter().all(toml::Value::is_table) => {
+                for (i, child) in a.iter().enumerate() {
+                    at.push(PathPart::Index(i));
+                    paths(child, out, at);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    fn remove(v: &mut toml::Value, path: &[PathPart]) {
+        match (path, v) {
+            ([PathPart::Key(k)], toml::Value::Table(t)) => {
+                t.remove(k);
+            }
+            ([PathPart::Key(k), rest @ ..], toml::Value::Table(t)) => {
+                if let Some(c) = t.get_mut(k) {
+                    remove(c, rest);
+                }
+            }
+            ([PathPart::Index(i), rest @ ..], toml::Value::Array(a)) => {
+                if let Some(c) = a.get_mut(*i) {
+                    remove(c, rest);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    paths(value, &mut all, &mut Vec::new());
+    // Deepest keys first: the narrowest culprit.
+    all.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for path in all.into_iter().take(2000) {
+        let mut v = value.clone();
+        remove(&mut v, &path);
+        if v.try_into::<Experiment>().is_ok() {
+            let mut name = String::new();
+            for part in &path {
+                match part {
+                    PathPart::Key(k) if name.is_empty() => name.push_str(k),
+                    PathPart::Key(k) => {
+                        name.push('.');
+                        name.push_str(k);
+                    }
+                    PathPart::Index(i) => name.push_str(&format!("[{}]", i + 1)),
+                }
+            }
+            return Some(name);
+        }
+    }
+    None
+}
+
+#[derive(Clone)]
+enum PathPart {
+    Key(String),
+    Index(usize),
+}
+
 impl Experiment {
     /// Parse an experiment file; relative model, task and folder paths are resolved against
     /// the file's folder. Returns the experiment and the resolved TOML (kept as run.toml).
@@ -382,9 +456,13 @@ impl Experiment {
             t.remove("run");
         }
         check_evaluator_keys(&value)?;
-        let exp: Experiment = value
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
+        let exp: Experiment = value.clone().try_into().map_err(|e: toml::de::Error| {
+            let message = e.to_string();
+            match culprit(&value) {
+                Some(key) => format!("`{key}`: {}", message.trim()),
+                None => message,
+            }
+        })?;
         exp.validate()?;
         Ok(exp)
     }
@@ -407,11 +485,40 @@ impl Experiment {
         if self.parallelism == 0 {
             return Err("parallelism must be at least 1".into());
         }
-        for b in std::iter::once(&self.budget).chain(self.budget_dfs.as_ref()) {
+        let budgets = std::iter::once(("[budget]", &self.budget))
+            .chain(self.budget_dfs.as_ref().map(|b| ("[budget_dfs]", b)));
+        for (table, b) in budgets {
             if b.evaluations.is_none() && b.generations.is_none() && b.wall_seconds.is_none() {
-                return Err(
-                    "[budget] sets no limit; give evaluations, generations or wall_seconds".into(),
-                );
+                return Err(format!(
+                    "{table} sets no limit; give evaluations, generations or wall_seconds"
+                ));
+            }
+            if b.evaluations == Some(0) {
+                return Err(format!(
+                    "{table} evaluations = 0 would evaluate nothing; give at least 1"
+                ));
+            }
+            if b.generations == Some(0) {
+                return Err(format!(
+                    "{table} generations = 0 would evaluate nothing; give at least 1"
+                ));
+            }
+            if let Some(w) = b.wall_seconds
+                && !(w.is_finite() && w > 0.0)
+            {
+                return Err(format!(
+                    "{table} wall_seconds = {w} must be a positive number of seconds"
+                ));
+            }
+        }
+        for (i, e) in self.evaluators.iter().enumerate() {
+            let w = e.weight();
+            if !w.is_finite() {
+                return Err(format!(
+                    "[[evaluators]] #{} (kind = \"{}\"): weight = {w} is not a finite number",
+                    i + 1,
+                    e.kind()
+                ));
             }
         }
         match self.genome.kind {
@@ -519,6 +626,56 @@ task = "tasks/t.toml"
         );
         let e = Experiment::from_toml(&cmd, Path::new("/")).unwrap_err();
         assert!(e.contains("`timeout`") && e.contains("timeout_s"), "{e}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        for (from, to, key) in [
+            (
+                "optimizer = \"cma\"",
+                "optimizer = \"cma\"\npopulation_size = \"eight\"",
+                "`optimizer.population_size`",
+            ),
+            (
+                "evaluations = 10",
+                "evaluations = \"ten\"",
+                "`budget.evaluations`",
+            ),
+            (
+                "task = \"tasks/t.toml\"",
+                "task = \"tasks/t.toml\"\nweight = \"heavy\"",
+                "`evaluators[1].weight`",
+            ),
+        ] {
+            let e = Experiment::from_toml(&MINIMAL.replace(from, to), Path::new("/")).unwrap_err();
+            assert!(e.contains(key), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn budgets_that_run_nothing_and_non_finite_weights_are_refused() {
+        for (from, to, needle) in [
+            ("evaluations = 10", "evaluations = 0", "evaluations = 0"),
+            ("evaluations = 10", "generations = 0", "generations = 0"),
+            ("evaluations = 10", "wall_seconds = -1.0", "wall_seconds"),
+            ("evaluations = 10", "wall_seconds = nan", "wall_seconds"),
+            (
+                "task = \"tasks/t.toml\"",
+                "task = \"tasks/t.toml\"\nweight = nan",
+                "weight = NaN",
+            ),
+            (
+                "task = \"tasks/t.toml\"",
+                "task = \"tasks/t.toml\"\nweight = inf",
+                "weight = inf",
+            ),
+        ] {
+            let e = Experiment::from_toml(&MINIMAL.replace(from, to), Path::new("/")).unwrap_err();
+            assert!(e.contains(needle), "{to}: {e}");
+        }
+        let dfs_budget = format!("{MINIMAL}\n[budget_dfs]\nevaluations = 0\n");
+        let e = Experiment::from_toml(&dfs_budget, Path::new("/")).unwrap_err();
+        assert!(e.contains("[budget_dfs] evaluations = 0"), "{e}");
     }
 
     #[test]

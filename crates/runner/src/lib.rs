@@ -43,6 +43,7 @@
 pub mod compare;
 mod experiment;
 mod export;
+mod lock;
 pub mod plot;
 mod report;
 mod run;
@@ -55,12 +56,13 @@ pub use experiment::{
     SourcesSpec, ValidationSpec,
 };
 pub use export::{ExportFormat, export_run};
+pub use lock::RunLock;
 pub use plot::{PlotError, plot_run};
 pub use report::{
     ResultRow, checkpoint_candidate, mlp_checkpoint_candidate, mlp_recipe_candidate,
     path_candidate, recipe_candidate,
 };
-pub use run::{Evaluators, RunOptions, resume, stage_files, start};
+pub use run::{Evaluators, RunOptions, resume, stage_files, start, stop_on_signals};
 pub use space::{Decoded, Resident, key_of, path_text};
 pub use state::{RunState, Scored, Snapshot, StageState};
 
@@ -86,4 +88,40 @@ pub enum RunError {
     /// The evaluation setup is broken (the same for every candidate).
     #[error("evaluation: {0}")]
     Eval(#[from] evomerge_eval::EvalError),
+    /// Another process works on the run folder (names its PID).
+    #[error("{0}")]
+    Locked(String),
+    /// Every candidate failed: the message gives the count and the first error.
+    #[error("{0}")]
+    NoSuccess(String),
+    /// SIGINT/SIGTERM: the evaluations in progress were stopped, their folders removed, and
+    /// everything finished is in the run folder.
+    #[error("{}", interrupted_message(.signal, .dir))]
+    Interrupted {
+        signal: i32,
+        dir: std::path::PathBuf,
+    },
+}
+
+impl RunError {
+    /// The exit status a command line should end with: 128 + the signal for an interrupted
+    /// run (130 for Ctrl-C, 143 for SIGTERM), else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Interrupted { signal, .. } => 128 + signal,
+            _ => 1,
+        }
+    }
+}
+
+fn interrupted_message(signal: &i32, dir: &std::path::Path) -> String {
+    let name = match *signal {
+        libc::SIGINT => "SIGINT (Ctrl-C)".to_string(),
+        libc::SIGTERM => "SIGTERM".to_string(),
+        s => format!("signal {s}"),
+    };
+    format!(
+        "interrupted by {name}: the evaluations in progress were stopped and their temporary folders removed; every finished evaluation is kept in {dir}. Continue with `evomerge resume {dir}`",
+        dir = dir.display()
+    )
 }

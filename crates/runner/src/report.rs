@@ -246,6 +246,7 @@ fn score_row(
     let (fitness, metrics, note) = match setup.evaluators.evaluate(candidate, &request) {
         Ok(s) if s.is_failed() => (None, BTreeMap::new(), s.failure.unwrap_or_default()),
         Ok(s) => (Some(s.fitness), s.metrics, String::new()),
+        Err(e @ evomerge_eval::EvalError::Interrupted(_)) => return Err(RunError::Eval(e)),
         Err(e) => (None, BTreeMap::new(), e.to_string()),
     };
     Ok(ResultRow {
@@ -407,6 +408,12 @@ fn test_table(
     Ok(rows)
 }
 
+/// Text as one Markdown table cell: on one line (a multi-line stderr tail would end the row),
+/// `|` escaped.
+fn md_cell(text: &str) -> String {
+    crate::run::one_line(text, 300).replace('|', "\\|")
+}
+
 fn write_results(dir: &Path, exp: &Experiment, rows: &[ResultRow]) -> Result<(), RunError> {
     let mut csv_text = Vec::new();
     {
@@ -450,7 +457,7 @@ fn write_results(dir: &Path, exp: &Experiment, rows: &[ResultRow]) -> Result<(),
     for r in rows {
         md.push_str(&format!(
             "| {} | {} | {} |",
-            r.name,
+            md_cell(&r.name),
             r.kind,
             r.fitness
                 .map(|f| format!("{f:.4}"))
@@ -465,7 +472,7 @@ fn write_results(dir: &Path, exp: &Experiment, rows: &[ResultRow]) -> Result<(),
                     .unwrap_or_default()
             ));
         }
-        md.push_str(&format!(" {} |\n", r.note.replace('|', "/")));
+        md.push_str(&format!(" {} |\n", md_cell(&r.note)));
     }
     write_atomic(&dir.join("results.md"), md.as_bytes())?;
     print!("{md}");

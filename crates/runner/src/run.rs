@@ -1,6 +1,7 @@
 //! The search loop: ask, build, evaluate, log, tell, save — resumable at any point.
 
 use crate::experiment::{Budget, EvaluatorSpec, Experiment, GenomeKind};
+use crate::lock::RunLock;
 use crate::space::{Decoded, DfsSpace, Family, PsSpace, Space};
 use crate::state::{CsvLog, RunState, Scored, Snapshot, StageState, crash_point, read_rows};
 use crate::{RunError, report};
@@ -33,11 +34,24 @@ pub struct RunOptions {
 /// The evaluators of an experiment, combined as a weighted sum.
 pub struct Evaluators {
     list: Vec<(Box<dyn Evaluator>, f64)>,
+    /// Where each command evaluator writes its temporary candidate folders (`None`: the
+    /// system temp dir).
+    temp_dirs: Vec<Option<PathBuf>>,
 }
 
 impl Evaluators {
     /// Build every evaluator (reading and checking task files now, before any search work).
     pub fn build(specs: &[EvaluatorSpec]) -> Result<Evaluators, RunError> {
+        Evaluators::build_for(specs, None)
+    }
+
+    /// As [`Evaluators::build`], for the run in `run_dir`: temporary candidate folders are
+    /// marked as the run's, so a later process of the run removes what a killed one left.
+    pub fn build_for(
+        specs: &[EvaluatorSpec],
+        run_dir: Option<&Path>,
+    ) -> Result<Evaluators, RunError> {
+        let mut temp_dirs = Vec::new();
         let mut list: Vec<(Box<dyn Evaluator>, f64)> = Vec::new();
         for spec in specs {
             match spec {
@@ -59,7 +73,12 @@ impl Evaluators {
                     list.push((Box::new(e), *weight));
                 }
                 EvaluatorSpec::Command { weight, config } => {
-                    list.push((Box::new(CommandEvaluator::new(config.clone())?), *weight));
+                    let mut e = CommandEvaluator::new(config.clone())?;
+                    if let Some(d) = run_dir {
+                        e = e.with_owner(d);
+                    }
+                    temp_dirs.push(e.temp_dir().map(Path::to_path_buf));
+                    list.push((Box::new(e), *weight));
                 }
                 EvaluatorSpec::Classifier { weight, spec } => {
                     // Data paths were resolved against the experiment file when it was read.
@@ -70,7 +89,31 @@ impl Evaluators {
                 }
             }
         }
-        Ok(Evaluators { list })
+        Ok(Evaluators { list, temp_dirs })
+    }
+
+    /// Remove the temporary candidate folders a stopped process of the run `run_dir` (or any
+    /// dead process on this machine) left behind; says what it removed.
+    fn remove_stale_folders(&self, run_dir: &Path) {
+        let mut seen: Vec<&Option<PathBuf>> = Vec::new();
+        for t in &self.temp_dirs {
+            if seen.contains(&t) {
+                continue;
+            }
+            seen.push(t);
+            let removed = evomerge_eval_command::remove_stale_folders(t.as_deref(), run_dir);
+            if !removed.is_empty() {
+                eprintln!(
+                    "removed {} temporary candidate folder(s) a stopped run left: {}",
+                    removed.len(),
+                    removed
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
     }
 
     /// Score a candidate: the weighted sum of the evaluators' fitnesses; metrics prefixed with
@@ -81,6 +124,7 @@ impl Evaluators {
         request: &EvalRequest,
     ) -> Result<Score, EvalError> {
         let mut fitness = 0.0;
+        let mut terms = Vec::new();
         let mut metrics = BTreeMap::new();
         let mut items = Vec::new();
         for (e, w) in &self.list {
@@ -89,10 +133,16 @@ impl Evaluators {
                 return Ok(Score::failed(format!(
                     "{}: {}",
                     e.name(),
-                    s.failure.unwrap_or_else(|| "non-finite fitness".into())
+                    s.failure
+                        .unwrap_or_else(|| format!("fitness {} is not finite", s.fitness))
                 )));
             }
             fitness += w * s.fitness;
+            terms.push(format!(
+                "weight {w:?} x fitness {:?} ({})",
+                s.fitness,
+                e.name()
+            ));
             for (k, v) in s.metrics {
                 let key = if self.list.len() > 1 {
                     format!("{}.{k}", e.name())
@@ -102,6 +152,12 @@ impl Evaluators {
                 metrics.insert(key, v);
             }
             items.extend(s.items);
+        }
+        if !fitness.is_finite() {
+            return Ok(Score::failed(format!(
+                "the weighted sum of the evaluators' fitnesses is not finite: {} = {fitness:?}; check the [[evaluators]] weights",
+                terms.join(" + ")
+            )));
         }
         Ok(Score::new(fitness, metrics, items))
     }
@@ -190,8 +246,17 @@ pub fn start(experiment: &Path, options: &RunOptions) -> Result<PathBuf, RunErro
             dir.display()
         )));
     }
-    let setup = Setup::new(&exp)?;
+    let setup = Setup::new(&exp, &dir)?;
     std::fs::create_dir_all(&dir).map_err(|e| RunError::Io(format!("{}: {e}", dir.display())))?;
+    let _lock = RunLock::acquire(&dir)?;
+    if dir.join("run.toml").exists() {
+        // Another process started this run between the check above and the lock.
+        return Err(RunError::Config(format!(
+            "{} already holds a run (started just now by another process); continue it with `evomerge resume {}`",
+            dir.display(),
+            dir.display()
+        )));
+    }
     let mut run_toml = resolved.clone();
     if let Some(t) = run_toml.as_table_mut() {
         let mut run = toml::map::Map::new();
@@ -213,8 +278,33 @@ pub fn start(experiment: &Path, options: &RunOptions) -> Result<PathBuf, RunErro
     }
     let text = toml::to_string_pretty(&run_toml).map_err(|e| RunError::Io(e.to_string()))?;
     write_atomic(&dir.join("run.toml"), text.as_bytes())?;
-    execute(&dir, &exp, setup, options)?;
+    if let Err(e) = execute(&dir, &exp, setup, options) {
+        // Stopped before a single candidate was logged (a setup error only the first
+        // evaluation shows): leave nothing behind, so the same command can run again.
+        let resumable = matches!(e, RunError::Interrupted { .. } | RunError::NoSuccess(_));
+        if !resumable && !logged_anything(&dir) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return Err(e);
+    }
     Ok(dir)
+}
+
+/// Whether a run folder holds any finished work (a state write or a candidate row).
+fn logged_anything(dir: &Path) -> bool {
+    if dir.join("state.json").exists() {
+        return true;
+    }
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("candidates.csv"))
+        .any(|e| {
+            std::fs::read_to_string(e.path())
+                .map(|t| t.lines().count() > 1)
+                .unwrap_or(true)
+        })
 }
 
 /// Continue a run exactly where it stopped (the same candidates, the same result as an
@@ -223,9 +313,38 @@ pub fn resume(dir: &Path, options: &RunOptions) -> Result<PathBuf, RunError> {
     let value = read_run_toml(dir)?;
     let exp = Experiment::from_value(value)
         .map_err(|e| RunError::Config(format!("{}: {e}", dir.join("run.toml").display())))?;
-    let setup = Setup::new(&exp)?;
+    let _lock = RunLock::acquire(dir)?;
+    let setup = Setup::new(&exp, dir)?;
     execute(dir, &exp, setup, options)?;
     Ok(dir.to_path_buf())
+}
+
+/// Handle SIGINT and SIGTERM: the first one asks the run to stop (the evaluations in progress
+/// are stopped and cleaned up, `run`/`resume` return [`RunError::Interrupted`]); a second one
+/// ends the process at once, as without the handler.
+pub fn stop_on_signals() {
+    extern "C" fn on_signal(signal: libc::c_int) {
+        evomerge_eval::interrupt::request(signal);
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only does an atomic store (async-signal-safe);
+        // SA_RESETHAND restores the default action for the next signal.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Stop here if a stop was requested.
+fn check_interrupt() -> Result<(), RunError> {
+    match evomerge_eval::interrupt::requested() {
+        Some(signal) => Err(RunError::Eval(EvalError::Interrupted(signal))),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
@@ -248,7 +367,7 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
-    fn new(exp: &Experiment) -> Result<Setup, RunError> {
+    fn new(exp: &Experiment, run_dir: &Path) -> Result<Setup, RunError> {
         let device = exp.device.device().map_err(RunError::Config)?;
         let dirs: Vec<&str> = exp
             .sources
@@ -266,7 +385,7 @@ impl Setup {
         }
         let family = Family::of_models(&dirs)?;
         family.check(&exp.evaluators, exp.genome.kind, &exp.sources.models[0])?;
-        let evaluators = Evaluators::build(&exp.evaluators)?;
+        let evaluators = Evaluators::build_for(&exp.evaluators, Some(run_dir))?;
         let ps_genome = match exp.genome.kind {
             GenomeKind::Ps | GenomeKind::PsDfs => {
                 let spec = exp.genome.ps.clone().unwrap_or_else(PsSpec::sakana);
@@ -298,7 +417,70 @@ impl Setup {
             let sources = Sources::open(&probe, None)?;
             Plan::build(&probe, &sources, &PlanOptions::default())?;
         }
+        setup.check_optimizers(exp)?;
         Ok(setup)
+    }
+
+    /// Build every stage's optimizer once over its real search space (without keeping it), so
+    /// a bad optimizer setting (`population_size = 1`, ...) or data-flow setting is an error
+    /// before the run folder is created.
+    fn check_optimizers(&self, exp: &Experiment) -> Result<(), RunError> {
+        let layers_of = |m: &str| -> Result<usize, RunError> {
+            evomerge_checkpoint::Checkpoint::open(m)?
+                .num_layers()
+                .ok_or_else(|| RunError::Config(format!("{m}: cannot tell its layer count")))
+        };
+        for (stage, kind) in stage_kinds(exp.genome.kind).into_iter().enumerate() {
+            let (lo, hi, x0, sigma0) = if kind == "ps" {
+                let g = self.ps_genome.as_ref().expect("ps stages have a genome");
+                let (lo, hi) = g.bounds();
+                (lo, hi, g.initial(), g.sigma0())
+            } else {
+                let models: Vec<String> = if stage > 0 {
+                    // Model A is the PS result: the first source's layer layout.
+                    vec![
+                        exp.sources.models[0].clone(),
+                        exp.genome
+                            .partner
+                            .clone()
+                            .unwrap_or_else(|| exp.sources.models[0].clone()),
+                    ]
+                } else {
+                    exp.genome
+                        .dfs_models
+                        .clone()
+                        .unwrap_or_else(|| exp.sources.models.clone())
+                };
+                let mut models = models;
+                if models.len() < 2 {
+                    models.truncate(1);
+                }
+                let layers = models
+                    .iter()
+                    .map(|m| layers_of(m))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let g = evomerge_genome::DfsGenome::new(
+                    exp.genome.dfs.clone().unwrap_or_default(),
+                    layers,
+                )?;
+                let (lo, hi) = g.bounds();
+                (lo, hi, g.initial(), g.sigma0())
+            };
+            let config = if stage > 0 {
+                exp.optimizer_dfs.as_ref().unwrap_or(&exp.optimizer)
+            } else {
+                &exp.optimizer
+            };
+            let table = if stage > 0 && exp.optimizer_dfs.is_some() {
+                "[optimizer_dfs]"
+            } else {
+                "[optimizer]"
+            };
+            config
+                .build(Bounds::new(lo, hi)?, &x0, sigma0, exp.seed)
+                .map_err(|e| RunError::Config(format!("{table}: {e}")))?;
+        }
+        Ok(())
     }
 }
 
@@ -393,6 +575,22 @@ fn execute(
     setup: Setup,
     options: &RunOptions,
 ) -> Result<(), RunError> {
+    setup.evaluators.remove_stale_folders(dir);
+    execute_stages(dir, exp, &setup, options).map_err(|e| match e {
+        RunError::Eval(EvalError::Interrupted(signal)) => RunError::Interrupted {
+            signal,
+            dir: dir.to_path_buf(),
+        },
+        e => e,
+    })
+}
+
+fn execute_stages(
+    dir: &Path,
+    exp: &Experiment,
+    setup: &Setup,
+    options: &RunOptions,
+) -> Result<(), RunError> {
     let started = Instant::now();
     let state_path = dir.join("state.json");
     let mut state = if state_path.exists() {
@@ -410,7 +608,7 @@ fn execute(
         if state.stages.get(stage).is_some_and(|s| s.done) {
             continue;
         }
-        let space = build_space(dir, exp, &setup, &state, stage, kind)?;
+        let space = build_space(dir, exp, setup, &state, stage, kind)?;
         if state.stages.len() <= stage {
             let config = if stage > 0 {
                 exp.optimizer_dfs
@@ -446,7 +644,7 @@ fn execute(
         let (cand_file, gen_file) = stage_files(&kinds, stage);
         let ctx = StageCtx {
             exp,
-            setup: &setup,
+            setup,
             space: &space,
             budget: &budget,
             kind,
@@ -458,8 +656,123 @@ fn execute(
         };
         ctx.run(&mut state, stage, &state_path)?;
     }
-    report::finish(dir, exp, &setup, &state)?;
+    let summaries: Vec<LogSummary> = (0..kinds.len())
+        .map(|stage| LogSummary::read(&dir.join(stage_files(&kinds, stage).0)))
+        .collect();
+    for (kind, s) in kinds.iter().zip(&summaries) {
+        eprintln!("{kind} stage: {}", s.describe());
+    }
+    if state.stages.iter().all(|s| s.best.is_none()) {
+        let s = summaries.iter().find(|s| s.rows > 0).or(summaries.first());
+        return Err(RunError::NoSuccess(format!(
+            "no candidate succeeded in {}: {}; fix the evaluator or the search space and start again (or `evomerge resume` once the cause is fixed elsewhere)",
+            dir.display(),
+            s.map(LogSummary::describe)
+                .unwrap_or_else(|| "nothing was evaluated".into())
+        )));
+    }
+    report::finish(dir, exp, setup, &state)?;
     Ok(())
+}
+
+/// Counts of a candidates.csv and its first error.
+struct LogSummary {
+    path: PathBuf,
+    rows: usize,
+    failed: usize,
+    /// (line, generation, index, error) of the first failed row.
+    first_error: Option<(u64, String, String, String)>,
+}
+
+impl LogSummary {
+    fn read(path: &Path) -> LogSummary {
+        let mut s = LogSummary {
+            path: path.to_path_buf(),
+            rows: 0,
+            failed: 0,
+            first_error: None,
+        };
+        let Ok(mut r) = csv::Reader::from_path(path) else {
+            return s;
+        };
+        let Ok(h) = r.headers().cloned() else {
+            return s;
+        };
+        let col = |n: &str| h.iter().position(|c| c == n);
+        let (Some(status), Some(error), Some(gen_col), Some(index)) =
+            (col("status"), col("error"), col("generation"), col("index"))
+        else {
+            return s;
+        };
+        for rec in r.records().flatten() {
+            s.rows += 1;
+            if rec.get(status) == Some("failed") {
+                s.failed += 1;
+                if s.first_error.is_none() {
+                    s.first_error = Some((
+                        rec.position().map(|p| p.line()).unwrap_or(0),
+                        rec.get(gen_col).unwrap_or("").to_string(),
+                        rec.get(index).unwrap_or("").to_string(),
+                        rec.get(error).unwrap_or("").to_string(),
+                    ));
+                }
+            }
+        }
+        s
+    }
+
+    fn describe(&self) -> String {
+        let mut d = format!("{} candidates, {} failed", self.rows, self.failed);
+        if let Some((line, g, i, e)) = &self.first_error {
+            let e = if e.is_empty() { "(no error text)" } else { e };
+            d.push_str(&format!(
+                "; first error ({} line {line}, generation {g} #{i}): {}",
+                self.path.display(),
+                one_line(e, 400)
+            ));
+        }
+        d
+    }
+}
+
+/// Text on one line (newlines and tabs become spaces, runs of spaces one), cut to `max`
+/// characters.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}...")
+    }
+}
+
+/// The line a finished stage prints: the best on the search split (the `best` column of
+/// generations.csv) and, when validation chose another candidate, which one it chose.
+fn stage_summary(
+    kind: &str,
+    generations: u64,
+    evaluations: u64,
+    best: Option<&Snapshot>,
+    chosen: Option<&Snapshot>,
+) -> Option<String> {
+    let best = best?;
+    let mut line = format!(
+        "{kind} stage done: {generations} generations, {evaluations} candidates; best search fitness {:.4} (generation {} #{})",
+        best.search_fitness, best.generation, best.index
+    );
+    if let Some(c) = chosen.filter(|c| c.validation_fitness.is_some()) {
+        let v = c.validation_fitness.unwrap_or(f64::NAN);
+        if c.key == best.key {
+            line.push_str(&format!(", validation {v:.4}; it is the result"));
+        } else {
+            line.push_str(&format!(
+                "; result chosen by validation: generation {} #{} with validation {v:.4}, search fitness {:.4}",
+                c.generation, c.index, c.search_fitness
+            ));
+        }
+    }
+    Some(line)
 }
 
 struct StageCtx<'a> {
@@ -632,10 +945,22 @@ impl StageCtx<'_> {
         // The previous generation's state.json write, counted in the next row's overhead.
         let mut last_save_ms = 0.0;
         while self.budget_left(&state.stages[stage], state) {
+            check_interrupt()?;
             let t_gen = Instant::now();
             let st = &mut state.stages[stage];
             let g = st.generations;
-            let xs = st.optimizer.ask();
+            let mut xs = st.optimizer.ask();
+            // The last generation stops at the evaluation budget: only its first candidates
+            // are scored. The optimizer is not told a partial generation (its update assumes
+            // a whole sample); the stage ends with it.
+            let left = self
+                .budget
+                .evaluations
+                .map(|b| b.saturating_sub(st.evaluations) as usize);
+            let partial = left.is_some_and(|n| n < xs.len());
+            if let Some(n) = left.filter(|_| partial) {
+                xs.truncate(n);
+            }
             let request = EvalRequest::new(Split::Search, g, self.exp.seed);
             let mut outcomes: Vec<Option<Outcome>> = (0..xs.len()).map(|_| None).collect();
             let mut decoded: Vec<Option<Decoded>> = Vec::with_capacity(xs.len());
@@ -667,9 +992,21 @@ impl StageCtx<'_> {
                 };
                 decoded.push(d);
                 keys.push(key.clone());
-                if let Some(row) = prior.remove(&(g, i)) {
+                let logged = prior.remove(&(g, i)).filter(|row| match &row.damaged {
+                    None => true,
+                    Some(why) => {
+                        eprintln!(
+                            "warning: {} line {}: {why}; the row is damaged and ignored, candidate {i} of generation {g} is evaluated again",
+                            self.cand_path.display(),
+                            row.line
+                        );
+                        false
+                    }
+                });
+                if let Some(row) = logged {
                     // Logged before the process stopped: reuse, do not evaluate or log again.
-                    let fitness = row.get("fitness").and_then(|v| v.parse::<f64>().ok());
+                    let fitness = row.fitness();
+                    let row = &row.fields;
                     let metrics = row
                         .get("metrics")
                         .and_then(|m| serde_json::from_str(m).ok())
@@ -763,9 +1100,12 @@ impl StageCtx<'_> {
                 .map(|o| o.scored.fitness.map(|f| -f))
                 .collect();
             let st = &mut state.stages[stage];
-            st.optimizer.tell(&told)?;
+            if !partial {
+                st.optimizer.tell(&told)?;
+            }
             for o in &outcomes {
                 if let (Some(f), Some(d)) = (o.scored.fitness, decoded[o.index].as_ref())
+                    && f.is_finite()
                     && st.best.as_ref().is_none_or(|b| f > b.search_fitness)
                 {
                     st.best = Some(Snapshot {
@@ -782,7 +1122,7 @@ impl StageCtx<'_> {
             st.generations += 1;
             st.evaluations += outcomes.len() as u64;
             let mut valid: Vec<f64> = outcomes.iter().filter_map(|o| o.scored.fitness).collect();
-            valid.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+            valid.sort_by(f64::total_cmp);
             let failed = outcomes.len() - valid.len();
             let validation = if self.exp.validation.every > 0
                 && st.generations.is_multiple_of(self.exp.validation.every)
@@ -850,17 +1190,14 @@ impl StageCtx<'_> {
         bar.finish_and_clear();
         self.save(state, state_path)?;
         let st = &state.stages[stage];
-        if let Some(c) = st.chosen() {
-            eprintln!(
-                "{} stage done: {} generations, {} candidates, best search fitness {:.4}{}",
-                self.kind,
-                st.generations,
-                st.evaluations,
-                c.search_fitness,
-                c.validation_fitness
-                    .map(|v| format!(", validation {v:.4}"))
-                    .unwrap_or_default()
-            );
+        if let Some(line) = stage_summary(
+            self.kind,
+            st.generations,
+            st.evaluations,
+            st.best.as_ref(),
+            st.chosen(),
+        ) {
+            eprintln!("{line}");
         }
         Ok(())
     }
@@ -986,6 +1323,11 @@ impl StageCtx<'_> {
                     loop {
                         let job = job_rx.lock().expect("job queue").recv();
                         let Ok((i, built, merge_ms)) = job else { break };
+                        if let Some(signal) = evomerge_eval::interrupt::requested() {
+                            let _ =
+                                res_tx.send(Err(RunError::Eval(EvalError::Interrupted(signal))));
+                            break;
+                        }
                         let result = match built {
                             Err(e) => Ok(Outcome {
                                 index: i,
@@ -1035,19 +1377,28 @@ impl StageCtx<'_> {
                 });
             }
             drop(res_tx);
+            // Log every evaluation that finishes, also after another one stopped the run (an
+            // interrupt, a broken setup): nothing finished is lost.
+            let mut first_err = None;
             for r in res_rx {
-                let o = r?;
-                self.log_row(
-                    log,
-                    g,
-                    &o,
-                    &xs[o.index],
-                    decoded[o.index].as_ref(),
-                    &keys[o.index],
-                )?;
-                out.push(o);
+                match r {
+                    Ok(o) => {
+                        self.log_row(
+                            log,
+                            g,
+                            &o,
+                            &xs[o.index],
+                            decoded[o.index].as_ref(),
+                            &keys[o.index],
+                        )?;
+                        out.push(o);
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
             }
-            Ok(())
+            first_err.map_or(Ok(()), Err)
         })?;
         out.sort_by_key(|o| o.index);
         Ok(out)
@@ -1056,4 +1407,48 @@ impl StageCtx<'_> {
 
 thread_local! {
     static ROWS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(generation: u64, index: usize, key: &str, search: f64, val: Option<f64>) -> Snapshot {
+        Snapshot {
+            generation,
+            index,
+            x: vec![0.0],
+            key: key.into(),
+            decoded: String::new(),
+            search_fitness: search,
+            validation_fitness: val,
+        }
+    }
+
+    #[test]
+    fn the_stage_line_labels_the_search_best_and_the_validation_choice() {
+        let best = snap(2, 5, "b", 0.9, Some(0.7));
+        let chosen = snap(1, 3, "c", 0.85, Some(0.8));
+        let line = stage_summary("ps", 3, 24, Some(&best), Some(&chosen)).unwrap();
+        assert!(
+            line.contains("best search fitness 0.9000 (generation 2 #5)")
+                && line.contains(
+                    "result chosen by validation: generation 1 #3 with validation 0.8000, search fitness 0.8500"
+                ),
+            "{line}"
+        );
+        let line = stage_summary("ps", 3, 24, Some(&best), Some(&best)).unwrap();
+        assert!(
+            line.contains("best search fitness 0.9000") && line.contains("it is the result"),
+            "{line}"
+        );
+        let line = stage_summary("dfs", 1, 8, Some(&best), Some(&best.clone())).unwrap();
+        assert!(!line.contains("chosen by validation"), "{line}");
+    }
+
+    #[test]
+    fn one_line_flattens_multi_line_text() {
+        assert_eq!(one_line("a\nb\r\n  c\td", 100), "a b c d");
+        assert_eq!(one_line("abcdef", 3), "abc...");
+    }
 }

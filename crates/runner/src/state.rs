@@ -60,9 +60,8 @@ impl StageState {
             .iter()
             .filter(|s| s.validation_fitness.is_some())
             .max_by(|a, b| {
-                a.validation_fitness
-                    .partial_cmp(&b.validation_fitness)
-                    .expect("finite")
+                let v = |s: &Snapshot| s.validation_fitness.unwrap_or(f64::NEG_INFINITY);
+                v(a).total_cmp(&v(b))
             })
             .or(self.best.as_ref())
     }
@@ -208,10 +207,45 @@ impl CsvLog {
 /// A logged row by column name.
 pub type Row = HashMap<String, String>;
 
+/// A row of candidates.csv as read back for resuming.
+#[derive(Debug, Clone)]
+pub struct LoggedRow {
+    /// Its line in the file (1 = the header).
+    pub line: u64,
+    pub fields: Row,
+    /// Why the row cannot be trusted (a fitness that is not a finite number, an `ok` row
+    /// without one); such a row is not reused and its candidate is evaluated again.
+    pub damaged: Option<String>,
+}
+
+impl LoggedRow {
+    fn check(fields: &Row) -> Option<String> {
+        let fitness = fields.get("fitness").map(String::as_str).unwrap_or("");
+        if fitness.is_empty() {
+            return (fields.get("status").map(String::as_str) == Some("ok"))
+                .then(|| "status `ok` without a fitness".to_string());
+        }
+        match fitness.parse::<f64>() {
+            Ok(f) if f.is_finite() => None,
+            Ok(_) => Some(format!("fitness `{fitness}` is not a finite number")),
+            Err(_) => Some(format!("fitness `{fitness}` is not a number")),
+        }
+    }
+
+    /// The logged fitness (finite, since damaged rows are never reused).
+    pub fn fitness(&self) -> Option<f64> {
+        self.fields
+            .get("fitness")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|f| f.is_finite())
+    }
+}
+
 /// Rows of candidates.csv by (generation, index), for resuming: the rows of the generation that
-/// was running when the process died are reused, not evaluated again.
-pub fn read_rows(path: &Path) -> Result<HashMap<(u64, usize), Row>, RunError> {
-    let mut out = HashMap::new();
+/// was running when the process died are reused, not evaluated again. When a candidate has
+/// several rows the last sound one wins.
+pub fn read_rows(path: &Path) -> Result<HashMap<(u64, usize), LoggedRow>, RunError> {
+    let mut out: HashMap<(u64, usize), LoggedRow> = HashMap::new();
     if !path.exists() {
         return Ok(out);
     }
@@ -224,18 +258,30 @@ pub fn read_rows(path: &Path) -> Result<HashMap<(u64, usize), Row>, RunError> {
         .clone();
     for rec in r.records() {
         let rec = rec.map_err(|e| RunError::Io(format!("{}: {e}", path.display())))?;
-        let row: Row = headers
+        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let fields: Row = headers
             .iter()
             .zip(rec.iter())
             .map(|(h, v)| (h.to_string(), v.to_string()))
             .collect();
         let (Some(g), Some(i)) = (
-            row.get("generation").and_then(|v| v.parse().ok()),
-            row.get("index").and_then(|v| v.parse().ok()),
+            fields.get("generation").and_then(|v| v.parse().ok()),
+            fields.get("index").and_then(|v| v.parse().ok()),
         ) else {
             continue;
         };
-        out.insert((g, i), row);
+        let damaged = LoggedRow::check(&fields);
+        let row = LoggedRow {
+            line,
+            fields,
+            damaged,
+        };
+        match out.get(&(g, i)) {
+            Some(old) if old.damaged.is_none() && row.damaged.is_some() => {}
+            _ => {
+                out.insert((g, i), row);
+            }
+        }
     }
     Ok(out)
 }

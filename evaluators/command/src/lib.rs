@@ -12,11 +12,17 @@
 //! | `{split}` | `search`, `validation` or `test` |
 //! | `{generation}`, `{seed}` | of the request (for tools that subsample) |
 //!
+//! Each value is substituted shell-quoted (a path with a space or `$` stays one word) and is
+//! also in the command's environment as `EVOMERGE_MODEL_DIR`, `EVOMERGE_WORK_DIR`,
+//! `EVOMERGE_SCORE_FILE`, `EVOMERGE_SPLIT`, `EVOMERGE_GENERATION` and `EVOMERGE_SEED`;
 //! and the score is read as JSON `{"fitness": 0.5, "metrics": {"acc": 0.5}}` (`items` optional)
 //! from `{score_file}` if the command wrote it, else from the last line of stdout that parses.
 //! With `lm_eval = { task = "gsm8k", metric = "exact_match,strict-match" }` the score is instead
 //! read from the newest lm-evaluation-harness `results_*.json` under `{work_dir}`.
-//! The temporary folder is removed afterwards.
+//! The temporary folder (`evomerge-{pid}-XXXXXX`, with an [`OWNER_FILE`] naming the process and
+//! the run) is removed afterwards; [`remove_stale_folders`] removes those a killed process left.
+//! A stop request ([`evomerge_eval::interrupt`]) stops the command's whole process group and
+//! returns [`EvalError::Interrupted`].
 //!
 //! A timeout, a non-zero exit, or output that does not parse scores the candidate as failed
 //! ([`Score::failed`]) with the exit status and the tail of stderr — never an error that would
@@ -90,12 +96,102 @@ fn default_timeout() -> f64 {
 #[derive(Debug, Clone)]
 pub struct CommandEvaluator {
     config: CommandConfig,
+    /// The run whose candidates this evaluator scores (written into each temporary folder's
+    /// owner file, so a later process of the run can remove what a dead one left).
+    owner: Option<PathBuf>,
+}
+
+/// The file in every temporary candidate folder that says who made it.
+pub const OWNER_FILE: &str = "evomerge-owner.json";
+
+/// How temporary candidate folders are named: `evomerge-{pid}-XXXXXX`.
+const PREFIX: &str = "evomerge-";
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether a process with this PID exists on this machine (a zombie counts as gone).
+fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        return stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(true);
+    }
+    // SAFETY: kill(2) with signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Remove the temporary candidate folders under `temp_dir` (default: the system temp dir)
+/// that a stopped process left: those made for the run `run_dir` by another process (the
+/// caller holds the run's lock, so their maker is gone), and those whose maker on this machine
+/// is no longer alive. Returns the folders removed.
+pub fn remove_stale_folders(temp_dir: Option<&Path>, run_dir: &Path) -> Vec<PathBuf> {
+    let root = temp_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let me = std::process::id() as i64;
+    let host = host_name();
+    let run_dir = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(PREFIX) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(text) = std::fs::read_to_string(path.join(OWNER_FILE)) else {
+            continue;
+        };
+        let Ok(owner) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let pid = owner.get("pid").and_then(Value::as_i64).unwrap_or(0);
+        if pid == me {
+            continue;
+        }
+        let same_run = owner
+            .get("run")
+            .and_then(Value::as_str)
+            .is_some_and(|r| Path::new(r) == run_dir);
+        let same_host = owner.get("host").and_then(Value::as_str) == Some(host.as_str());
+        let dead = same_host && !pid_alive(pid as i32);
+        if (same_run || dead) && std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// `s` as one shell word: unchanged when it has only characters the shell leaves alone, else
+/// in single quotes (a `'` inside written `'\''`).
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-,=+:@%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// What a finished (or killed) command left.
 struct Outcome {
     status: Option<std::process::ExitStatus>,
     timed_out: bool,
+    /// Stopped because the process was asked to stop (the signal).
+    interrupted: Option<i32>,
     stdout: String,
     stderr: String,
 }
@@ -124,6 +220,22 @@ impl CommandEvaluator {
                 config.timeout_s
             )));
         }
+        for (key, dir) in [("cwd", &config.cwd), ("temp_dir", &config.temp_dir)] {
+            if let Some(d) = dir
+                && !d.is_dir()
+            {
+                return Err(EvalError::Config(format!(
+                    "command evaluator `{}`: {key} = {} {}",
+                    config.name,
+                    d.display(),
+                    if d.exists() {
+                        "is not a folder"
+                    } else {
+                        "does not exist"
+                    }
+                )));
+            }
+        }
         let known = [
             "model_dir",
             "work_dir",
@@ -151,22 +263,75 @@ impl CommandEvaluator {
                 break;
             }
         }
-        Ok(CommandEvaluator { config })
+        Ok(CommandEvaluator {
+            config,
+            owner: None,
+        })
     }
 
-    fn fill(&self, model_dir: &Path, work_dir: &Path, request: &EvalRequest) -> String {
+    /// Mark the temporary folders as the run `run_dir`'s (see [`remove_stale_folders`]).
+    pub fn with_owner(mut self, run_dir: &Path) -> CommandEvaluator {
+        self.owner = Some(std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()));
+        self
+    }
+
+    /// Where the temporary folders go (`temp_dir`, or the system's).
+    pub fn temp_dir(&self) -> Option<&Path> {
+        self.config.temp_dir.as_deref()
+    }
+
+    /// The placeholder values, by placeholder name and by environment variable.
+    fn values(
+        &self,
+        model_dir: &Path,
+        work_dir: &Path,
+        request: &EvalRequest,
+    ) -> Vec<(&'static str, &'static str, String)> {
         let score_file = work_dir.join("score.json");
-        self.config
-            .command
-            .replace("{model_dir}", &model_dir.display().to_string())
-            .replace("{work_dir}", &work_dir.display().to_string())
-            .replace("{score_file}", &score_file.display().to_string())
-            .replace("{split}", request.split.as_str())
-            .replace("{generation}", &request.generation.to_string())
-            .replace("{seed}", &request.seed.to_string())
+        vec![
+            (
+                "model_dir",
+                "EVOMERGE_MODEL_DIR",
+                model_dir.display().to_string(),
+            ),
+            (
+                "work_dir",
+                "EVOMERGE_WORK_DIR",
+                work_dir.display().to_string(),
+            ),
+            (
+                "score_file",
+                "EVOMERGE_SCORE_FILE",
+                score_file.display().to_string(),
+            ),
+            (
+                "split",
+                "EVOMERGE_SPLIT",
+                request.split.as_str().to_string(),
+            ),
+            (
+                "generation",
+                "EVOMERGE_GENERATION",
+                request.generation.to_string(),
+            ),
+            ("seed", "EVOMERGE_SEED", request.seed.to_string()),
+        ]
     }
 
-    fn run(&self, command: &str) -> Result<Outcome, std::io::Error> {
+    /// The command with every placeholder replaced by its shell-quoted value.
+    fn fill(&self, values: &[(&str, &str, String)]) -> String {
+        let mut out = self.config.command.clone();
+        for (name, _, value) in values {
+            out = out.replace(&format!("{{{name}}}"), &shell_quote(value));
+        }
+        out
+    }
+
+    fn run(
+        &self,
+        command: &str,
+        values: &[(&str, &str, String)],
+    ) -> Result<Outcome, std::io::Error> {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(command)
@@ -181,6 +346,9 @@ impl CommandEvaluator {
         for (k, v) in &self.config.env {
             cmd.env(k, v);
         }
+        for (_, var, value) in values {
+            cmd.env(var, value);
+        }
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
         let read_all = |mut r: Box<dyn Read + Send>| {
@@ -194,9 +362,30 @@ impl CommandEvaluator {
         let err = read_all(Box::new(child.stderr.take().expect("piped")));
         let deadline = Instant::now() + Duration::from_secs_f64(self.config.timeout_s);
         let mut timed_out = false;
+        let mut interrupted = None;
         let status = loop {
             if let Some(s) = child.try_wait()? {
                 break Some(s);
+            }
+            if let Some(signal) = evomerge_eval::interrupt::requested() {
+                // Asked to stop: let the tool shut down (SIGTERM to its whole process group,
+                // e.g. vLLM freeing the GPU), then make sure nothing of it is left.
+                interrupted = Some(signal);
+                // SAFETY: kill(2) on the process group we created for this child.
+                unsafe {
+                    libc::kill(-pid, libc::SIGTERM);
+                }
+                let grace = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < grace && group_alive(pid) {
+                    let _ = child.try_wait();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+                let _ = child.kill();
+                break child.wait().ok();
             }
             if Instant::now() >= deadline {
                 timed_out = true;
@@ -210,7 +399,7 @@ impl CommandEvaluator {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        if !timed_out {
+        if !timed_out && interrupted.is_none() {
             // The shell is gone; stop anything it left behind holding the pipes open.
             // SAFETY: as above, our own child's process group.
             unsafe {
@@ -220,6 +409,7 @@ impl CommandEvaluator {
         Ok(Outcome {
             status,
             timed_out,
+            interrupted,
             stdout: out.join().unwrap_or_default(),
             stderr: err.join().unwrap_or_default(),
         })
@@ -233,6 +423,25 @@ impl CommandEvaluator {
             Score::failed(format!("{what}; stderr tail:\n{stderr}"))
         }
     }
+}
+
+/// Whether any process of the process group `pgid` is still running (zombies excepted).
+fn group_alive(pgid: i32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        // SAFETY: signal 0 only checks for existence.
+        return unsafe { libc::kill(-pgid, 0) } == 0;
+    };
+    procs.flatten().any(|p| {
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // state ppid pgrp ...
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
 }
 
 /// Parse a score JSON object.
@@ -365,13 +574,28 @@ impl Evaluator for CommandEvaluator {
         candidate: &dyn Candidate,
         request: &EvalRequest,
     ) -> Result<Score, EvalError> {
+        if let Some(signal) = evomerge_eval::interrupt::requested() {
+            return Err(EvalError::Interrupted(signal));
+        }
+        let prefix = format!("{PREFIX}{}-", std::process::id());
         let tmp = match &self.config.temp_dir {
-            Some(d) => tempfile::Builder::new().prefix("evomerge-").tempdir_in(d),
-            None => tempfile::Builder::new().prefix("evomerge-").tempdir(),
+            Some(d) => tempfile::Builder::new().prefix(&prefix).tempdir_in(d),
+            None => tempfile::Builder::new().prefix(&prefix).tempdir(),
         }
         .map_err(|e| EvalError::Io {
             path: "temporary directory".into(),
             source: e,
+        })?;
+        let owner = serde_json::json!({
+            "pid": std::process::id(),
+            "host": host_name(),
+            "run": self.owner.as_ref().map(|p| p.display().to_string()),
+        });
+        std::fs::write(tmp.path().join(OWNER_FILE), owner.to_string()).map_err(|e| {
+            EvalError::Io {
+                path: tmp.path().join(OWNER_FILE).display().to_string(),
+                source: e,
+            }
         })?;
         let model_dir = tmp.path().join("model");
         let work_dir = tmp.path().join("work");
@@ -385,11 +609,22 @@ impl Evaluator for CommandEvaluator {
                 candidate.label()
             )));
         }
-        let command = self.fill(&model_dir, &work_dir, request);
-        let outcome = self.run(&command).map_err(|e| EvalError::Io {
-            path: "sh".into(),
+        if let Some(signal) = evomerge_eval::interrupt::requested() {
+            return Err(EvalError::Interrupted(signal));
+        }
+        let values = self.values(&model_dir, &work_dir, request);
+        let command = self.fill(&values);
+        let outcome = self.run(&command, &values).map_err(|e| EvalError::Io {
+            path: match &self.config.cwd {
+                Some(cwd) => format!("`sh -c` in cwd {}", cwd.display()),
+                None => "`sh -c`".into(),
+            },
             source: e,
         })?;
+        if let Some(signal) = outcome.interrupted {
+            // The temporary folder goes with `tmp` on the way out.
+            return Err(EvalError::Interrupted(signal));
+        }
         if outcome.timed_out {
             return Ok(self.failure(
                 format!("`{command}` timed out after {} s", self.config.timeout_s),

@@ -156,3 +156,112 @@ fn reads_lm_evaluation_harness_results() {
         "lists the metrics it has: {why}"
     );
 }
+
+#[test]
+fn a_missing_cwd_or_temp_dir_is_named_when_the_evaluator_is_built() {
+    let tmp = tempfile::tempdir().unwrap();
+    for key in ["cwd", "temp_dir"] {
+        let missing = tmp.path().join("no such folder");
+        let text = format!(
+            "name = \"script\"\ncommand = 'true'\n{key} = '{}'\n",
+            missing.display()
+        );
+        let e = CommandEvaluator::new(toml::from_str::<CommandConfig>(&text).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(key)
+                && e.contains(&missing.display().to_string())
+                && e.contains("does not exist"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn placeholders_are_shell_quoted_and_exported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    // A temp_dir with a space, quotes and shell metacharacters in its name.
+    let odd = tmp.path().join("my models; $(touch pwned) it's \"odd\"");
+    std::fs::create_dir_all(&odd).unwrap();
+    let seen = tmp.path().join("seen.txt");
+    let text = format!(
+        "name = \"script\"\ntemp_dir = '''{}'''\ncommand = '''test -f {{model_dir}}/config.json && test -d {{work_dir}} && \
+         printf '%s\\n' {{model_dir}} \"$EVOMERGE_MODEL_DIR\" \"$EVOMERGE_WORK_DIR\" \"$EVOMERGE_SCORE_FILE\" \"$EVOMERGE_SPLIT\" \"$EVOMERGE_GENERATION\" \"$EVOMERGE_SEED\" > {seen} && \
+         echo '{{\"fitness\": 1}}' > \"$EVOMERGE_SCORE_FILE\"'''\n",
+        odd.display(),
+        seen = seen.display()
+    );
+    let ev = CommandEvaluator::new(toml::from_str::<CommandConfig>(&text).unwrap()).unwrap();
+    let s = ev.evaluate(&cand, &req()).unwrap();
+    assert!(!s.is_failed(), "{:?}", s.failure);
+    assert_eq!(s.fitness, 1.0);
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), 7, "{seen}");
+    assert!(lines[0].starts_with(odd.to_str().unwrap()), "{seen}");
+    assert!(lines[0].ends_with("/model"), "{seen}");
+    assert_eq!(lines[1], lines[0], "{{model_dir}} and $EVOMERGE_MODEL_DIR");
+    assert!(lines[2].ends_with("/work") && lines[3].ends_with("/work/score.json"));
+    assert_eq!(&lines[4..], ["validation", "3", "9"]);
+    assert!(!tmp.path().join("pwned").exists() && !Path::new("pwned").exists());
+}
+
+#[test]
+fn temporary_folders_name_their_owner_and_stale_ones_are_removed() {
+    use evomerge_eval_command::{OWNER_FILE, remove_stale_folders};
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    let temp = tmp.path().join("tmp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let run = tmp.path().join("results/run");
+    // While the command runs, its folder names this process and the run.
+    let owner_copy = tmp.path().join("owner.json");
+    let text = format!(
+        "command = '''cp {{model_dir}}/../{OWNER_FILE} {} && echo '{{\"fitness\": 1}}' '''\ntemp_dir = '{}'\n",
+        owner_copy.display(),
+        temp.display()
+    );
+    let ev = CommandEvaluator::new(toml::from_str::<CommandConfig>(&text).unwrap())
+        .unwrap()
+        .with_owner(&run);
+    assert!(!ev.evaluate(&cand, &req()).unwrap().is_failed());
+    let owner: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&owner_copy).unwrap()).unwrap();
+    assert_eq!(owner["pid"], std::process::id());
+    assert_eq!(owner["run"], run.display().to_string());
+    let host = owner["host"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read_dir(&temp).unwrap().count(),
+        0,
+        "removed afterwards"
+    );
+
+    // Folders left by dead processes: one of this run, one of another run on this machine;
+    // one of a live process of another run stays, and so does one without an owner file.
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let make = |name: &str, pid: u32, run: &str| {
+        let d = temp.join(name);
+        std::fs::create_dir_all(d.join("model")).unwrap();
+        let o = serde_json::json!({"pid": pid, "host": host, "run": run});
+        std::fs::write(d.join(OWNER_FILE), o.to_string()).unwrap();
+        d
+    };
+    let live_parent = std::os::unix::process::parent_id();
+    let this_run = make("evomerge-1-aaa", live_parent, run.to_str().unwrap());
+    let dead_other = make("evomerge-2-bbb", dead, "/elsewhere/run");
+    let live_other = make("evomerge-3-ccc", live_parent, "/elsewhere/run");
+    let unowned = temp.join("evomerge-4-ddd");
+    std::fs::create_dir_all(&unowned).unwrap();
+    let mut removed = remove_stale_folders(Some(&temp), &run);
+    removed.sort();
+    assert_eq!(removed, vec![this_run.clone(), dead_other.clone()]);
+    assert!(!this_run.exists() && !dead_other.exists());
+    assert!(live_other.exists() && unowned.exists());
+}

@@ -32,6 +32,7 @@
 //! ```
 
 mod candidate;
+pub mod interrupt;
 
 pub use candidate::{Candidate, MergedCandidate, MlpCandidate, PathCandidate, PathExporter};
 
@@ -203,6 +204,10 @@ pub enum EvalError {
         path: String,
         source: std::io::Error,
     },
+    /// The process was asked to stop (SIGINT/SIGTERM, see [`interrupt`]); what was running
+    /// was stopped and its temporary files removed.
+    #[error("interrupted by signal {0}")]
+    Interrupted(i32),
 }
 
 /// Scores candidates on a task.

@@ -75,10 +75,10 @@ class EvomergePathModel(EvomergePathPreTrainedModel):
         # The base model's config builds the layers exactly as its own model class would.
         self.base_config = config_class(**config.base_config_dict())
         self.base_config._attn_implementation = config._attn_implementation
-        stored = self.base_config.num_hidden_layers
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList([layer_class(self.base_config, j) for j in range(stored)])
-        self.norm = norm_class(config.hidden_size, eps=config.rms_norm_eps)
+        base = self.base_config
+        self.embed_tokens = nn.Embedding(base.vocab_size, base.hidden_size, base.pad_token_id)
+        self.layers = nn.ModuleList([layer_class(base, j) for j in range(base.num_hidden_layers)])
+        self.norm = norm_class(base.hidden_size, eps=base.rms_norm_eps)
         self.rotary_emb = rotary_class(config=self.base_config)
         # One cache slot per hop: the cache is sized by a view of the base config with a layer
         # per hop, each of the type of the layer it runs.

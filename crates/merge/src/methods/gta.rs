@@ -56,7 +56,7 @@ pub(crate) fn spec(
 /// DELLA's keep probabilities `density -/+ epsilon` must lie in (0, 1) when it drops anything.
 fn della_window(p: &Resolved, model: &dyn Fn(usize) -> String) -> Result<(), String> {
     for j in p.others() {
-        if let (Some(d), Some(e)) = (p.input_f32(j, "density"), p.input_f32(j, "epsilon"))
+        if let (Some(d), Some(e)) = (p.input_f64(j, "density"), p.input_f64(j, "epsilon"))
             && d < 1.0
             && !(d - e > 0.0 && d + e < 1.0)
         {
@@ -92,9 +92,9 @@ pub(crate) fn run(
     let mut tvs = Vec::new();
     for j in p.others() {
         let delta = w.inputs[j].clone().sub(b.clone());
-        let density = p.input_f32(j, "density").unwrap_or(1.0);
-        let gamma = p.input_f32(j, "gamma").unwrap_or(0.0);
-        let epsilon = p.input_f32(j, "epsilon").unwrap_or(0.0);
+        let density = p.input_f64(j, "density").unwrap_or(1.0);
+        let gamma = p.input_f64(j, "gamma").unwrap_or(0.0);
+        let epsilon = p.input_f64(j, "epsilon").unwrap_or(0.0);
         let mut rng = MaskRng::new(w.seed, w.tensor, j);
         let delta = sparsify(delta, method, density, gamma, epsilon, rescale, &mut rng)
             .map_err(|e| w.kernel_err(e))?;

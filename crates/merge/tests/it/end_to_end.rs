@@ -532,3 +532,111 @@ fn tied_and_untied_heads() {
     );
     assert_eq!(c.config().unwrap()["tie_word_embeddings"], false);
 }
+
+/// Issue 15, 9: a base without config.json (or tokenizer) no longer gives a folder without
+/// one: the first model that has it stands in, and the plan says so.
+#[test]
+fn a_donor_without_config_or_tokenizer_borrows_another_models_and_says_so() {
+    let w = World::new(Dtype::F32, false);
+    std::fs::remove_file(w.path("base/config.json")).unwrap();
+    std::fs::remove_file(w.path("base/tokenizer.json")).unwrap();
+    let recipe = Recipe::from_yaml(&w.text(TIES_YAML)).unwrap();
+    let sources = Sources::open(&recipe, None).unwrap();
+    let plan = Plan::build(&recipe, &sources, &PlanOptions::default()).unwrap();
+    let a = w.path("a");
+    let a = a.to_str().unwrap();
+    let config_warning = plan
+        .warnings
+        .iter()
+        .find(|m| m.contains("no config.json"))
+        .unwrap_or_else(|| panic!("no warning in {:?}", plan.warnings));
+    assert!(
+        config_warning.contains(&format!("{a}'s")),
+        "{config_warning}"
+    );
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|m| m.contains("no tokenizer") && m.contains(a)),
+        "{:?}",
+        plan.warnings
+    );
+    assert!(plan.describe(&sources).contains("has no config.json"));
+    let out = w.merge(&recipe, "out").unwrap();
+    let cfg = Checkpoint::open(&out).unwrap().config().cloned().unwrap();
+    let from_a = Checkpoint::open(w.path("a"))
+        .unwrap()
+        .config()
+        .cloned()
+        .unwrap();
+    assert_eq!(cfg["hidden_size"], from_a["hidden_size"]);
+    assert_eq!(cfg["num_hidden_layers"], 2);
+    assert_eq!(cfg["torch_dtype"], "float32");
+    assert_eq!(
+        std::fs::read(out.join("tokenizer.json")).unwrap(),
+        std::fs::read(w.path("a/tokenizer.json")).unwrap()
+    );
+
+    // No model has a config: the merge still runs, and says the output has none.
+    for m in ["a", "b"] {
+        std::fs::remove_file(w.path(&format!("{m}/config.json"))).unwrap();
+    }
+    let sources = Sources::open(&recipe, None).unwrap();
+    let plan = Plan::build(&recipe, &sources, &PlanOptions::default()).unwrap();
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|m| m.contains("no model has a config.json")),
+        "{:?}",
+        plan.warnings
+    );
+    assert!(plan.config.is_none());
+}
+
+/// Issue 15, 13 (first part): the recipe copy a merged folder keeps names its models by
+/// absolute paths, so it merges again from there (or anywhere) to the same tensors.
+#[test]
+fn the_recipe_copy_has_absolute_paths_and_merges_again_from_anywhere() {
+    let w = World::new(Dtype::F32, false);
+    let yaml = "merge_method: ties\nbase_model: ./base\ntokenizer_source: a\nmodels:\n  - model: a\n    parameters: {weight: 0.7, density: 0.5}\n  - model: {model: {path: b}}\n    parameters: {weight: 0.3, density: 0.5}\n";
+    let recipe = Recipe::from_yaml(yaml).unwrap();
+    // relative to the recipe's folder (the world root), not the working directory
+    let sources = Sources::open(&recipe, Some(&w.root)).unwrap();
+    let portable = sources.absolute_recipe(&recipe);
+    let canon = |p: &str| std::fs::canonicalize(w.path(p)).unwrap();
+    assert_eq!(
+        portable.base_model.as_ref().unwrap().name(),
+        canon("base").to_str().unwrap()
+    );
+    let models = portable.models.as_ref().unwrap();
+    assert_eq!(models[0].model.name(), canon("a").to_str().unwrap());
+    assert_eq!(models[1].model.name(), canon("b").to_str().unwrap());
+    assert_eq!(portable.tokenizer_source.as_deref(), canon("a").to_str());
+    assert_eq!(
+        models[0].parameters,
+        recipe.models.as_ref().unwrap()[0].parameters
+    );
+
+    let plan = Plan::build(&recipe, &sources, &PlanOptions::default()).unwrap();
+    let first = w.path("first");
+    merge_to_disk(&plan, &sources, &first, &MergeOptions::default(), &[]).unwrap();
+
+    // Read back from the text a merged folder keeps, resolved from an unrelated folder.
+    for text in [portable.to_yaml(), portable.to_toml()] {
+        let again = if text == portable.to_yaml() {
+            Recipe::from_yaml(&text).unwrap()
+        } else {
+            Recipe::from_toml(&text).unwrap()
+        };
+        let elsewhere = tempfile::tempdir().unwrap();
+        let sources = Sources::open(&again, Some(elsewhere.path())).unwrap();
+        let plan = Plan::build(&again, &sources, &PlanOptions::default()).unwrap();
+        let out = elsewhere.path().join("out");
+        merge_to_disk(&plan, &sources, &out, &MergeOptions::default(), &[]).unwrap();
+        assert_eq!(read_all(&out), read_all(&first));
+        assert_eq!(
+            plan.tokenizer_from,
+            sources.index_of(canon("a").to_str().unwrap())
+        );
+    }
+}

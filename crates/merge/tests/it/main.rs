@@ -3,4 +3,5 @@
 mod data_methods;
 mod end_to_end;
 mod mergekit_parity;
+mod mergekit_parity_new_methods;
 mod registry;
