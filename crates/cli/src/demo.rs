@@ -14,13 +14,18 @@ use std::path::{Path, PathBuf};
 /// each merge moved from the base. Everything lands in OUT (default results/demo).
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Folder for the models, recipes and merges (rewritten on every run).
+    /// Folder for the models, recipes and merges (the demo's own files are rewritten on every
+    /// run; anything else there is left alone).
     #[arg(long, default_value = "results/demo")]
     pub out: PathBuf,
     /// Where the arithmetic runs: cpu, wgpu or auto.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
 }
+
+/// The demo search's run folder under OUT/search: `toy_experiment`'s experiment is named "toy"
+/// with seed 3 and writes under `results/`.
+const DEMO_RUN: &str = "results/toy/seed3";
 
 const RECIPES: &[(&str, &str)] = &[
     (
@@ -135,10 +140,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
         recipes.join("ties.yml").display()
     );
 
-    // A search: CMA-ES over DARE-TIES weights and densities, scored by perplexity.
+    // A search: CMA-ES over DARE-TIES weights and densities, scored by perplexity. Only what
+    // the demo writes is replaced: its toy models, task and experiment file (rewritten by
+    // `toy_experiment`) and its own run folder; other runs a user added there stay.
     let toy = args.out.join("search");
-    if toy.exists() {
-        std::fs::remove_dir_all(&toy).with_context(|| format!("clearing {}", toy.display()))?;
+    let own_run = toy.join(DEMO_RUN);
+    if own_run.exists() {
+        std::fs::remove_dir_all(&own_run)
+            .with_context(|| format!("clearing the demo's last run {}", own_run.display()))?;
     }
     std::fs::create_dir_all(&toy)?;
     let exp = evomerge_zoo::toy_experiment(&toy, 48, "")?;

@@ -4,10 +4,10 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use evomerge_genome::{is_path_config, load_path_checkpoint};
+use evomerge_genome::load_decoder;
 use evomerge_kernels::Device;
 use evomerge_kernels::DeviceChoice;
-use evomerge_models::{Decoder, GenerateOptions, LanguageModel, Llama, Tokenizer};
+use evomerge_models::{Decoder, GenerateOptions, LanguageModel, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -68,29 +68,21 @@ fn logits(args: LogitsArgs) -> Result<()> {
         (None, Some(text)) => Tokenizer::from_dir(&args.model_dir)?.encode(text, true)?,
         (None, None) => bail!("give --ids 3,17,42 or --text \"...\""),
     };
-    let logits = load_decoder(&args.model_dir, &device)?.logits(&ids)?;
+    let logits = load(&args.model_dir, &device)?.logits(&ids)?;
     let out = serde_json::json!({ "logits": logits });
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }
 
 /// The decoder of a model folder: its layer path for a path checkpoint, else its layers in order.
-fn load_decoder(dir: &Path, device: &Device) -> Result<Decoder> {
-    let config: Option<serde_json::Value> = std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let decoder = if config.as_ref().is_some_and(is_path_config) {
-        load_path_checkpoint(dir, device)
-    } else {
-        Llama::from_dir(dir, device).map(|m| Decoder::plain(Arc::new(m)))
-    };
-    decoder.with_context(|| format!("loading {}", dir.display()))
+fn load(dir: &Path, device: &Device) -> Result<Decoder> {
+    load_decoder(dir, device).with_context(|| format!("loading {}", dir.display()))
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
     let device = args.device.device().map_err(anyhow::Error::msg)?;
     let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
-    let lm = LanguageModel::new(load_decoder(&args.model_dir, &device)?, Arc::new(tokenizer));
+    let lm = LanguageModel::new(load(&args.model_dir, &device)?, Arc::new(tokenizer));
     let out = lm.generate(
         std::slice::from_ref(&args.prompt),
         &GenerateOptions {

@@ -81,6 +81,6 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(run_cmd::exit_code(&e));
     }
 }

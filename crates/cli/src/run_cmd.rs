@@ -110,7 +110,14 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
+/// The exit status for an error: 130/143 for a run stopped by SIGINT/SIGTERM, else 1.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    e.downcast_ref::<evomerge_runner::RunError>()
+        .map_or(1, evomerge_runner::RunError::exit_code)
+}
+
 pub fn run(args: RunArgs) -> Result<()> {
+    evomerge_runner::stop_on_signals();
     let dir = evomerge_runner::start(
         &args.experiment,
         &RunOptions {
@@ -123,6 +130,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 pub fn resume(args: ResumeArgs) -> Result<()> {
+    evomerge_runner::stop_on_signals();
     let dir = evomerge_runner::resume(
         &args.run_dir,
         &RunOptions {

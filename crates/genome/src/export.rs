@@ -253,6 +253,19 @@ pub fn is_path_config(config: &Value) -> bool {
     config.get("input_layers").is_some()
 }
 
+/// Load any model folder evomerge runs: a path checkpoint ([`is_path_config`]) along its path,
+/// anything else as a plain model (its layers in order). What `evomerge inspect` loads.
+pub fn load_decoder(dir: &Path, device: &Device) -> Result<Decoder, ModelError> {
+    let config: Option<Value> = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if config.as_ref().is_some_and(is_path_config) {
+        load_path_checkpoint(dir, device)
+    } else {
+        Ok(Decoder::plain(Arc::new(Llama::from_dir(dir, device)?)))
+    }
+}
+
 /// Load a path checkpoint written by [`export_path`] into a decoder that runs its hops.
 pub fn load_path_checkpoint(dir: &Path, device: &Device) -> Result<Decoder, ModelError> {
     let ckpt = Checkpoint::open(dir)?;

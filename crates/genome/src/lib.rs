@@ -37,7 +37,7 @@ mod ps;
 pub use dfs::{DfsGenome, DfsSpec};
 pub use export::{
     PATH_ARCHITECTURE, PATH_CONFIGURATION_PY, PATH_MODEL_TYPE, PATH_MODELING_PY, export_path,
-    export_plain, is_path_config, load_path_checkpoint, needs_scales,
+    export_plain, is_path_config, load_decoder, load_path_checkpoint, needs_scales,
 };
 pub use ps::{EMBED_FILTERS, Gene, MethodGene, Preset, PsGenome, PsSpec};
 

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 /// How a data-flow result is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExportFormat {
-    /// The path checkpoint (unique layers + `input_layers`/`input_scales`), always possible.
+    /// The path checkpoint (unique layers + `input_layers`/`input_scales`, `model_type`
+    /// `evomerge_path` with its transformers modeling file: load it with
+    /// `trust_remote_code=True`), always possible; a path without scales is written as the
+    /// plain checkpoint, the same model in the form every tool loads.
     #[default]
     Path,
     /// An ordinary HF model with layers duplicated along the path (only when every scale is 1).

@@ -339,7 +339,10 @@ impl DfsSpace {
         Ok(Decoded::Path(self.genome.decode(x)?))
     }
 
-    /// A path over the loaded models, exportable as a path checkpoint.
+    /// A path over the loaded models. Written for a command evaluator, it is what
+    /// [`export_path`] writes: the plain frankenmerge (layers duplicated along the path) when no
+    /// hop is scaled, which lm-eval and vLLM load as an ordinary model; otherwise the path
+    /// checkpoint with its transformers modeling file, which needs `trust_remote_code=True`.
     pub fn build(&self, path: &LayerPath, label: &str) -> Result<PathCandidate, String> {
         let dirs = self.model_dirs.clone();
         let exporter: Arc<dyn PathExporter> =
@@ -448,5 +451,87 @@ impl Space {
             (Space::Dfs(_), Decoded::Path(p)) => vec![p.len().to_string(), path_text(p)],
             _ => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evomerge_checkpoint::Dtype;
+    use evomerge_genome::{DfsSpec, PATH_MODEL_TYPE, PATH_MODELING_PY};
+    use evomerge_models::Hop;
+    use evomerge_zoo::TinyLlama;
+
+    /// What a command evaluator gets for a DFS candidate: the plain frankenmerge when no hop is
+    /// scaled (an ordinary model for lm-eval and vLLM), the trust_remote_code path checkpoint
+    /// otherwise; never a folder that loads as a model with the stored layers in order.
+    #[test]
+    fn command_evaluators_get_a_folder_transformers_reads_right() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = TinyLlama {
+            layers: 2,
+            ..Default::default()
+        };
+        let dirs = vec![tmp.path().join("a"), tmp.path().join("b")];
+        let a = spec.random(1);
+        a.save(&dirs[0], Dtype::F32, u64::MAX).unwrap();
+        a.perturbed(2, 0.05)
+            .save(&dirs[1], Dtype::F32, u64::MAX)
+            .unwrap();
+        let device = Device::flex();
+        let models: Vec<Arc<Llama>> = dirs
+            .iter()
+            .map(|d| Arc::new(Llama::from_dir(d, &device).unwrap()))
+            .collect();
+        let tokenizer = Arc::new(Tokenizer::from_dir(&dirs[0]).unwrap());
+        let space = DfsSpace::new(DfsSpec::default(), models, dirs, tokenizer).unwrap();
+        let path = |scale| LayerPath {
+            hops: vec![
+                Hop {
+                    model: 0,
+                    layer: 0,
+                    scale: 1.0,
+                },
+                Hop {
+                    model: 1,
+                    layer: 0,
+                    scale,
+                },
+                Hop {
+                    model: 0,
+                    layer: 1,
+                    scale: 1.0,
+                },
+            ],
+        };
+        let config = |dir: &Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap()
+        };
+
+        let plain = tmp.path().join("plain");
+        space
+            .build(&path(1.0), "c0")
+            .unwrap()
+            .write_hf_folder(&plain)
+            .unwrap();
+        let c = config(&plain);
+        assert_eq!(c["model_type"], "llama");
+        assert_eq!(c["num_hidden_layers"], 3);
+        assert!(c.get("input_layers").is_none() && c.get("auto_map").is_none());
+        assert!(plain.join("tokenizer_config.json").exists());
+
+        let scaled = tmp.path().join("scaled");
+        space
+            .build(&path(0.5), "c1")
+            .unwrap()
+            .write_hf_folder(&scaled)
+            .unwrap();
+        let c = config(&scaled);
+        assert_eq!(c["model_type"], PATH_MODEL_TYPE);
+        assert_eq!(c["input_scales"], serde_json::json!([1.0, 0.5, 1.0]));
+        assert!(c["auto_map"]["AutoModelForCausalLM"].is_string());
+        assert!(scaled.join(PATH_MODELING_PY.0).exists());
+        assert!(scaled.join("tokenizer_config.json").exists());
     }
 }

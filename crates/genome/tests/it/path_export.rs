@@ -7,7 +7,7 @@ mod reference;
 use evomerge_checkpoint::Checkpoint;
 use evomerge_genome::{
     PATH_CONFIGURATION_PY, PATH_MODEL_TYPE, PATH_MODELING_PY, export_path, is_path_config,
-    load_path_checkpoint,
+    load_decoder, load_path_checkpoint,
 };
 use evomerge_kernels::Device;
 use evomerge_models::{Decoder, Hop, LayerPath, Llama};
@@ -99,14 +99,24 @@ fn check(spec: evomerge_zoo::TinyLlama, model_type: &str) {
         assert_eq!(name, class);
         assert!(source.contains(&format!("class {class}(")), "{target}");
     }
-    assert!(out.join("tokenizer_config.json").exists());
+    assert!(
+        out.join("tokenizer_config.json").exists(),
+        "{:?}",
+        std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    );
 
     // evomerge's logits of the exported folder equal the f64 reference of the folder, and that
     // equals the reference of the path over the source models.
     let device = Device::flex();
     let decoder = load_path_checkpoint(&out, &device).unwrap();
+    // what `evomerge inspect` loads
+    let inspected = load_decoder(&out, &device).unwrap();
     for ids in [vec![1u32, 7, 19, 33, 2, 60, 5], vec![3, 4]] {
         let got = decoder.logits(&ids).unwrap();
+        assert_eq!(inspected.logits(&ids).unwrap(), got);
         let want = folder_reference(&out, &ids);
         let diff = max_abs_diff(&got, &want);
         assert!(diff < TOL, "{model_type} {ids:?}: max abs diff {diff}");
@@ -175,6 +185,13 @@ fn a_path_without_scales_exports_as_a_plain_frankenmerge() {
     let got = Decoder::plain(Arc::new(Llama::from_dir(&out, &Device::flex()).unwrap()))
         .logits(&ids)
         .unwrap();
+    assert_eq!(
+        load_decoder(&out, &Device::flex())
+            .unwrap()
+            .logits(&ids)
+            .unwrap(),
+        got
+    );
     let ref_hops: Vec<(usize, usize, f64)> = hops.iter().map(|&(m, l)| (m, l, 1.0)).collect();
     let want = reference_logits(&[&ra, &rb], &ref_hops, &ids, None);
     let diff = max_abs_diff(&got, &want);
