@@ -43,6 +43,12 @@ fn demo_reruns_without_deleting_what_the_user_added() {
         "keep me"
     );
     assert!(out.join("search/my-experiment.toml").exists());
-    assert!(run.join("candidates.csv").exists(), "the demo's run was not redone");
-    assert!(!run.join("stale.txt").exists(), "the demo's old run was kept");
+    assert!(
+        run.join("candidates.csv").exists(),
+        "the demo's run was not redone"
+    );
+    assert!(
+        !run.join("stale.txt").exists(),
+        "the demo's old run was kept"
+    );
 }

@@ -187,7 +187,10 @@ fn wait_for_blocked(pids: &Path, n: usize, child: &mut std::process::Child) -> V
         if let Some(status) = child.try_wait().unwrap() {
             panic!("evomerge ended ({status}) before {n} evaluations were blocked");
         }
-        assert!(std::time::Instant::now() < deadline, "evaluations never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "evaluations never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -259,8 +262,15 @@ echo "{\"fitness\": $(( n % 1000 ))}"
             "SIG{name}: {stderr}"
         );
         for (sh, sleeper) in blocked {
-            assert!(!alive(sh) && !alive(sleeper), "SIG{name}: evaluator {sh}/{sleeper} runs on");
-            assert_eq!(group_members(sh), Vec::<u32>::new(), "SIG{name}: group {sh}");
+            assert!(
+                !alive(sh) && !alive(sleeper),
+                "SIG{name}: evaluator {sh}/{sleeper} runs on"
+            );
+            assert_eq!(
+                group_members(sh),
+                Vec::<u32>::new(),
+                "SIG{name}: group {sh}"
+            );
         }
         assert_eq!(temp_left(), 0, "SIG{name}: candidate folders left");
         std::fs::remove_file(root.join("block")).unwrap();
@@ -276,7 +286,13 @@ echo "{\"fitness\": $(( n % 1000 ))}"
         std::fs::remove_file(e.path()).unwrap();
     }
     let mut child = evomerge()
-        .args(["run", exp.to_str().unwrap(), "--run-id", "sigkill-eval", "--quiet"])
+        .args([
+            "run",
+            exp.to_str().unwrap(),
+            "--run-id",
+            "sigkill-eval",
+            "--quiet",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -299,7 +315,10 @@ echo "{\"fitness\": $(( n % 1000 ))}"
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("removed 2 temporary candidate folder"), "{stderr}");
+    assert!(
+        stderr.contains("removed 2 temporary candidate folder"),
+        "{stderr}"
+    );
     assert_eq!(temp_left(), 0);
     assert_eq!(rows(&dir), want_rows);
 }
