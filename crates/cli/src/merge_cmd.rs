@@ -43,7 +43,7 @@ pub struct MergeArgs {
     /// Tensors merged at once (more is faster and uses more memory).
     #[arg(long, short = 'j', default_value_t = default_jobs())]
     pub jobs: usize,
-    /// No progress bar.
+    /// No progress bar or summary line on stderr, only warnings and errors.
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }
@@ -134,6 +134,9 @@ pub fn run(args: MergeArgs) -> Result<()> {
         )),
     }
     let report = merge_to_disk(&plan, &sources, &args.out_dir, &options, &extra)?;
+    if args.quiet {
+        return Ok(());
+    }
     eprintln!(
         "merged {} tensors ({} method) into {} ({} shard{}) in {:.2}s: read {:.1} MB, wrote {:.1} MB",
         report.tensors,

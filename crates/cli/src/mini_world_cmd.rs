@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use evomerge_checkpoint::Dtype;
 use evomerge_eval::{EvalRequest, Split};
 use evomerge_kernels::Device;
-use evomerge_runner::{EvaluatorSpec, Evaluators, checkpoint_candidate};
+use evomerge_runner::{EvaluatorSpec, Evaluators, Progress, checkpoint_candidate};
 use evomerge_zoo::TinyLlama;
 use evomerge_zoo::mini_train::{TrainOptions, train};
 use evomerge_zoo::mini_world::{
@@ -539,16 +539,14 @@ fn train_one(
     };
     let t0 = Instant::now();
     let steps = options.steps;
-    let every = (steps / 10).max(1);
+    // A bar on a terminal, a line every 10% of the steps otherwise.
+    let bar = Progress::new(name, "steps", steps as u64, true);
     let (trained, report) = train(&init, options, |step, loss| {
-        if (step + 1) % every == 0 {
-            eprintln!(
-                "{name}: step {}/{steps} loss {loss:.3} ({:.0}s)",
-                step + 1,
-                t0.elapsed().as_secs_f64()
-            );
-        }
+        bar.set_message(format!("loss {loss:.3}"));
+        bar.set_position(step as u64 + 1);
     });
+    bar.finish();
+    drop(bar);
     trained
         .save_with_tokenizer(&out, Dtype::F32, u64::MAX, &tokenizer_json())
         .with_context(|| format!("saving {}", out.display()))?;
@@ -565,12 +563,12 @@ fn train_one(
         out.join("mini_world.json"),
         serde_json::to_string_pretty(&record)?,
     )?;
-    eprintln!(
+    evomerge_runner::eprint_line(&format!(
         "{name}: trained {steps} steps in {:.0}s, loss {:.3} -> {:.3}",
         t0.elapsed().as_secs_f64(),
         report.first_loss,
         report.last_loss
-    );
+    ));
     Ok(())
 }
 

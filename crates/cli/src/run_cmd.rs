@@ -17,7 +17,8 @@ pub struct RunArgs {
     /// Name of the run folder (default seed{SEED}).
     #[arg(long)]
     pub run_id: Option<String>,
-    /// No progress bars.
+    /// No progress or info lines on stderr, only warnings and errors (the test table still
+    /// goes to stdout).
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }
@@ -27,6 +28,8 @@ pub struct RunArgs {
 pub struct ResumeArgs {
     /// The run folder (holds run.toml and state.json).
     pub run_dir: PathBuf,
+    /// No progress or info lines on stderr, only warnings and errors (the test table still
+    /// goes to stdout).
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }
@@ -125,7 +128,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             progress: !args.quiet,
         },
     )?;
-    eprintln!("run finished: {}", dir.display());
+    if !args.quiet {
+        eprintln!("run finished: {}", dir.display());
+    }
     Ok(())
 }
 
@@ -138,7 +143,9 @@ pub fn resume(args: ResumeArgs) -> Result<()> {
             progress: !args.quiet,
         },
     )?;
-    eprintln!("run finished: {}", dir.display());
+    if !args.quiet {
+        eprintln!("run finished: {}", dir.display());
+    }
     Ok(())
 }
 

@@ -45,6 +45,7 @@ mod experiment;
 mod export;
 mod lock;
 pub mod plot;
+mod progress;
 mod report;
 mod run;
 mod space;
@@ -58,6 +59,7 @@ pub use experiment::{
 pub use export::{ExportFormat, export_run};
 pub use lock::RunLock;
 pub use plot::{PlotError, plot_run};
+pub use progress::{Progress, eprint_line};
 pub use report::{
     ResultRow, checkpoint_candidate, mlp_checkpoint_candidate, mlp_recipe_candidate,
     path_candidate, recipe_candidate,

@@ -3,6 +3,7 @@
 
 use crate::RunError;
 use crate::experiment::{Experiment, GenomeKind};
+use crate::progress::Progress;
 use crate::run::{Setup, write_atomic};
 use crate::space::Family;
 use crate::state::{RunState, Snapshot};
@@ -265,6 +266,7 @@ pub(crate) fn finish(
     exp: &Experiment,
     setup: &Setup,
     state: &RunState,
+    verbose: bool,
 ) -> Result<(), RunError> {
     let mut summary = Vec::new();
     for (stage, st) in state.stages.iter().enumerate() {
@@ -318,11 +320,13 @@ pub(crate) fn finish(
     )?;
 
     if exp.report.test && !dir.join("results.csv").exists() {
-        let rows = test_table(dir, exp, setup, state)?;
+        let rows = test_table(dir, exp, setup, state, verbose)?;
         write_results(dir, exp, &rows)?;
     }
     match crate::plot::plot_run(dir) {
-        Ok(files) if !files.is_empty() => eprintln!("plots: {}", dir.join("plots").display()),
+        Ok(files) if !files.is_empty() && verbose => {
+            eprintln!("plots: {}", dir.join("plots").display())
+        }
         Ok(_) => {}
         Err(e) => eprintln!("warning: plotting failed: {e}"),
     }
@@ -334,10 +338,32 @@ fn test_table(
     exp: &Experiment,
     setup: &Setup,
     state: &RunState,
+    verbose: bool,
 ) -> Result<Vec<ResultRow>, RunError> {
     let device = &setup.device;
     let mut rows = Vec::new();
-    eprintln!("scoring the test split: best, sources, baselines ...");
+    let mut sources: Vec<String> = Vec::new();
+    if exp.report.sources {
+        sources.extend(exp.sources.base.iter().cloned());
+        sources.extend(exp.sources.models.iter().cloned());
+        if let Some(p) = &exp.genome.partner
+            && !sources.contains(p)
+        {
+            sources.push(p.clone());
+        }
+    }
+    let baselines = if exp.sources.base.is_some() {
+        exp.report.baselines.as_slice()
+    } else {
+        &[]
+    };
+    let total = state.stages.iter().filter(|s| s.chosen().is_some()).count()
+        + sources.len()
+        + baselines.len();
+    if verbose {
+        eprintln!("scoring the test split: best, sources, baselines ...");
+    }
+    let bar = Progress::new("test table", "models", total as u64, verbose);
     for (stage, st) in state.stages.iter().enumerate() {
         if let Some(chosen) = st.chosen() {
             let c = snapshot_candidate(dir, exp, stage, &st.kind, chosen, setup)?;
@@ -354,17 +380,11 @@ fn test_table(
                 row.note = format!("search {:.4}", chosen.search_fitness);
             }
             rows.push(row);
+            bar.inc();
         }
     }
-    if exp.report.sources {
-        let mut dirs: Vec<String> = exp.sources.base.iter().cloned().collect();
-        dirs.extend(exp.sources.models.iter().cloned());
-        if let Some(p) = &exp.genome.partner
-            && !dirs.contains(p)
-        {
-            dirs.push(p.clone());
-        }
-        for d in dirs {
+    {
+        for d in sources {
             let name = Path::new(&d)
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -379,10 +399,11 @@ fn test_table(
                 "source"
             };
             rows.push(score_row(setup, c.as_ref(), name, kind, exp.seed)?);
+            bar.inc();
         }
     }
-    if exp.sources.base.is_some() {
-        for b in &exp.report.baselines {
+    {
+        for b in baselines {
             let recipe = baseline_recipe(exp, &b.method, b.weight, b.density);
             let name = format!(
                 "{} (untuned: weight {}{})",
@@ -403,8 +424,10 @@ fn test_table(
                     note: e.to_string(),
                 }),
             }
+            bar.inc();
         }
     }
+    bar.finish();
     Ok(rows)
 }
 

@@ -2,6 +2,7 @@
 
 use crate::experiment::{Budget, EvaluatorSpec, Experiment, GenomeKind};
 use crate::lock::RunLock;
+use crate::progress::Progress;
 use crate::space::{Decoded, DfsSpace, Family, PsSpace, Space};
 use crate::state::{CsvLog, RunState, Scored, Snapshot, StageState, crash_point, read_rows};
 use crate::{RunError, report};
@@ -15,7 +16,6 @@ use evomerge_kernels::Device;
 use evomerge_merge::{MergeOptions, Plan, PlanOptions, Recipe, Sources, merge_to_disk};
 use evomerge_models::{Llama, Tokenizer};
 use evomerge_search::{Bounds, Optimizer};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,8 @@ use std::time::Instant;
 pub struct RunOptions {
     /// The run folder's name (default `seed{seed}`).
     pub run_id: Option<String>,
-    /// Show progress bars.
+    /// Progress and info lines on stderr (a bar on a terminal, periodic lines otherwise);
+    /// false (`--quiet`): only warnings and errors.
     pub progress: bool,
 }
 
@@ -73,7 +74,8 @@ impl Evaluators {
                     list.push((Box::new(e), *weight));
                 }
                 EvaluatorSpec::Command { weight, config } => {
-                    let mut e = CommandEvaluator::new(config.clone())?;
+                    let mut e = CommandEvaluator::new(config.clone())
+                        .map_err(|e| RunError::Config(e.to_string()))?;
                     if let Some(d) = run_dir {
                         e = e.with_owner(d);
                     }
@@ -94,7 +96,7 @@ impl Evaluators {
 
     /// Remove the temporary candidate folders a stopped process of the run `run_dir` (or any
     /// dead process on this machine) left behind; says what it removed.
-    fn remove_stale_folders(&self, run_dir: &Path) {
+    fn remove_stale_folders(&self, run_dir: &Path, verbose: bool) {
         let mut seen: Vec<&Option<PathBuf>> = Vec::new();
         for t in &self.temp_dirs {
             if seen.contains(&t) {
@@ -102,7 +104,7 @@ impl Evaluators {
             }
             seen.push(t);
             let removed = evomerge_eval_command::remove_stale_folders(t.as_deref(), run_dir);
-            if !removed.is_empty() {
+            if verbose && !removed.is_empty() {
                 eprintln!(
                     "removed {} temporary candidate folder(s) a stopped run left: {}",
                     removed.len(),
@@ -575,7 +577,7 @@ fn execute(
     setup: Setup,
     options: &RunOptions,
 ) -> Result<(), RunError> {
-    setup.evaluators.remove_stale_folders(dir);
+    setup.evaluators.remove_stale_folders(dir, options.progress);
     execute_stages(dir, exp, &setup, options).map_err(|e| match e {
         RunError::Eval(EvalError::Interrupted(signal)) => RunError::Interrupted {
             signal,
@@ -659,8 +661,10 @@ fn execute_stages(
     let summaries: Vec<LogSummary> = (0..kinds.len())
         .map(|stage| LogSummary::read(&dir.join(stage_files(&kinds, stage).0)))
         .collect();
-    for (kind, s) in kinds.iter().zip(&summaries) {
-        eprintln!("{kind} stage: {}", s.describe());
+    if options.progress {
+        for (kind, s) in kinds.iter().zip(&summaries) {
+            eprintln!("{kind} stage: {}", s.describe());
+        }
     }
     if state.stages.iter().all(|s| s.best.is_none()) {
         let s = summaries.iter().find(|s| s.rows > 0).or(summaries.first());
@@ -671,7 +675,7 @@ fn execute_stages(
                 .unwrap_or_else(|| "nothing was evaluated".into())
         )));
     }
-    report::finish(dir, exp, setup, &state)?;
+    report::finish(dir, exp, setup, &state, options.progress)?;
     Ok(())
 }
 
@@ -922,26 +926,13 @@ impl StageCtx<'_> {
         let mut log = CsvLog::open(&self.cand_path, &self.candidate_header())?;
         let mut glog = CsvLog::open(&self.gen_path, &Self::gen_header())?;
         let mut prior = read_rows(&self.cand_path)?;
-        let bar = if self.options.progress {
-            let len = self.budget.evaluations.unwrap_or(0);
-            let bar = if len > 0 {
-                ProgressBar::new(len)
-            } else {
-                ProgressBar::new_spinner()
-            };
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {prefix} [{bar:30}] {pos}/{len} evals {elapsed} ETA {eta} {msg}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar.set_prefix(format!("{} stage", self.kind));
-            bar.set_position(state.stages[stage].evaluations);
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = Progress::new(
+            &format!("{} stage", self.kind),
+            "candidates",
+            self.budget.evaluations.unwrap_or(0),
+            self.options.progress,
+        );
+        bar.start_at(state.stages[stage].evaluations);
         // The previous generation's state.json write, counted in the next row's overhead.
         let mut last_save_ms = 0.0;
         while self.budget_left(&state.stages[stage], state) {
@@ -1067,8 +1058,8 @@ impl StageCtx<'_> {
             }
             // Evaluate the rest: one thread builds candidates, `parallelism` threads score them.
             let t_pipe = Instant::now();
-            let results =
-                self.evaluate_parallel(&xs, &decoded, &to_eval, g, &request, &mut log, &keys)?;
+            let results = self
+                .evaluate_parallel(&xs, &decoded, &to_eval, g, &request, &mut log, &keys, &bar)?;
             let mut pipeline_ms = t_pipe.elapsed().as_secs_f64() * 1e3;
             let st = &mut state.stages[stage];
             for o in results {
@@ -1128,6 +1119,7 @@ impl StageCtx<'_> {
                 && st.generations.is_multiple_of(self.exp.validation.every)
             {
                 let t_val = Instant::now();
+                bar.set_message(format!("validating the best of generation {g}"));
                 let v = self.validate(st)?;
                 pipeline_ms += t_val.elapsed().as_secs_f64() * 1e3;
                 v
@@ -1164,7 +1156,6 @@ impl StageCtx<'_> {
                 ),
             ];
             glog.write(&row)?;
-            bar.set_position(st.evaluations);
             bar.set_message(format!(
                 "gen {} best {}{}",
                 st.generations,
@@ -1177,6 +1168,7 @@ impl StageCtx<'_> {
                     .map(|v| format!(" val {v:.4}"))
                     .unwrap_or_default()
             ));
+            bar.set_position(st.evaluations);
             let t_save = Instant::now();
             self.save(state, state_path)?;
             last_save_ms = t_save.elapsed().as_secs_f64() * 1e3;
@@ -1184,10 +1176,12 @@ impl StageCtx<'_> {
         // The stage ends with its best validated (when validation is on).
         let st = &mut state.stages[stage];
         if self.exp.validation.every > 0 {
+            bar.set_message("validating the stage's best".into());
             self.validate(st)?;
         }
         st.done = true;
-        bar.finish_and_clear();
+        bar.finish();
+        drop(bar);
         self.save(state, state_path)?;
         let st = &state.stages[stage];
         if let Some(line) = stage_summary(
@@ -1196,7 +1190,8 @@ impl StageCtx<'_> {
             st.evaluations,
             st.best.as_ref(),
             st.chosen(),
-        ) {
+        ) && self.options.progress
+        {
             eprintln!("{line}");
         }
         Ok(())
@@ -1293,6 +1288,7 @@ impl StageCtx<'_> {
         request: &EvalRequest,
         log: &mut CsvLog,
         keys: &[String],
+        bar: &Progress,
     ) -> Result<Vec<Outcome>, RunError> {
         let workers = self.exp.parallelism.max(1);
         let mut out = Vec::with_capacity(to_eval.len());
@@ -1392,6 +1388,7 @@ impl StageCtx<'_> {
                             &keys[o.index],
                         )?;
                         out.push(o);
+                        bar.inc();
                     }
                     Err(e) => {
                         first_err.get_or_insert(e);
