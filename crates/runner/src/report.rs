@@ -383,49 +383,45 @@ fn test_table(
             bar.inc();
         }
     }
-    {
-        for d in sources {
-            let name = Path::new(&d)
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or(d.clone());
-            let c: Box<dyn Candidate> = match setup.family {
-                Family::Decoder => Box::new(checkpoint_candidate(Path::new(&d), &name, device)?),
-                Family::Mlp => Box::new(mlp_checkpoint_candidate(Path::new(&d), &name)?),
-            };
-            let kind = if exp.sources.base.as_deref() == Some(d.as_str()) {
-                "base"
-            } else {
-                "source"
-            };
-            rows.push(score_row(setup, c.as_ref(), name, kind, exp.seed)?);
-            bar.inc();
-        }
+    for d in sources {
+        let name = Path::new(&d)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or(d.clone());
+        let c: Box<dyn Candidate> = match setup.family {
+            Family::Decoder => Box::new(checkpoint_candidate(Path::new(&d), &name, device)?),
+            Family::Mlp => Box::new(mlp_checkpoint_candidate(Path::new(&d), &name)?),
+        };
+        let kind = if exp.sources.base.as_deref() == Some(d.as_str()) {
+            "base"
+        } else {
+            "source"
+        };
+        rows.push(score_row(setup, c.as_ref(), name, kind, exp.seed)?);
+        bar.inc();
     }
-    {
-        for b in baselines {
-            let recipe = baseline_recipe(exp, &b.method, b.weight, b.density);
-            let name = format!(
-                "{} (untuned: weight {}{})",
-                b.method,
-                b.weight,
-                b.density
-                    .map(|d| format!(", density {d}"))
-                    .unwrap_or_default()
-            );
-            match family_recipe_candidate(setup.family, &recipe, &name, device, exp.merge_seed()) {
-                Ok(c) => rows.push(score_row(setup, c.as_ref(), name, "baseline", exp.seed)?),
-                Err(e) => rows.push(ResultRow {
-                    name,
-                    kind: "baseline",
-                    split: Split::Test,
-                    fitness: None,
-                    metrics: BTreeMap::new(),
-                    note: e.to_string(),
-                }),
-            }
-            bar.inc();
+    for b in baselines {
+        let recipe = baseline_recipe(exp, &b.method, b.weight, b.density);
+        let name = format!(
+            "{} (untuned: weight {}{})",
+            b.method,
+            b.weight,
+            b.density
+                .map(|d| format!(", density {d}"))
+                .unwrap_or_default()
+        );
+        match family_recipe_candidate(setup.family, &recipe, &name, device, exp.merge_seed()) {
+            Ok(c) => rows.push(score_row(setup, c.as_ref(), name, "baseline", exp.seed)?),
+            Err(e) => rows.push(ResultRow {
+                name,
+                kind: "baseline",
+                split: Split::Test,
+                fitness: None,
+                metrics: BTreeMap::new(),
+                note: e.to_string(),
+            }),
         }
+        bar.inc();
     }
     bar.finish();
     Ok(rows)
