@@ -139,7 +139,7 @@ impl Progress {
     pub fn finish(&self) {
         match &self.mode {
             Mode::Hidden => {}
-            Mode::Bar(b) => b.finish_and_clear(),
+            Mode::Bar(b) => clear(b),
             Mode::Lines(l) => {
                 let mut l = l.lock().expect("progress");
                 if l.printed_at != Some(l.pos) && l.pos > 0 {
@@ -153,8 +153,17 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         if let Mode::Bar(b) = &self.mode {
-            b.finish_and_clear();
+            clear(b);
         }
+    }
+}
+
+/// Take a finished bar off the terminal, so the next line starts on a clean one.
+fn clear(b: &ProgressBar) {
+    if !b.is_finished() {
+        b.finish_and_clear();
+        bars().remove(b);
+        let _ = bars().clear();
     }
 }
 
