@@ -95,8 +95,9 @@ impl Evaluators {
     }
 
     /// Remove the temporary candidate folders a stopped process of the run `run_dir` (or any
-    /// dead process on this machine) left behind; says what it removed.
-    fn remove_stale_folders(&self, run_dir: &Path, verbose: bool) {
+    /// dead process on this machine) left behind; says what it removed, also with `--quiet`
+    /// (it reports what went wrong before, like a warning).
+    fn remove_stale_folders(&self, run_dir: &Path) {
         let mut seen: Vec<&Option<PathBuf>> = Vec::new();
         for t in &self.temp_dirs {
             if seen.contains(&t) {
@@ -104,7 +105,7 @@ impl Evaluators {
             }
             seen.push(t);
             let removed = evomerge_eval_command::remove_stale_folders(t.as_deref(), run_dir);
-            if verbose && !removed.is_empty() {
+            if !removed.is_empty() {
                 eprintln!(
                     "removed {} temporary candidate folder(s) a stopped run left: {}",
                     removed.len(),
@@ -577,7 +578,7 @@ fn execute(
     setup: Setup,
     options: &RunOptions,
 ) -> Result<(), RunError> {
-    setup.evaluators.remove_stale_folders(dir, options.progress);
+    setup.evaluators.remove_stale_folders(dir);
     execute_stages(dir, exp, &setup, options).map_err(|e| match e {
         RunError::Eval(EvalError::Interrupted(signal)) => RunError::Interrupted {
             signal,
