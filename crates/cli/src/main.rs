@@ -3,7 +3,6 @@
 //! Each subcommand lives in its own module; this file only parses the command line.
 
 mod bench;
-mod bench_lm;
 mod demo;
 mod digits_models;
 mod inspect;

@@ -1,6 +1,6 @@
 //! The benchmark sweep of BENCHMARKS.md ("Search optimizers"): every (function, dimension,
 //! optimizer) cell over 25 seeds through the same `bench::run_one` that
-//! `evomerge bench search` / the `bench_search` example run, on 2 threads.
+//! `evomerge bench search` runs, on 2 threads.
 //!
 //! ```text
 //! cargo run -p evomerge-search --release --example search_sweep -- benchmarks/search

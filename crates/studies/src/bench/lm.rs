@@ -4,7 +4,6 @@
 //! baseline measured in the same run.
 
 use anyhow::{Context, Result};
-use clap::Args;
 use evomerge_checkpoint::Dtype;
 use evomerge_kernels::{Device, DeviceChoice, T2, tensor_from};
 use evomerge_merge::{
@@ -20,26 +19,34 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-#[derive(Args)]
-pub struct LmBenchArgs {
+/// What [`run`] measures.
+#[derive(Debug, Clone)]
+pub struct LmBench {
     /// Folder for the tiny checkpoints and merge outputs.
-    #[arg(long, default_value = "results/bench-lm")]
     pub dir: PathBuf,
     /// Prompts generated together.
-    #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Prompt length in tokens.
-    #[arg(long, default_value_t = 24)]
     pub prompt_len: usize,
     /// Tokens generated per prompt.
-    #[arg(long, default_value_t = 32)]
     pub new_tokens: usize,
     /// Also time wgpu (needs the `wgpu` feature and an adapter).
-    #[arg(long)]
     pub wgpu: bool,
     /// Repetitions of each turnaround measurement (the median is reported).
-    #[arg(long, default_value_t = 7)]
     pub repeats: usize,
+}
+
+impl Default for LmBench {
+    fn default() -> Self {
+        LmBench {
+            dir: PathBuf::from("results/bench-lm"),
+            batch: 64,
+            prompt_len: 24,
+            new_tokens: 32,
+            wgpu: false,
+            repeats: 7,
+        }
+    }
 }
 
 /// The mini reproduction's model size: d_model 128, 6 layers, ~1.3M parameters.
@@ -77,7 +84,7 @@ impl TensorSource for Resident {
 }
 
 /// Tokens per second of greedy generation, with and without the KV cache.
-fn generation(d: &Decoder, args: &LmBenchArgs, label: &str) -> Result<(f64, f64)> {
+fn generation(d: &Decoder, args: &LmBench, label: &str) -> Result<(f64, f64)> {
     let v = d.config().vocab_size as u32;
     let prompts: Vec<Vec<u32>> = (0..args.batch)
         .map(|i| {
@@ -106,7 +113,10 @@ fn generation(d: &Decoder, args: &LmBenchArgs, label: &str) -> Result<(f64, f64)
     Ok((cached, uncached))
 }
 
-pub fn lm_bench(args: LmBenchArgs) -> Result<()> {
+/// Generation tokens/s (KV cache against recomputing, flex and optionally wgpu) and the
+/// turnaround of an in-memory merged candidate against merging to disk and loading it; prints
+/// a markdown table.
+pub fn run(args: &LmBench) -> Result<()> {
     let spec = spec();
     let dir = &args.dir;
     let names = ["base", "ft1", "ft2"];
@@ -125,11 +135,11 @@ pub fn lm_bench(args: LmBenchArgs) -> Result<()> {
     let lm = LanguageModel::from_dir(dir.join("base"), &flex)?;
 
     // 1. Generation throughput.
-    let (flex_cached, flex_uncached) = generation(lm.decoder(), &args, "flex")?;
+    let (flex_cached, flex_uncached) = generation(lm.decoder(), args, "flex")?;
     let wgpu = if args.wgpu {
         let device = DeviceChoice::Wgpu.device().map_err(anyhow::Error::msg)?;
         let d = Decoder::plain(Arc::new(Llama::from_dir(dir.join("base"), &device)?));
-        Some(generation(&d, &args, "wgpu")?)
+        Some(generation(&d, args, "wgpu")?)
     } else {
         None
     };
