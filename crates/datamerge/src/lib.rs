@@ -24,6 +24,12 @@
 //! [`merge_mlps`] runs any of them from a method name and options: what `evomerge merge` calls
 //! for the data-using methods.
 //!
+//! [`registry`] is where a data-using method is registered: its name, summary and parameters
+//! (typed, [`DataParams`]), which `evomerge-merge` lists as whole-model methods and hands
+//! over to; it also holds the recipe's `data` section ([`DataSection`]). A new data-using
+//! method is a variant of [`DataMethod`], an entry in [`METHODS`], its parameters in
+//! [`DataParams`] and its arm in [`merge_mlps`] (and [`lm`] for language models).
+//!
 //! [`lm`] applies RegMean, Fisher merging and the greedy soup to Llama-family language models
 //! (their linear maps, statistics from evomerge's decoder on text data).
 //!
@@ -51,11 +57,13 @@ pub mod fisher;
 pub mod lm;
 mod method;
 pub mod rebasin;
+pub mod registry;
 pub mod regmean;
 pub mod repair;
 pub mod soup;
 
 pub use method::{Alignment, DataMethod, MergeInput, MethodOptions, merge_mlps};
+pub use registry::{DataMethodSpec, DataOverride, DataParams, DataSection, METHODS};
 
 pub use evomerge_models::MlpWeights;
 

@@ -25,29 +25,20 @@ pub enum DataMethod {
 }
 
 impl DataMethod {
-    /// Every method with its registry name.
-    pub const ALL: [(DataMethod, &'static str); 5] = [
-        (DataMethod::Fisher, "fisher"),
-        (DataMethod::RegMean, "regmean"),
-        (DataMethod::GitRebasin, "git_rebasin"),
-        (DataMethod::Repair, "repair"),
-        (DataMethod::GreedySoup, "greedy_soup"),
-    ];
-
-    /// The method of a registry name.
+    /// The method of a registry name ([`crate::registry::METHODS`]).
     pub fn from_name(name: &str) -> Option<DataMethod> {
-        DataMethod::ALL
+        crate::registry::METHODS
             .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(m, _)| *m)
+            .find(|m| m.name == name)
+            .map(|m| m.method)
     }
 
     /// The registry name.
     pub fn name(self) -> &'static str {
-        DataMethod::ALL
+        crate::registry::METHODS
             .iter()
-            .find(|(m, _)| *m == self)
-            .map(|(_, n)| *n)
+            .find(|m| m.method == self)
+            .map(|m| m.name)
             .expect("every method is listed")
     }
 }

@@ -3,12 +3,12 @@
 
 use crate::MergeError;
 use crate::method::TensorWork;
+use crate::output::{MergeOptions, MergeReport, create_writer, finish};
 use crate::plan::{Action, Plan, Sources, TensorPlan};
-use evomerge_checkpoint::{CheckpointWriter, OutputTensor, WriterOptions};
 use evomerge_kernels::{Device, T2, tensor_from_vec, values_of};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Where the input tensors of a merge come from: checkpoints on disk ([`Sources`]) or tensors
@@ -73,69 +73,8 @@ pub fn merge_in_memory(
         .collect()
 }
 
-/// How to run a merge to disk.
-#[derive(Debug, Clone)]
-pub struct MergeOptions {
-    pub device: Device,
-    /// Seed of every random mask.
-    pub seed: u64,
-    /// Largest output shard in bytes.
-    pub max_shard_bytes: u64,
-    /// Replace an existing output folder.
-    pub force: bool,
-    /// Tensors merged at the same time (memory grows with it).
-    pub jobs: usize,
-    /// Show a progress bar.
-    pub progress: bool,
-}
-
-impl Default for MergeOptions {
-    fn default() -> Self {
-        MergeOptions {
-            device: Device::flex(),
-            seed: 0,
-            max_shard_bytes: 5_000_000_000,
-            force: false,
-            jobs: 1,
-            progress: false,
-        }
-    }
-}
-
-/// What a merge did.
-#[derive(Debug, Clone)]
-pub struct MergeReport {
-    pub out_dir: PathBuf,
-    pub tensors: usize,
-    pub shards: usize,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub seconds: f64,
-}
-
 /// Run a plan and write the merged checkpoint to `out_dir` (atomically: nothing is left at
 /// `out_dir` if anything fails). `extra_files` (a model card, the recipe) go next to the weights.
-/// The atomic checkpoint writer for every output tensor of `plan`.
-pub(crate) fn create_writer(
-    plan: &Plan,
-    out_dir: &Path,
-    options: &MergeOptions,
-) -> Result<CheckpointWriter, MergeError> {
-    let outputs: Vec<OutputTensor> = plan
-        .tensors
-        .iter()
-        .map(|tp| OutputTensor::new(tp.name.clone(), tp.dtype, tp.shape.clone()))
-        .collect();
-    Ok(CheckpointWriter::create(
-        out_dir,
-        outputs,
-        WriterOptions {
-            max_shard_bytes: options.max_shard_bytes,
-            force: options.force,
-        },
-    )?)
-}
-
 pub fn merge_to_disk(
     plan: &Plan,
     sources: &Sources,
@@ -144,7 +83,7 @@ pub fn merge_to_disk(
     extra_files: &[(&str, Vec<u8>)],
 ) -> Result<MergeReport, MergeError> {
     if plan.method.is_whole_model() {
-        return crate::data::merge_to_disk(plan, sources, out_dir, options, extra_files);
+        return crate::whole_model::merge_to_disk(plan, sources, out_dir, options, extra_files);
     }
     let start = Instant::now();
     let writer = create_writer(plan, out_dir, options)?;
@@ -193,41 +132,4 @@ pub fn merge_to_disk(
     pool.install(|| plan.tensors.par_iter().try_for_each(run_one))?;
     bar.finish_and_clear();
     finish(plan, sources, writer, extra_files, start)
-}
-
-/// Write the extra files, the config and the tokenizer files, commit the output folder, and
-/// report what was read and written (shared by the kernel and the data-method paths).
-pub(crate) fn finish(
-    plan: &Plan,
-    sources: &Sources,
-    writer: CheckpointWriter,
-    extra_files: &[(&str, Vec<u8>)],
-    start: Instant,
-) -> Result<MergeReport, MergeError> {
-    for (name, contents) in extra_files {
-        writer.write_file(name, contents)?;
-    }
-    let shards = writer.num_shards();
-    let tokenizer_dir = plan.tokenizer_from.map(|m| sources.models[m].path.clone());
-    let out_dir = writer.finish(plan.config.clone(), tokenizer_dir.as_deref())?;
-    let bytes_read = plan
-        .tensors
-        .iter()
-        .flat_map(|tp| tp.inputs.iter())
-        .filter_map(|i| sources.models[i.model].checkpoint.info(&i.tensor))
-        .map(|info| info.nbytes() as u64)
-        .sum();
-    let bytes_written = plan
-        .tensors
-        .iter()
-        .map(|tp| tp.shape.iter().product::<usize>() as u64 * tp.dtype.size() as u64)
-        .sum();
-    Ok(MergeReport {
-        out_dir,
-        tensors: plan.tensors.len(),
-        shards,
-        bytes_read,
-        bytes_written,
-        seconds: start.elapsed().as_secs_f64(),
-    })
 }

@@ -33,17 +33,17 @@
 //! # Ok(()) }
 //! ```
 
-mod data;
 mod execute;
 pub mod method;
 mod methods;
+mod output;
 mod plan;
 mod recipe;
+mod whole_model;
 
-pub use data::{DataOverride, DataSection, is_data_method};
-pub use execute::{
-    MergeOptions, MergeReport, TensorSource, merge_in_memory, merge_tensor, merge_to_disk,
-};
+pub use evomerge_datamerge::{DataOverride, DataSection};
+pub use execute::{TensorSource, merge_in_memory, merge_tensor, merge_to_disk};
+pub use output::{MergeOptions, MergeReport};
 pub use plan::{
     Action, Plan, PlanInput, PlanOptions, SourceModel, Sources, TensorPlan, referenced_models,
 };
@@ -51,6 +51,7 @@ pub use recipe::{
     FilterEntry, InputModel, ModelPath, ModelRef, Module, OutputSlice, ParamSetting, ParamValue,
     Params, Recipe, RecipeFormat, ScalarOrGradient, SliceSource, TokenizerConfig,
 };
+pub use whole_model::is_data_method;
 
 /// What can go wrong between a recipe and a merged checkpoint.
 #[derive(Debug, thiserror::Error)]

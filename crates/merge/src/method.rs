@@ -44,7 +44,7 @@ pub type CheckFn = fn(&Resolved, &dyn Fn(usize) -> String) -> Result<(), String>
 pub enum Scope {
     /// One output tensor from the same-named input tensors, by this work.
     PerTensor(WorkFn),
-    /// The method runs the models (on data: `crate::data`); the per-tensor executor hands over.
+    /// The method runs the models (on data: `crate::whole_model`); the per-tensor executor hands over.
     WholeModel,
 }
 
@@ -200,7 +200,7 @@ impl MethodSpec {
         }
     }
 
-    /// A whole-model method that runs the models on data (see `crate::data`): per-model
+    /// A whole-model method that runs the models on data (see `crate::whole_model`): per-model
     /// `weight` (default 1), no base.
     pub fn whole_model(
         name: &'static str,

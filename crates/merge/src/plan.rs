@@ -257,7 +257,7 @@ pub struct Plan {
     /// Things the user should know that do not stop the merge.
     pub warnings: Vec<String>,
     /// The recipe's `data` section (data-using methods).
-    pub data: Option<crate::data::DataSection>,
+    pub data: Option<evomerge_datamerge::DataSection>,
 }
 
 /// Options that override what the recipe says.
@@ -605,7 +605,11 @@ impl Plan {
                 .find(|t| t.action == Action::Merge)
                 .map(|t| t.global.clone())
                 .unwrap_or_default();
-            crate::data::check_recipe(method.name, recipe.data.as_ref(), &global)?;
+            if let Some(m) = evomerge_datamerge::DataMethod::from_name(method.name) {
+                let params = serde_json::to_value(&global).expect("parameter values serialize");
+                evomerge_datamerge::registry::check_recipe(m, params, recipe.data.as_ref())
+                    .map_err(MergeError::Recipe)?;
+            }
         } else if recipe.data.is_some() {
             warnings.push(format!(
                 "the `data` section is not used by {} (a data-free method); it is ignored",

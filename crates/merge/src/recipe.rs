@@ -312,7 +312,7 @@ pub struct Recipe {
     /// Data for the data-using methods (`fisher`, `regmean`, `git_rebasin` with activation
     /// matching, `repair`, `greedy_soup`); an evomerge extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<crate::data::DataSection>,
+    pub data: Option<evomerge_datamerge::DataSection>,
 }
 
 /// The format of a recipe file, from its extension.

@@ -12,11 +12,7 @@ mod breadcrumbs;
 mod breadcrumbs_ties;
 mod dare_linear;
 mod dare_ties;
-mod data_fisher;
-mod data_git_rebasin;
-mod data_greedy_soup;
-mod data_regmean;
-mod data_repair;
+mod data;
 mod della;
 mod della_linear;
 mod gta;
@@ -38,7 +34,7 @@ mod ties;
 
 /// Every registered method, in the order `evomerge methods` lists them; built once.
 pub(crate) static REGISTRY: LazyLock<Vec<MethodSpec>> = LazyLock::new(|| {
-    vec![
+    let mut all = vec![
         linear::spec(),
         slerp::spec(),
         nuslerp::spec(),
@@ -59,12 +55,10 @@ pub(crate) static REGISTRY: LazyLock<Vec<MethodSpec>> = LazyLock::new(|| {
         arcee_fusion::spec(),
         ram::spec(),
         ramplus_tl::spec(),
-        data_fisher::spec(),
-        data_regmean::spec(),
-        data_git_rebasin::spec(),
-        data_repair::spec(),
-        data_greedy_soup::spec(),
-        #[cfg(feature = "test-method")]
-        test_scale::spec(),
-    ]
+    ];
+    // The data-using methods, registered by evomerge-datamerge.
+    all.extend(data::specs());
+    #[cfg(feature = "test-method")]
+    all.push(test_scale::spec());
+    all
 });
