@@ -11,11 +11,22 @@
 //! | `{score_file}` | `{work_dir}/score.json`, where the command may write its score |
 //! | `{split}` | `search`, `validation` or `test` |
 //! | `{generation}`, `{seed}` | of the request (for tools that subsample) |
+//! | `{devices}` | the indices of the devices the candidate holds, comma-separated (`2,3`) |
+//! | `{device}` | the first of them (`2`) |
 //!
 //! Each value is substituted shell-quoted (a path with a space or `$` stays one word) and is
 //! also in the command's environment as `EVOMERGE_MODEL_DIR`, `EVOMERGE_WORK_DIR`,
-//! `EVOMERGE_SCORE_FILE`, `EVOMERGE_SPLIT`, `EVOMERGE_GENERATION` and `EVOMERGE_SEED`;
-//! and the score is read as JSON `{"fitness": 0.5, "metrics": {"acc": 0.5}}` (`items` optional)
+//! `EVOMERGE_SCORE_FILE`, `EVOMERGE_SPLIT`, `EVOMERGE_GENERATION`, `EVOMERGE_SEED`,
+//! `EVOMERGE_DEVICES` and `EVOMERGE_DEVICE`.
+//!
+//! Devices: when the request holds devices (the runner's `[execution] devices`), the command
+//! also gets `CUDA_VISIBLE_DEVICES` and `HIP_VISIBLE_DEVICES` set to `{devices}` (overriding
+//! `env`), so a tool that picks "the GPU" picks the candidate's; inside the command those GPUs
+//! are then numbered from 0. When it holds none, `{devices}` is the `CUDA_VISIBLE_DEVICES` the
+//! process inherited (what Slurm sets for `--gres=gpu:N`); a command using `{device}` or
+//! `{devices}` with neither is an evaluation error naming the fix.
+//!
+//! The score is read as JSON `{"fitness": 0.5, "metrics": {"acc": 0.5}}` (`items` optional)
 //! from `{score_file}` if the command wrote it, else from the last line of stdout that parses.
 //! With `lm_eval = { task = "gsm8k", metric = "exact_match,strict-match" }` the score is instead
 //! read from the newest lm-evaluation-harness `results_*.json` under `{work_dir}`.
@@ -243,6 +254,8 @@ impl CommandEvaluator {
             "split",
             "generation",
             "seed",
+            "devices",
+            "device",
         ];
         let mut rest = config.command.as_str();
         while let Some(i) = rest.find('{') {
@@ -286,6 +299,7 @@ impl CommandEvaluator {
         model_dir: &Path,
         work_dir: &Path,
         request: &EvalRequest,
+        devices: &str,
     ) -> Vec<(&'static str, &'static str, String)> {
         let score_file = work_dir.join("score.json");
         vec![
@@ -315,7 +329,18 @@ impl CommandEvaluator {
                 request.generation.to_string(),
             ),
             ("seed", "EVOMERGE_SEED", request.seed.to_string()),
+            ("devices", "EVOMERGE_DEVICES", devices.to_string()),
+            (
+                "device",
+                "EVOMERGE_DEVICE",
+                devices.split(',').next().unwrap_or("").to_string(),
+            ),
         ]
+    }
+
+    /// Whether the command template uses `{device}` or `{devices}`.
+    pub fn uses_devices(&self) -> bool {
+        self.config.command.contains("{device}") || self.config.command.contains("{devices}")
     }
 
     /// The command with every placeholder replaced by its shell-quoted value.
@@ -331,6 +356,7 @@ impl CommandEvaluator {
         &self,
         command: &str,
         values: &[(&str, &str, String)],
+        held: &str,
     ) -> Result<Outcome, std::io::Error> {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -348,6 +374,11 @@ impl CommandEvaluator {
         }
         for (_, var, value) in values {
             cmd.env(var, value);
+        }
+        if !held.is_empty() {
+            // The candidate's devices, over whatever `env` or the parent said.
+            cmd.env("CUDA_VISIBLE_DEVICES", held);
+            cmd.env("HIP_VISIBLE_DEVICES", held);
         }
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
@@ -577,6 +608,18 @@ impl Evaluator for CommandEvaluator {
         if let Some(signal) = evomerge_eval::interrupt::requested() {
             return Err(EvalError::Interrupted(signal));
         }
+        let held = request.visible_devices();
+        let devices = if held.is_empty() {
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default()
+        } else {
+            held.clone()
+        };
+        if devices.is_empty() && self.uses_devices() {
+            return Err(EvalError::Config(format!(
+                "command evaluator `{}` uses {{device}} / {{devices}} but this evaluation holds no device: list them in [execution] devices = [\"cuda:0\", ...] (or a count), or on Slurm ask for GPUs with [execution.slurm] gres",
+                self.config.name
+            )));
+        }
         let prefix = format!("{PREFIX}{}-", std::process::id());
         let tmp = match &self.config.temp_dir {
             Some(d) => tempfile::Builder::new().prefix(&prefix).tempdir_in(d),
@@ -612,15 +655,17 @@ impl Evaluator for CommandEvaluator {
         if let Some(signal) = evomerge_eval::interrupt::requested() {
             return Err(EvalError::Interrupted(signal));
         }
-        let values = self.values(&model_dir, &work_dir, request);
+        let values = self.values(&model_dir, &work_dir, request, &devices);
         let command = self.fill(&values);
-        let outcome = self.run(&command, &values).map_err(|e| EvalError::Io {
-            path: match &self.config.cwd {
-                Some(cwd) => format!("`sh -c` in cwd {}", cwd.display()),
-                None => "`sh -c`".into(),
-            },
-            source: e,
-        })?;
+        let outcome = self
+            .run(&command, &values, &held)
+            .map_err(|e| EvalError::Io {
+                path: match &self.config.cwd {
+                    Some(cwd) => format!("`sh -c` in cwd {}", cwd.display()),
+                    None => "`sh -c`".into(),
+                },
+                source: e,
+            })?;
         if let Some(signal) = outcome.interrupted {
             // The temporary folder goes with `tmp` on the way out.
             return Err(EvalError::Interrupted(signal));

@@ -265,3 +265,42 @@ fn temporary_folders_name_their_owner_and_stale_ones_are_removed() {
     assert!(!this_run.exists() && !dead_other.exists());
     assert!(live_other.exists() && unowned.exists());
 }
+
+#[test]
+fn held_devices_fill_the_placeholders_and_the_visible_devices() {
+    use evomerge_eval::HeldDevice;
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    let seen = tmp.path().join("seen.txt");
+    let text = format!(
+        "name = \"gpu\"\nenv = {{ CUDA_VISIBLE_DEVICES = \"7\" }}\ncommand = '''printf '%s\\n' {{devices}} {{device}} \"$CUDA_VISIBLE_DEVICES\" \"$HIP_VISIBLE_DEVICES\" \"$EVOMERGE_DEVICES\" > {} && echo '{{\"fitness\": 1}}' '''\n",
+        seen.display()
+    );
+    let ev = CommandEvaluator::new(toml::from_str::<CommandConfig>(&text).unwrap()).unwrap();
+    assert!(ev.uses_devices());
+    let held = vec![
+        HeldDevice {
+            name: "cuda:2".into(),
+            index: 2,
+        },
+        HeldDevice {
+            name: "cuda:3".into(),
+            index: 3,
+        },
+    ];
+    let s = ev.evaluate(&cand, &req().with_devices(held)).unwrap();
+    assert!(!s.is_failed(), "{:?}", s.failure);
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        ["2,3", "2", "2,3", "2,3", "2,3"]
+    );
+    // No device held and none inherited: the placeholders cannot be filled.
+    if std::env::var_os("CUDA_VISIBLE_DEVICES").is_none() {
+        let e = ev.evaluate(&cand, &req()).unwrap_err().to_string();
+        assert!(
+            e.contains("[execution] devices") && e.contains("gres"),
+            "{e}"
+        );
+    }
+}

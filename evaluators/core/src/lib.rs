@@ -86,12 +86,24 @@ impl FromStr for Split {
 }
 
 /// What to evaluate: the split, and the search generation and run seed that fix the item
-/// subsample (every candidate of one generation sees the same items).
+/// subsample (every candidate of one generation sees the same items); and the devices this
+/// evaluation holds, when the run spreads candidates over several (`[execution] devices`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalRequest {
     pub split: Split,
     pub generation: u64,
     pub seed: u64,
+    /// The devices held for this evaluation (empty: none were assigned). A command evaluator
+    /// sets `CUDA_VISIBLE_DEVICES` / `HIP_VISIBLE_DEVICES` to their indices.
+    pub devices: Vec<HeldDevice>,
+}
+
+/// A device an evaluation holds: its name in the experiment (`cuda:1`) and the index the
+/// tools see (`CUDA_VISIBLE_DEVICES=1`, or the wgpu adapter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldDevice {
+    pub name: String,
+    pub index: usize,
 }
 
 impl EvalRequest {
@@ -100,7 +112,23 @@ impl EvalRequest {
             split,
             generation,
             seed,
+            devices: Vec::new(),
         }
+    }
+
+    /// The same request, holding `devices`.
+    pub fn with_devices(mut self, devices: Vec<HeldDevice>) -> EvalRequest {
+        self.devices = devices;
+        self
+    }
+
+    /// The held devices' indices, comma-separated (`1,3`; empty when none are held).
+    pub fn visible_devices(&self) -> String {
+        self.devices
+            .iter()
+            .map(|d| d.index.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
