@@ -728,7 +728,6 @@ mv "$dir/.score-$i.tmp" "$dir/score-$i.json"
         (0..n)
             .map(|i| TaskFile {
                 run_dir: run.to_path_buf(),
-                stage: 0,
                 kind: "ps".into(),
                 generation: 0,
                 index: i,

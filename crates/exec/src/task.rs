@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 pub struct TaskFile {
     /// The run folder (absolute): the worker reads `run.toml` (and `state.json`) there.
     pub run_dir: PathBuf,
-    /// Stage number (0, or 1 for the DFS stage of a `ps+dfs` run) and its kind (`ps`, `dfs`).
-    pub stage: usize,
+    /// The stage (`ps`, `dfs`; a run has at most one of each).
     pub kind: String,
     pub generation: u64,
     pub index: usize,
