@@ -9,6 +9,9 @@
 //! folder that is renamed into place only when everything is written, so a failed merge never
 //! leaves a half-written model behind.
 //!
+//! Every other file a user keeps (run logs' state, recipes, results, plots) is written through
+//! [`atomic`]: one temporary-name rule, fsync, rename, fsync of the folder.
+//!
 //! It also knows which tensor belongs to which part of a decoder ([`TensorRole`]): embeddings,
 //! layer `i`, the final norm or the LM head, for the Llama/Mistral/Qwen2/Gemma/Phi3
 //! (`model.layers.{i}.`) and GPT-2 (`transformer.h.{i}.`) namings.
@@ -29,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod atomic;
 mod config;
 mod dtype;
 mod error;
@@ -37,6 +41,7 @@ mod role;
 pub mod special_tokens;
 mod write;
 
+pub use atomic::{AtomicWriteError, write_atomic};
 pub use config::{
     NUM_LAYER_KEYS, TOKENIZER_FILES, config_dtype_name, num_layers, set_num_layers,
     set_torch_dtype, tie_word_embeddings,

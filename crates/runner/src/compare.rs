@@ -37,10 +37,11 @@
 //! # Ok::<(), evomerge_runner::plot::PlotError>(())
 //! ```
 
+use crate::log::{GenerationRow, ResultRow};
 use crate::plot::{
-    Chart, PlotError, Table, field, fmt_num, number, padded_range, read_generations, series_color,
-    step_points, write_atomic, write_chart,
+    Chart, PlotError, fmt_num, padded_range, series_color, step_points, write_chart,
 };
+use evomerge_checkpoint::write_atomic;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -255,7 +256,6 @@ pub fn compare_runs(run_dirs: &[PathBuf], out_dir: &Path) -> Result<ComparisonSu
         written.extend(write_chart(
             out_dir,
             "compare",
-            (1000, 620),
             &CompareChart { title, curves },
         )?);
     }
@@ -352,11 +352,11 @@ fn read_run(dir: &Path) -> Result<Run, PlotError> {
     let mut validation: Option<f64> = None;
     let mut offset = 0.0;
     for file in ["generations.csv", "dfs_generations.csv"] {
-        let Some(gens) = read_generations(&dir.join(file))? else {
+        let Some(gens) = GenerationRow::read_all(&dir.join(file))? else {
             continue;
         };
         for g in &gens {
-            let e = offset + g.evaluations;
+            let e = offset + g.evaluations as f64;
             evaluations = Some(e);
             if let Some(b) = g.best {
                 curve.push((e, b));
@@ -393,24 +393,23 @@ fn read_run(dir: &Path) -> Result<Run, PlotError> {
 /// The test fitness of the best recipe (the last `results.csv` row of kind `best`, split
 /// `test`) and the other test rows with a fitness.
 fn read_results(path: &Path) -> Result<(Option<f64>, Vec<Reference>), PlotError> {
-    let Some(t) = Table::read(path)? else {
+    let Some(rows) = ResultRow::read_all(path)? else {
         return Ok((None, Vec::new()));
     };
-    let name = t.require("name")?;
-    let kind = t.require("kind")?;
-    let split = t.require("split")?;
-    let fitness = t.require("fitness")?;
-    let tests = || t.rows.iter().filter(|(_, r)| field(r, split) == "test");
+    let tests = || {
+        rows.iter()
+            .filter(|r| r.split == evomerge_eval::Split::Test)
+    };
     let best = tests()
-        .filter(|(_, r)| field(r, kind) == "best")
-        .filter_map(|(_, r)| number(r, fitness))
+        .filter(|r| r.kind == "best")
+        .filter_map(|r| r.fitness)
         .next_back();
     let references = tests()
-        .filter(|(_, r)| field(r, kind) != "best")
-        .filter_map(|(_, r)| {
-            number(r, fitness).map(|test| Reference {
-                name: field(r, name).to_string(),
-                kind: field(r, kind).to_string(),
+        .filter(|r| r.kind != "best")
+        .filter_map(|r| {
+            r.fitness.map(|test| Reference {
+                name: r.name.clone(),
+                kind: r.kind.clone(),
                 test,
             })
         })

@@ -558,6 +558,23 @@ impl Experiment {
     pub fn merge_seed(&self) -> u64 {
         self.merge_seed.unwrap_or(self.seed)
     }
+
+    /// The optimizer of stage `stage` and the table it comes from (`[optimizer_dfs]` for the
+    /// second stage of a `ps+dfs` run when set, else `[optimizer]`).
+    pub fn optimizer_for(&self, stage: usize) -> (&'static str, &OptimizerConfig) {
+        match &self.optimizer_dfs {
+            Some(o) if stage > 0 => ("[optimizer_dfs]", o),
+            _ => ("[optimizer]", &self.optimizer),
+        }
+    }
+
+    /// The budget of stage `stage` (`[budget_dfs]` for the second stage when set).
+    pub fn budget_for(&self, stage: usize) -> &Budget {
+        match &self.budget_dfs {
+            Some(b) if stage > 0 => b,
+            _ => &self.budget,
+        }
+    }
 }
 
 #[cfg(test)]

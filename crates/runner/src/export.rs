@@ -2,7 +2,7 @@
 
 use crate::RunError;
 use crate::experiment::Experiment;
-use crate::report::dfs_model_dirs;
+use crate::setup::{dfs_model_dirs, ps_best_model};
 use crate::state::RunState;
 use evomerge_checkpoint::Checkpoint;
 use evomerge_genome::{export_path, export_plain};
@@ -51,7 +51,7 @@ pub fn export_run(
         .ok_or_else(|| {
             RunError::Config(format!("{} has no valid candidate yet", run_dir.display()))
         })?;
-    if st.kind == "ps" {
+    if st.kind == crate::stage::StageKind::Ps {
         let recipe = Recipe::from_toml(&chosen.decoded)?;
         let sources = Sources::open(&recipe, None)?;
         let plan = Plan::build(&recipe, &sources, &PlanOptions::default())?;
@@ -84,9 +84,8 @@ pub fn export_run(
         )?;
         return Ok(report.out_dir);
     }
-    let path: LayerPath =
-        serde_json::from_str(&chosen.decoded).map_err(|e| RunError::Io(e.to_string()))?;
-    let dirs = dfs_model_dirs(run_dir, &exp, stage);
+    let path: LayerPath = serde_json::from_str(&chosen.decoded)?;
+    let dirs = dfs_model_dirs(&exp, stage, ps_best_model(run_dir));
     let ckpts: Vec<Checkpoint> = dirs
         .iter()
         .map(Checkpoint::open)

@@ -41,31 +41,40 @@
 //! Not for: merge math, optimizers, model execution (the crates below it).
 
 pub mod compare;
+mod evaluators;
+pub mod executor;
 mod experiment;
 mod export;
 mod lock;
+pub mod log;
 pub mod plot;
 mod progress;
 mod report;
 mod run;
+mod setup;
 mod space;
+mod stage;
 mod state;
 
 pub use compare::{ComparisonSummary, compare_runs};
+pub use evaluators::Evaluators;
+pub use executor::{Batch, Executor, Finished, Job, LocalPool, Scorer};
 pub use experiment::{
     BaselineSpec, Budget, EvaluatorSpec, Experiment, GenomeKind, GenomeSpec, ReportSpec,
     SourcesSpec, ValidationSpec,
 };
 pub use export::{ExportFormat, export_run};
 pub use lock::RunLock;
+pub use log::{CandidateRow, GenerationRow, ResultRow, Status};
 pub use plot::{PlotError, plot_run};
 pub use progress::{Progress, eprint_line};
 pub use report::{
-    ResultRow, checkpoint_candidate, mlp_checkpoint_candidate, mlp_recipe_candidate,
-    path_candidate, recipe_candidate,
+    checkpoint_candidate, mlp_checkpoint_candidate, mlp_recipe_candidate, path_candidate,
+    recipe_candidate,
 };
-pub use run::{Evaluators, RunOptions, resume, stage_files, start, stop_on_signals};
+pub use run::{RunOptions, resume, start, stop_on_signals};
 pub use space::{Decoded, Resident, key_of, path_text};
+pub use stage::{StageKind, stage_files};
 pub use state::{RunState, Scored, Snapshot, StageState};
 
 /// What can stop a run. Each message names the file, model or key involved.
@@ -74,9 +83,16 @@ pub enum RunError {
     /// The experiment (or run folder) is wrong.
     #[error("{0}")]
     Config(String),
-    /// Reading or writing run files failed.
+    /// Reading or writing a run file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON document of the run (a logged layer path, the state) does not parse.
     #[error("{0}")]
-    Io(String),
+    Json(#[from] serde_json::Error),
     #[error(transparent)]
     Merge(#[from] evomerge_merge::MergeError),
     #[error(transparent)]
@@ -105,6 +121,27 @@ pub enum RunError {
     },
 }
 
+impl From<evomerge_checkpoint::AtomicWriteError> for RunError {
+    fn from(e: evomerge_checkpoint::AtomicWriteError) -> RunError {
+        RunError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+/// Text on one line (newlines and tabs become spaces, runs of spaces one), cut to `max`
+/// characters.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}...")
+    }
+}
+
 impl RunError {
     /// The exit status a command line should end with: 128 + the signal for an interrupted
     /// run (130 for Ctrl-C, 143 for SIGTERM), else 1.
@@ -126,4 +163,13 @@ fn interrupted_message(signal: &i32, dir: &std::path::Path) -> String {
         "interrupted by {name}: the evaluations in progress were stopped and their temporary folders removed; every finished evaluation is kept in {dir}. Continue with `evomerge resume {dir}`",
         dir = dir.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_flattens_multi_line_text() {
+        assert_eq!(super::one_line("a\nb\r\n  c\td", 100), "a b c d");
+        assert_eq!(super::one_line("abcdef", 3), "abc...");
+    }
 }

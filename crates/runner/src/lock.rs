@@ -22,7 +22,10 @@ impl RunLock {
     /// Take the run folder's lock, or fail at once naming the process that holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock, RunError> {
         let path = dir.join(Self::FILE);
-        let io = |e: std::io::Error| RunError::Io(format!("{}: {e}", path.display()));
+        let io = |source: std::io::Error| RunError::Io {
+            path: path.clone(),
+            source,
+        };
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

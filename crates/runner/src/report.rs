@@ -3,10 +3,13 @@
 
 use crate::RunError;
 use crate::experiment::{Experiment, GenomeKind};
+use crate::log::ResultRow;
 use crate::progress::Progress;
-use crate::run::{Setup, write_atomic};
+use crate::setup::{Setup, dfs_model_dirs, ps_best_model};
 use crate::space::Family;
+use crate::stage::StageKind;
 use crate::state::{RunState, Snapshot};
+use evomerge_checkpoint::write_atomic;
 use evomerge_eval::{Candidate, EvalRequest, MergedCandidate, MlpCandidate, PathCandidate, Split};
 use evomerge_kernels::Device;
 use evomerge_merge::{
@@ -17,37 +20,6 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// One row of the final table.
-#[derive(Debug, Clone)]
-pub struct ResultRow {
-    pub name: String,
-    pub kind: &'static str,
-    pub split: Split,
-    pub fitness: Option<f64>,
-    pub metrics: BTreeMap<String, f64>,
-    pub note: String,
-}
-
-/// The models of a DFS stage, A first.
-pub(crate) fn dfs_model_dirs(dir: &Path, exp: &Experiment, stage: usize) -> Vec<PathBuf> {
-    if stage > 0 {
-        let partner = exp
-            .genome
-            .partner
-            .clone()
-            .unwrap_or_else(|| exp.sources.models[0].clone());
-        vec![dir.join("ps_best_model"), PathBuf::from(partner)]
-    } else {
-        exp.genome
-            .dfs_models
-            .clone()
-            .unwrap_or_else(|| exp.sources.models.clone())
-            .into_iter()
-            .map(PathBuf::from)
-            .collect()
-    }
-}
 
 fn tokenizer_for(dirs: &[PathBuf]) -> Result<(Arc<Tokenizer>, PathBuf), RunError> {
     let d = dirs
@@ -203,10 +175,10 @@ fn baseline_recipe(exp: &Experiment, method: &str, weight: f64, density: Option<
     }
 }
 
-fn stage_label(exp: &Experiment, kind: &str) -> String {
+fn stage_label(exp: &Experiment, kind: StageKind) -> String {
     match (exp.genome.kind, kind) {
-        (GenomeKind::PsDfs, "dfs") => "PS+DFS best".into(),
-        (_, k) => format!("{} best", k.to_uppercase()),
+        (GenomeKind::PsDfs, StageKind::Dfs) => "PS+DFS best".into(),
+        (_, k) => format!("{} best", k.as_str().to_uppercase()),
     }
 }
 
@@ -215,24 +187,26 @@ fn snapshot_candidate(
     dir: &Path,
     exp: &Experiment,
     stage: usize,
-    kind: &str,
+    kind: StageKind,
     snap: &Snapshot,
     setup: &Setup,
 ) -> Result<Box<dyn Candidate>, RunError> {
     let label = stage_label(exp, kind);
     let device = &setup.device;
-    if kind == "ps" {
-        let recipe = Recipe::from_toml(&snap.decoded)?;
-        family_recipe_candidate(setup.family, &recipe, &label, device, exp.merge_seed())
-    } else {
-        let path: LayerPath =
-            serde_json::from_str(&snap.decoded).map_err(|e| RunError::Io(e.to_string()))?;
-        Ok(Box::new(path_candidate(
-            &dfs_model_dirs(dir, exp, stage),
-            &path,
-            &label,
-            device,
-        )?))
+    match kind {
+        StageKind::Ps => {
+            let recipe = Recipe::from_toml(&snap.decoded)?;
+            family_recipe_candidate(setup.family, &recipe, &label, device, exp.merge_seed())
+        }
+        StageKind::Dfs => {
+            let path: LayerPath = serde_json::from_str(&snap.decoded)?;
+            Ok(Box::new(path_candidate(
+                &dfs_model_dirs(exp, stage, ps_best_model(dir)),
+                &path,
+                &label,
+                device,
+            )?))
+        }
     }
 }
 
@@ -240,7 +214,7 @@ fn score_row(
     setup: &Setup,
     candidate: &dyn Candidate,
     name: String,
-    kind: &'static str,
+    kind: &str,
     seed: u64,
 ) -> Result<ResultRow, RunError> {
     let request = EvalRequest::new(Split::Test, 0, seed);
@@ -252,7 +226,7 @@ fn score_row(
     };
     Ok(ResultRow {
         name,
-        kind,
+        kind: kind.to_string(),
         split: Split::Test,
         fitness,
         metrics,
@@ -279,7 +253,7 @@ pub(crate) fn finish(
             "validation_fitness": chosen.validation_fitness,
             "x": chosen.x,
         }));
-        if st.kind == "ps" {
+        if st.kind == StageKind::Ps {
             let text = format!(
                 "# best recipe of {} (stage ps, generation {}, search fitness {}{})\n# re-run with: evomerge merge best.toml OUT_DIR --seed {}\n{}",
                 dir.display(),
@@ -294,9 +268,8 @@ pub(crate) fn finish(
             );
             write_atomic(&dir.join("best.toml"), text.as_bytes())?;
         } else {
-            let path: serde_json::Value =
-                serde_json::from_str(&chosen.decoded).map_err(|e| RunError::Io(e.to_string()))?;
-            let models: Vec<String> = dfs_model_dirs(dir, exp, stage)
+            let path: serde_json::Value = serde_json::from_str(&chosen.decoded)?;
+            let models: Vec<String> = dfs_model_dirs(exp, stage, ps_best_model(dir))
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect();
@@ -366,11 +339,11 @@ fn test_table(
     let bar = Progress::new("test table", "models", total as u64, verbose);
     for (stage, st) in state.stages.iter().enumerate() {
         if let Some(chosen) = st.chosen() {
-            let c = snapshot_candidate(dir, exp, stage, &st.kind, chosen, setup)?;
+            let c = snapshot_candidate(dir, exp, stage, st.kind, chosen, setup)?;
             let mut row = score_row(
                 setup,
                 c.as_ref(),
-                stage_label(exp, &st.kind),
+                stage_label(exp, st.kind),
                 "best",
                 exp.seed,
             )?;
@@ -414,7 +387,7 @@ fn test_table(
             Ok(c) => rows.push(score_row(setup, c.as_ref(), name, "baseline", exp.seed)?),
             Err(e) => rows.push(ResultRow {
                 name,
-                kind: "baseline",
+                kind: "baseline".into(),
                 split: Split::Test,
                 fitness: None,
                 metrics: BTreeMap::new(),
@@ -430,28 +403,11 @@ fn test_table(
 /// Text as one Markdown table cell: on one line (a multi-line stderr tail would end the row),
 /// `|` escaped.
 fn md_cell(text: &str) -> String {
-    crate::run::one_line(text, 300).replace('|', "\\|")
+    crate::one_line(text, 300).replace('|', "\\|")
 }
 
 fn write_results(dir: &Path, exp: &Experiment, rows: &[ResultRow]) -> Result<(), RunError> {
-    let mut csv_text = Vec::new();
-    {
-        let mut w = csv::Writer::from_writer(&mut csv_text);
-        w.write_record(["name", "kind", "split", "fitness", "metrics", "note"])
-            .map_err(|e| RunError::Io(e.to_string()))?;
-        for r in rows {
-            w.write_record([
-                r.name.clone(),
-                r.kind.to_string(),
-                r.split.to_string(),
-                r.fitness.map(|f| f.to_string()).unwrap_or_default(),
-                serde_json::to_string(&r.metrics).unwrap_or_default(),
-                r.note.clone(),
-            ])
-            .map_err(|e| RunError::Io(e.to_string()))?;
-        }
-        w.flush().map_err(|e| RunError::Io(e.to_string()))?;
-    }
+    let csv_text = ResultRow::to_csv(rows);
     write_atomic(&dir.join("results.csv"), &csv_text)?;
     let metric_names: Vec<String> = rows
         .iter()

@@ -11,6 +11,7 @@
 
 use crate::RunError;
 use crate::experiment::{EvaluatorSpec, GenomeKind};
+use crate::log::Params;
 use evomerge_checkpoint::Checkpoint;
 use evomerge_eval::{Candidate, MergedCandidate, MlpCandidate, PathCandidate, PathExporter};
 use evomerge_genome::{DfsGenome, PsGenome, export_path};
@@ -413,25 +414,14 @@ impl Space {
         }
     }
 
-    /// Column names of the decoded parameters in candidates.csv.
-    pub fn decoded_columns(&self) -> Vec<String> {
-        match self {
-            Space::Ps(s) => {
-                let mut c: Vec<String> = s.genome.genes().iter().map(|g| g.name.clone()).collect();
-                c.push("method".into());
-                c
-            }
-            Space::Dfs(_) => vec!["hops".into(), "path".into()],
-        }
-    }
-
-    /// The decoded parameters of a vector, in [`Space::decoded_columns`] order.
-    pub fn decoded_values(&self, x: &[f64], decoded: &Decoded) -> Vec<String> {
+    /// The decoded parameters of a vector as candidates.csv logs them: PS gene values in
+    /// gene order and the method, or a DFS path.
+    pub fn params(&self, x: &[f64], decoded: &Decoded) -> Params {
         match (self, decoded) {
             (Space::Ps(s), Decoded::Recipe(r)) => {
                 let vals = s.genome.values(x).unwrap_or_default();
                 let params = s.genome.params();
-                let mut out: Vec<String> = s
+                let genes = s
                     .genome
                     .genes()
                     .iter()
@@ -441,15 +431,19 @@ impl Space {
                             .and_then(|v| v.get(g.model))
                             .and_then(|v| v.get(g.set))
                             .and_then(|v| v.get(p))
-                            .map(|v| format!("{v:.6}"))
-                            .unwrap_or_default()
+                            .copied()
                     })
                     .collect();
-                out.push(r.merge_method.clone());
-                out
+                Params::Ps {
+                    genes,
+                    method: r.merge_method.clone(),
+                }
             }
-            (Space::Dfs(_), Decoded::Path(p)) => vec![p.len().to_string(), path_text(p)],
-            _ => Vec::new(),
+            (Space::Dfs(_), Decoded::Path(p)) => Params::Dfs {
+                hops: p.len(),
+                path: path_text(p),
+            },
+            _ => Params::None,
         }
     }
 }

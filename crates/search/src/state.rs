@@ -1,7 +1,6 @@
 //! The serializable state of any optimizer.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -78,27 +77,11 @@ impl OptimizerState {
     /// Writes the state to `path` atomically: a temporary file beside it, fsync, rename, fsync
     /// of the folder. A crash leaves either the previous file or the new one, never a torn one.
     pub fn save(&self, path: &Path) -> Result<(), SearchError> {
-        let io = |source| SearchError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
         let json = self.to_json()?;
-        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-        tmp_name.push(".tmp");
-        let tmp = path.with_file_name(tmp_name);
-        {
-            let mut f = File::create(&tmp).map_err(io)?;
-            f.write_all(json.as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        fs::rename(&tmp, path).map_err(io)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // make the rename itself durable (not possible on every platform: best effort)
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
+        evomerge_checkpoint::write_atomic(path, json.as_bytes()).map_err(|e| SearchError::Io {
+            path: e.path,
+            source: e.source,
+        })
     }
 
     /// Reads a state written by [`OptimizerState::save`].

@@ -182,6 +182,7 @@ fn save_and_load_through_a_file() {
     opt.save(&path).unwrap();
     opt.save(&path).unwrap(); // overwriting is fine
     assert!(!dir.path().join("state.json.tmp").exists());
+    assert!(!evomerge_checkpoint::atomic::temp_path(&path).exists());
     let mut back = OptimizerState::load(&path).unwrap();
     assert_eq!(back, opt);
     assert_eq!(back.ask(), opt.ask());

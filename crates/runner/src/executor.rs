@@ -1,0 +1,273 @@
+//! The evaluate step of a generation, as a seam: an [`Executor`] takes the generation's
+//! prepared candidates (a [`Batch`]: decoded, deduplicated, not in the cache) and hands back
+//! each one's [`Finished`] result as soon as it completes, in any order. The search loop
+//! logs each result as it arrives (nothing finished is lost when the run stops), then tells
+//! the optimizer once the batch is done.
+//!
+//! [`LocalPool`] is the default: one thread builds candidates (merges in memory or layer
+//! paths), `parallelism` threads score them with the experiment's evaluators, all on the run's
+//! device. Another executor (devices of a GPU box, a Slurm job array, ...) is one module that
+//! implements [`Executor`] plus one arm in [`for_experiment`]. It gets, per job, the decoded
+//! candidate ([`Job::decoded`], whose [`Decoded::canonical`] text is what a remote worker
+//! needs to rebuild it), and a [`Scorer`] that builds and scores a job in this process (what
+//! an executor runs per job, or what a worker process does after reading the job).
+
+use crate::RunError;
+use crate::evaluators::Evaluators;
+use crate::experiment::Experiment;
+use crate::log::Status;
+use crate::space::{Decoded, Space};
+use crate::stage::StageKind;
+use crate::state::Scored;
+use evomerge_eval::{Candidate, EvalError, EvalRequest};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+/// One candidate to evaluate.
+pub struct Job<'a> {
+    /// Its index within the generation.
+    pub index: usize,
+    /// What it decodes to (a recipe or a layer path).
+    pub decoded: &'a Decoded,
+    /// The cache key ([`Decoded::key`]).
+    pub key: &'a str,
+    /// A label for logs and temporary folders, e.g. `ps gen 3 #5`.
+    pub label: String,
+}
+
+/// A generation's candidates to evaluate.
+pub struct Batch<'a> {
+    /// The run folder (shared storage for executors that run elsewhere).
+    pub run_dir: &'a Path,
+    pub stage: StageKind,
+    pub generation: u64,
+    /// The split and the item subsample every candidate of the generation is scored on.
+    pub request: &'a EvalRequest,
+    pub jobs: Vec<Job<'a>>,
+}
+
+/// The result of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// [`Job::index`].
+    pub index: usize,
+    /// `Ok` or `Failed` (a candidate that fails to build or score is a result, not an error).
+    pub status: Status,
+    pub scored: Scored,
+    /// Building (merging) and scoring wall times.
+    pub merge_ms: f64,
+    pub eval_ms: f64,
+}
+
+impl Finished {
+    /// A candidate that failed before it was scored.
+    pub fn failed(index: usize, error: String, merge_ms: f64) -> Finished {
+        Finished {
+            index,
+            status: Status::Failed,
+            scored: Scored {
+                fitness: None,
+                metrics: BTreeMap::new(),
+                error: Some(error),
+            },
+            merge_ms,
+            eval_ms: 0.0,
+        }
+    }
+}
+
+/// Where a generation's candidates are evaluated.
+pub trait Executor: Send + Sync {
+    /// A short name for messages (`local`, ...).
+    fn name(&self) -> &str;
+
+    /// Evaluate every job of `batch`, calling `done` with each result as it completes (any
+    /// order, each job exactly once). `scorer` builds and scores one job in this process.
+    ///
+    /// A setup error (the same for every candidate, e.g. an evaluator that cannot run) or a
+    /// stop request ([`evomerge_eval::interrupt`]) ends the batch with `Err`; results that
+    /// completed before must still be handed to `done` first. An error `done` returns (the
+    /// log cannot be written) ends the batch with that error.
+    fn evaluate(
+        &self,
+        batch: &Batch<'_>,
+        scorer: &Scorer<'_>,
+        done: &mut dyn FnMut(Finished) -> Result<(), RunError>,
+    ) -> Result<(), RunError>;
+}
+
+/// The executor an experiment asks for (today: the local pool with `parallelism` workers).
+/// A new executor kind is one arm here.
+pub fn for_experiment(exp: &Experiment) -> Result<Box<dyn Executor>, RunError> {
+    Ok(Box::new(LocalPool::new(exp.parallelism)))
+}
+
+/// Whether an evaluation error is the candidate's fault (score it as failed and go on) rather
+/// than a broken setup (stop the run).
+pub(crate) fn candidate_fault(e: &EvalError) -> bool {
+    matches!(e, EvalError::Candidate(_) | EvalError::Model(_))
+}
+
+/// Builds a job's candidate in this process and scores it with the run's evaluators.
+pub struct Scorer<'a> {
+    pub space: &'a Space,
+    pub evaluators: &'a Evaluators,
+}
+
+impl Scorer<'_> {
+    /// Build the candidate (merge in memory, or a layer path over the loaded models); the
+    /// error is the candidate's (it is logged as `build: ...`).
+    pub fn build(&self, decoded: &Decoded, label: &str) -> Result<Box<dyn Candidate>, String> {
+        self.space.build(decoded, label)
+    }
+
+    /// Score a built candidate: `Ok` with a failed status when the candidate is at fault,
+    /// `Err` when the evaluation setup is broken.
+    pub fn score(
+        &self,
+        index: usize,
+        candidate: &dyn Candidate,
+        request: &EvalRequest,
+        merge_ms: f64,
+    ) -> Result<Finished, RunError> {
+        let t = Instant::now();
+        let (status, scored) = match self.evaluators.evaluate(candidate, request) {
+            Ok(score) => {
+                let failed = score.is_failed();
+                (
+                    if failed { Status::Failed } else { Status::Ok },
+                    Scored {
+                        fitness: (!failed).then_some(score.fitness),
+                        metrics: score.metrics,
+                        error: score.failure,
+                    },
+                )
+            }
+            Err(e) if candidate_fault(&e) => (
+                Status::Failed,
+                Scored {
+                    fitness: None,
+                    metrics: BTreeMap::new(),
+                    error: Some(e.to_string()),
+                },
+            ),
+            Err(e) => return Err(RunError::Eval(e)),
+        };
+        Ok(Finished {
+            index,
+            status,
+            scored,
+            merge_ms,
+            eval_ms: t.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Build and score one candidate.
+    pub fn run(
+        &self,
+        index: usize,
+        decoded: &Decoded,
+        label: &str,
+        request: &EvalRequest,
+    ) -> Result<Finished, RunError> {
+        let t = Instant::now();
+        let built = self.build(decoded, label);
+        let merge_ms = t.elapsed().as_secs_f64() * 1e3;
+        match built {
+            Ok(c) => self.score(index, c.as_ref(), request, merge_ms),
+            Err(e) => Ok(Finished::failed(index, format!("build: {e}"), merge_ms)),
+        }
+    }
+}
+
+/// Stop here if a stop was requested.
+pub(crate) fn check_interrupt() -> Result<(), RunError> {
+    match evomerge_eval::interrupt::requested() {
+        Some(signal) => Err(RunError::Eval(EvalError::Interrupted(signal))),
+        None => Ok(()),
+    }
+}
+
+/// In this process: one thread builds candidates in job order, `workers` threads score them.
+pub struct LocalPool {
+    workers: usize,
+}
+
+impl LocalPool {
+    pub fn new(workers: usize) -> LocalPool {
+        LocalPool {
+            workers: workers.max(1),
+        }
+    }
+}
+
+impl Executor for LocalPool {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn evaluate(
+        &self,
+        batch: &Batch<'_>,
+        scorer: &Scorer<'_>,
+        done: &mut dyn FnMut(Finished) -> Result<(), RunError>,
+    ) -> Result<(), RunError> {
+        let workers = self.workers;
+        let request = batch.request;
+        std::thread::scope(|s| -> Result<(), RunError> {
+            type Built = (usize, Result<Box<dyn Candidate>, String>, f64);
+            let (job_tx, job_rx) = mpsc::sync_channel::<Built>(workers);
+            let job_rx = Arc::new(Mutex::new(job_rx));
+            let (res_tx, res_rx) = mpsc::channel::<Result<Finished, RunError>>();
+            s.spawn(move || {
+                for job in &batch.jobs {
+                    let t0 = Instant::now();
+                    let built = scorer.build(job.decoded, &job.label);
+                    if job_tx
+                        .send((job.index, built, t0.elapsed().as_secs_f64() * 1e3))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            for _ in 0..workers {
+                let job_rx = Arc::clone(&job_rx);
+                let res_tx = res_tx.clone();
+                s.spawn(move || {
+                    loop {
+                        let job = job_rx.lock().expect("job queue").recv();
+                        let Ok((i, built, merge_ms)) = job else { break };
+                        if let Err(e) = check_interrupt() {
+                            let _ = res_tx.send(Err(e));
+                            break;
+                        }
+                        let result = match built {
+                            Err(e) => Ok(Finished::failed(i, format!("build: {e}"), merge_ms)),
+                            Ok(candidate) => scorer.score(i, candidate.as_ref(), request, merge_ms),
+                        };
+                        let fatal = result.is_err();
+                        if res_tx.send(result).is_err() || fatal {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(res_tx);
+            // Hand over every evaluation that finishes, also after another one stopped the run
+            // (an interrupt, a broken setup): nothing finished is lost.
+            let mut first_err = None;
+            for r in res_rx {
+                match r {
+                    Ok(f) => done(f)?,
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+    }
+}
