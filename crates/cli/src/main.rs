@@ -1,15 +1,16 @@
 //! `evomerge`: merge model checkpoints from recipes, and search for better recipes.
 //!
-//! Each subcommand lives in its own module; this file only parses the command line.
+//! Each subcommand's flags live in their own module; this file only parses the command line.
+//! The CLI parses flags and dispatches: studies, the mini world, the digits models, the demo
+//! and the benchmarks are `evomerge-studies`; runs are `evomerge-runner`; merges
+//! `evomerge-merge`.
 
 mod bench;
-mod demo;
-mod digits_models;
 mod inspect;
 mod merge_cmd;
 mod mini_world_cmd;
 mod run_cmd;
-mod study_data;
+mod studies_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -42,7 +43,7 @@ enum Command {
     /// List the merge methods and their parameters.
     Methods,
     /// Build tiny toy checkpoints and merge them with several methods (no download needed).
-    Demo(demo::DemoArgs),
+    Demo(studies_cmd::DemoArgs),
     /// Benchmarks (merge throughput, search optimizers).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -50,9 +51,9 @@ enum Command {
     #[command(subcommand)]
     Inspect(inspect::InspectCommand),
     /// Reproduce the data-using and permutation merge findings on digits (report + plots).
-    DataMergeStudy(study_data::StudyDataArgs),
+    DataMergeStudy(studies_cmd::StudyDataArgs),
     /// Train digits MLP classifiers to merge (a base and two experts), e.g. for a classifier search.
-    DigitsModels(digits_models::DigitsModelsArgs),
+    DigitsModels(studies_cmd::DigitsModelsArgs),
     /// Build the miniature Japanese-math world (task + trained base and experts) and score it.
     #[command(subcommand)]
     MiniWorld(mini_world_cmd::MiniWorldCommand),
@@ -71,11 +72,11 @@ fn main() {
             merge_cmd::print_methods();
             Ok(())
         }
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => studies_cmd::demo(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Inspect(cmd) => inspect::run(cmd),
-        Command::DataMergeStudy(args) => study_data::run(args),
-        Command::DigitsModels(args) => digits_models::run(args),
+        Command::DataMergeStudy(args) => studies_cmd::data_merge_study(args),
+        Command::DigitsModels(args) => studies_cmd::digits_models(args),
         Command::MiniWorld(cmd) => mini_world_cmd::run(cmd),
     };
     if let Err(e) = result {

@@ -309,6 +309,14 @@ impl Decoder {
         Ok((self.head_tapped(hidden, tap), pads, s))
     }
 
+    /// Logits `[B*S, V]` of several sequences run as one left-padded batch, as tensors on the
+    /// decoder's device: on an autodiff device they carry the graph back to the tensors the
+    /// models were loaded from (the mini world's trainer trains through this forward pass).
+    pub fn forward(&self, seqs: &[Vec<u32>]) -> Result<Tensor<2>, ModelError> {
+        self.forward_tapped(seqs, &mut NoTap)
+            .map(|(logits, _, _)| logits)
+    }
+
     /// Logits at every position of one sequence: `ids.len()` rows of `vocab_size` values.
     pub fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
         Ok(self

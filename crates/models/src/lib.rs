@@ -14,7 +14,11 @@
 //!
 //! Runs on flex (CPU) by default and on wgpu with the `wgpu` feature.
 //!
-//! Not for: merging (`evomerge-merge`), scoring tasks (`evaluators/*`), training.
+//! Training runs this same forward pass: on burn's autodiff device ([`Decoder::forward`] keeps the
+//! graph back to the tensors a model was loaded from), which is how the mini world's trainer
+//! (`evomerge-studies`) trains its models; there is no second Llama implementation.
+//!
+//! Not for: merging (`evomerge-merge`), scoring tasks (`evaluators/*`), training loops.
 //!
 //! ```no_run
 //! use evomerge_models::{Decoder, GenerateOptions, LanguageModel, LayerPath, Hop, Llama, Tokenizer};

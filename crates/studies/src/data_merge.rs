@@ -1,4 +1,4 @@
-//! `evomerge data-merge-study`: train small MLPs on the digits set and reproduce the published
+//! The data-merge study (`evomerge data-merge-study`): train small MLPs on the digits set and reproduce the published
 //! findings of the data-using and permutation merges (Git Re-Basin barriers, REPAIR, Fisher and
 //! RegMean vs averaging, soups), writing a markdown report and PNG interpolation curves.
 //!
@@ -6,7 +6,6 @@
 //! Adam), every seed is fixed and printed in the report.
 
 use anyhow::{Context, Result};
-use clap::Args;
 use evomerge_data::{Dataset, Splits};
 use evomerge_datamerge::curve::{CurvePoint, barrier, interpolate, midpoint};
 use evomerge_datamerge::fisher::{FisherKind, FisherMergeOptions, diagonal_fisher, fisher_merge};
@@ -25,16 +24,13 @@ use std::time::Instant;
 
 /// Reproduce the data-merge findings on digits (Git Re-Basin barriers, REPAIR on a deep MLP,
 /// Fisher/RegMean/soups on models fine-tuned from one init); writes REPORT.md and PNG plots.
-#[derive(Args)]
-pub struct StudyDataArgs {
+#[derive(Debug, Clone)]
+pub struct StudyOptions {
     /// Folder for the report (REPORT.md) and the plots.
-    #[arg(long, default_value = "experiments/data-merges/results")]
     pub out: PathBuf,
     /// Seed of the train/validation/test split.
-    #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
     /// Fewer epochs and seeds: a smoke run, not the reported numbers.
-    #[arg(long)]
     pub quick: bool,
 }
 
@@ -735,7 +731,9 @@ fn finding_6(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-pub fn run(args: StudyDataArgs) -> Result<()> {
+/// Run the study: every finding's models, merges and plots; REPORT.md in `args.out`, the report
+/// also on stdout.
+pub fn run(args: &StudyOptions) -> Result<()> {
     let start = Instant::now();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

@@ -1,27 +1,10 @@
-//! `evomerge demo`: build toy checkpoints, write example recipes, merge them. The fastest way
-//! to see what evomerge does, with nothing to download.
+//! The toy demo (`evomerge demo`): build toy checkpoints, write example recipes, merge them,
+//! run a short search. The fastest way to see what evomerge does, with nothing to download.
 
-use crate::merge_cmd::{self, MergeArgs};
 use anyhow::{Context, Result};
-use clap::Args;
 use evomerge_checkpoint::{Checkpoint, Dtype};
-use evomerge_kernels::DeviceChoice;
 use evomerge_zoo::TinyLlama;
-use std::path::{Path, PathBuf};
-
-/// Build a tiny base model and three "fine-tunes" (Llama layout, random weights), write
-/// example recipes for several methods (TOML and mergekit YAML), merge each, and report how far
-/// each merge moved from the base. Everything lands in OUT (default results/demo).
-#[derive(Args)]
-pub struct DemoArgs {
-    /// Folder for the models, recipes and merges (the demo's own files are rewritten on every
-    /// run; anything else there is left alone).
-    #[arg(long, default_value = "results/demo")]
-    pub out: PathBuf,
-    /// Where the arithmetic runs: cpu, wgpu or auto.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
-}
+use std::path::Path;
 
 /// The demo search's run folder under OUT/search: `toy_experiment`'s experiment is named "toy"
 /// with seed 3 and writes under `results/`.
@@ -72,10 +55,16 @@ fn distance(a: &Checkpoint, b: &Checkpoint) -> Result<f64> {
     Ok((sum / norm.max(1e-30)).sqrt())
 }
 
-pub fn run(args: DemoArgs) -> Result<()> {
-    let models = args.out.join("models");
-    let recipes = args.out.join("recipes");
-    let merged = args.out.join("merged");
+/// Build a tiny base model and three "fine-tunes" (Llama layout, random weights) in `out`,
+/// write example recipes for several methods (TOML and mergekit YAML), merge each with `merge`
+/// (`evomerge merge RECIPE OUT_DIR --force`: the CLI passes its merge command, so the folders
+/// are what a user's merge writes), report how far each merge moved from the base, then run a
+/// short CMA-ES search over DARE-TIES weights and densities. The demo's own files are
+/// rewritten on every run; anything else in `out` is left alone.
+pub fn run(out: &Path, merge: &dyn Fn(&Path, &Path) -> Result<()>) -> Result<()> {
+    let models = out.join("models");
+    let recipes = out.join("recipes");
+    let merged = out.join("merged");
     std::fs::create_dir_all(&recipes).with_context(|| format!("creating {}", recipes.display()))?;
     let spec = TinyLlama {
         layers: 4,
@@ -104,21 +93,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let out = merged.join(&stem);
-        merge_cmd::run(MergeArgs {
-            config: path.clone(),
-            out_dir: out.clone(),
-            device: args.device,
-            seed: 0,
-            out_shard_size: 5_000_000_000,
-            dtype: None,
-            dry_run: false,
-            force: true,
-            jobs: 2,
-            quiet: true,
-        })
-        .with_context(|| format!("merging {}", path.display()))?;
-        let c = Checkpoint::open(&out)?;
+        let dest = merged.join(&stem);
+        merge(&path, &dest).with_context(|| format!("merging {}", path.display()))?;
+        let c = Checkpoint::open(&dest)?;
         let method = evomerge_merge::Recipe::load(&path)?.merge_method;
         let dtype = c
             .info("model.norm.weight")
@@ -143,7 +120,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // A search: CMA-ES over DARE-TIES weights and densities, scored by perplexity. Only what
     // the demo writes is replaced: its toy models, task and experiment file (rewritten by
     // `toy_experiment`) and its own run folder; other runs a user added there stay.
-    let toy = args.out.join("search");
+    let toy = out.join("search");
     let own_run = toy.join(DEMO_RUN);
     if own_run.exists() {
         std::fs::remove_dir_all(&own_run)

@@ -1,9 +1,8 @@
-//! `evomerge digits-models DIR`: train the MLP classifiers a classifier search merges — a base
+//! The digits models (`evomerge digits-models DIR`): train the MLP classifiers a classifier search merges — a base
 //! trained on every digit and two experts fine-tuned from it on digits 0-4 and 5-9 — and save
 //! them as `EvomergeMlp` checkpoints (what `experiments/data-merges/classifier-ps.toml` searches).
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
 use evomerge_data::Dataset;
 use evomerge_models::MlpWeights;
 use evomerge_models::mlp::{TrainConfig, evaluate, train};
@@ -12,31 +11,25 @@ use std::time::Instant;
 
 /// Train digits MLP classifiers for merging: DIR/base (all digits), DIR/low (base fine-tuned
 /// on digits 0-4), DIR/high (on digits 5-9); prints each model's test accuracy.
-#[derive(Args)]
-pub struct DigitsModelsArgs {
+#[derive(Debug, Clone)]
+pub struct DigitsModels {
     /// Output folder (base/, low/, high/ inside).
     pub dir: PathBuf,
-    /// Hidden layer sizes, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "64")]
+    /// Hidden layer sizes.
     pub hidden: Vec<usize>,
     /// Epochs of the base on all digits.
-    #[arg(long, default_value_t = 5)]
     pub base_epochs: usize,
     /// Epochs of each expert's fine-tune.
-    #[arg(long, default_value_t = 5)]
     pub ft_epochs: usize,
     /// Seed of the initialisation and the batch order.
-    #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Seed of the train/validation/test split (the classifier evaluator's data `seed`).
-    #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
-    /// Replace models already in DIR.
-    #[arg(long)]
+    /// Replace models already in `dir`.
     pub force: bool,
 }
 
-pub fn run(args: DigitsModelsArgs) -> Result<()> {
+pub fn run(args: &DigitsModels) -> Result<()> {
     let start = Instant::now();
     let names = ["base", "low", "high"];
     if !args.force
@@ -112,8 +105,8 @@ pub fn run(args: DigitsModelsArgs) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn args(dir: &std::path::Path, force: bool) -> DigitsModelsArgs {
-        DigitsModelsArgs {
+    fn args(dir: &std::path::Path, force: bool) -> DigitsModels {
+        DigitsModels {
             dir: dir.to_path_buf(),
             hidden: vec![16],
             base_epochs: 2,
@@ -127,7 +120,7 @@ mod tests {
     #[test]
     fn trains_a_base_and_two_experts_and_refuses_to_overwrite() {
         let tmp = tempfile::tempdir().unwrap();
-        run(args(tmp.path(), false)).unwrap();
+        run(&args(tmp.path(), false)).unwrap();
         let load = |n: &str| MlpWeights::load(tmp.path().join(n)).unwrap();
         let (base, low, high) = (load("base"), load("low"), load("high"));
         assert_eq!(base.layer_sizes, vec![64, 16, 10]);
@@ -139,9 +132,9 @@ mod tests {
         let (lo, hi) = ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9]);
         assert!(acc(&low, &lo) > acc(&high, &lo));
         assert!(acc(&high, &hi) > acc(&low, &hi));
-        let e = run(args(tmp.path(), false)).unwrap_err().to_string();
+        let e = run(&args(tmp.path(), false)).unwrap_err().to_string();
         assert!(e.contains("--force"), "{e}");
-        run(args(tmp.path(), true)).unwrap();
+        run(&args(tmp.path(), true)).unwrap();
         assert_eq!(load("low"), low, "seeded: the same models again");
     }
 }

@@ -6,9 +6,10 @@
 //! makes a "fine-tune" of them (the base plus a small seeded delta), which is all a merge test
 //! needs. [`Weights::save`] writes a folder that `evomerge merge` and transformers both read.
 //!
-//! The mini Japanese-math world of the reproduction (issue 7) lives in [`mini_world`] (the
-//! languages and data sets) and [`mini_train`] (a Llama-layout burn module trained with autodiff
-//! on the CPU, exported in the same layout).
+//! [`toy_experiment`] writes a complete toy experiment (models, a perplexity task, the
+//! experiment file) that runs in seconds; [`assert_special_tokens`] checks a saved folder's
+//! tokenizer files for tests. The mini Japanese-math world of the reproduction (its
+//! data and trainer) is a study, in `evomerge-studies`.
 //!
 //! ```no_run
 //! use evomerge_zoo::TinyLlama;
@@ -19,10 +20,11 @@
 //! base.perturbed(1, 0.01).save("models/ft", Dtype::F32, u64::MAX).unwrap();
 //! ```
 
-pub mod mini_train;
-pub mod mini_world;
+mod check;
 mod tiny;
 mod toy_run;
+
+pub use check::assert_special_tokens;
 
 pub use tiny::{TinyLlama, Weights, word_level_tokenizer};
 pub use toy_run::toy_experiment;

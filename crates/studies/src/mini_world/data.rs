@@ -3,7 +3,7 @@
 //!
 //! - **EN** is a small English-like language; **JA** is a word-for-word relexification of it
 //!   (same word order, its own words; digits and the symbols `+ - * = . ? :` are shared). The
-//!   pilot (`shared/notes/mini-world-pilot.md`, variant 3) found that this, plus parallel
+//!   design pilot found that this, plus parallel
 //!   sentence pairs in pretraining, is what lets a skill learned in EN show up on JA inputs.
 //! - Numbers are whole words `0 ... 20`; arithmetic facts appear in pretraining as bare,
 //!   language-neutral equations (`7 + 5 = 12 .`), so the math experts learn to turn a word

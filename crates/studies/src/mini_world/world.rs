@@ -1,146 +1,117 @@
-//! `evomerge mini-world`: build the miniature Japanese-math world of the mini reproduction
-//! — the task files and four trained models — and score the models on it.
+//! The mini world's commands (`evomerge mini-world build | eval | demo | corpus`): write the
+//! task and train the base and three experts (or install the committed world), score the
+//! models, run the demo's layer-wise PS search, write training corpora.
 
+use super::data::{Corpus, SplitSizes, TaskOptions, tokenizer_json, vocabulary, write_task};
+use super::train::{TrainOptions, spec_of, train};
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
 use evomerge_checkpoint::Dtype;
 use evomerge_eval::{EvalRequest, Split};
 use evomerge_kernels::Device;
 use evomerge_runner::{EvaluatorSpec, Evaluators, Progress, checkpoint_candidate};
-use evomerge_zoo::TinyLlama;
-use evomerge_zoo::mini_train::{TrainOptions, train};
-use evomerge_zoo::mini_world::{
-    Corpus, SplitSizes, TaskOptions, tokenizer_json, vocabulary, write_task,
-};
+use evomerge_zoo::{TinyLlama, Weights};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Subcommand)]
-pub enum MiniWorldCommand {
-    /// Write the task (JA math splits, task TOML, JA vocabulary) and train the base and the
-    /// three experts into DIR (models already trained with the same settings are reused),
-    /// then score every model on the test split.
-    Build(BuildArgs),
-    /// Score the models of a built world on the JA-math and EN-math test splits.
-    Eval(EvalArgs),
-    /// The mini reproduction in one command: build the world into DIR if it is not there (about
-    /// 10 minutes on 2 cores; cached afterwards), run the layer-wise PS search on it (CMA-ES over
-    /// DARE-TIES weights and densities per layer and model), and print the test table: the
-    /// sources, the untuned baselines and the evolved merge on JA math.
-    Demo(DemoArgs),
-    /// Write examples of one training corpus as text (one per line): the data-using merges'
-    /// `data` for a model (e.g. `ja` for the JA expert, `math2` for the second math expert).
-    Corpus(CorpusArgs),
-}
-
-#[derive(Args)]
-pub struct DemoArgs {
-    /// Folder of the world (built when missing).
-    #[arg(long, default_value = "results/mini-world")]
-    pub world: PathBuf,
-    /// Where the search's run folder goes (OUT/mini-demo/seed{SEED}).
-    #[arg(long, default_value = "results/mini-demo")]
-    pub out: PathBuf,
-    /// Seed of the search.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Candidates to evaluate (default: the experiment file's 300; RESULTS.md shows 1000 do
-    /// not score better on test).
-    #[arg(long)]
-    pub evaluations: Option<usize>,
-    /// Use (or build) the very small smoke-test world of `build --quick` instead.
-    #[arg(long)]
+/// What [`build`] does: write the task (JA math splits, task TOML, JA vocabulary) and train
+/// the base and the three experts into `dir` (models already trained with the same settings
+/// are reused, the committed world's are installed), then score every model on the test split.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Folder of the world (task/ and models/ inside).
+    pub dir: PathBuf,
+    /// A very small world (tiny model, few steps, small splits) for smoke tests.
     pub quick: bool,
-    /// Train the world from scratch (about 10 minutes on 2 cores) instead of installing the
-    /// committed one (experiments/mini-evollm-jp/world) when the world folder has no models.
-    #[arg(long)]
+    /// Seed of the model initialisation and the training batches.
+    pub seed: u64,
+    /// Base pretraining steps (default 1500; quick: 40).
+    pub base_steps: Option<usize>,
+    /// Steps of each fine-tune (default 600; quick: 10; the second math expert gets 1.5x).
+    pub ft_steps: Option<usize>,
+    /// Peak learning rate of the base's pretraining.
+    pub base_lr: f64,
+    /// Learning rate of the fine-tunes.
+    pub ft_lr: f64,
+    /// Model width (default 128, quick: 32); the MLP is twice as wide.
+    pub hidden: Option<usize>,
+    /// Decoder layers (default 4, quick: 2).
+    pub layers: Option<usize>,
+    /// Data-parallel shards per training step (threads). The models depend on this number
+    /// (float summation order), not on the machine; the cache keeps them apart.
+    pub shards: usize,
+    /// Skip scoring the models at the end.
+    pub no_eval: bool,
+    /// Train every model from scratch even where the committed world has one trained with the
+    /// same settings.
     pub rebuild: bool,
 }
 
-/// The experiment the demo runs: experiments/mini-evollm-jp/ps-layers.toml.
-const DEMO_EXPERIMENT: &str = include_str!("../../../experiments/mini-evollm-jp/ps-layers.toml");
+impl BuildOptions {
+    /// The default world's settings (what `mini-world demo` builds) into `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> BuildOptions {
+        BuildOptions {
+            dir: dir.into(),
+            quick: false,
+            seed: 1,
+            base_steps: None,
+            ft_steps: None,
+            base_lr: DEFAULT_BASE_LR,
+            ft_lr: DEFAULT_FT_LR,
+            hidden: None,
+            layers: None,
+            shards: DEFAULT_SHARDS,
+            no_eval: false,
+            rebuild: false,
+        }
+    }
+}
 
-#[derive(Args)]
-pub struct CorpusArgs {
+/// What [`demo`] does: build the world into `world` if it is not there (install the committed
+/// one, or train it), run the layer-wise PS search on it, print the test table.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Folder of the world (built when missing).
+    pub world: PathBuf,
+    /// Where the search's run folder goes (`out/mini-demo/seed{seed}`).
+    pub out: PathBuf,
+    /// Seed of the search.
+    pub seed: u64,
+    /// Candidates to evaluate (default: the experiment file's 300).
+    pub evaluations: Option<usize>,
+    /// Use (or build) the very small smoke-test world of `build --quick` instead.
+    pub quick: bool,
+    /// Train the world from scratch instead of installing the committed one.
+    pub rebuild: bool,
+}
+
+/// What [`write_corpus`] writes: `samples` examples of one corpus, one per line.
+#[derive(Debug, Clone)]
+pub struct CorpusOptions {
     /// base, math, math2, ja (a model's training corpus) or ja-math (the target task's text).
     pub corpus: String,
     /// The *.txt file to write.
     pub out: PathBuf,
     /// Number of examples.
-    #[arg(long, default_value_t = 256)]
     pub samples: usize,
-    /// Seed of the draw (the models were trained on seeds from 1; use another to hold out).
-    #[arg(long, default_value_t = 7)]
+    /// Seed of the draw.
     pub seed: u64,
 }
 
-#[derive(Args)]
-pub struct BuildArgs {
-    /// Folder of the world (task/ and models/ inside).
-    pub dir: PathBuf,
-    /// A very small world (tiny model, few steps, small splits) for smoke tests.
-    #[arg(long)]
-    pub quick: bool,
-    /// Seed of the model initialisation and the training batches.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Base pretraining steps (default 1500; quick: 40).
-    #[arg(long)]
-    pub base_steps: Option<usize>,
-    /// Steps of each fine-tune (default 600; quick: 10; the second math expert gets 1.5x).
-    #[arg(long)]
-    pub ft_steps: Option<usize>,
-    /// Peak learning rate of the base's pretraining.
-    #[arg(long, default_value_t = DEFAULT_BASE_LR)]
-    pub base_lr: f64,
-    /// Learning rate of the fine-tunes.
-    #[arg(long, default_value_t = DEFAULT_FT_LR)]
-    pub ft_lr: f64,
-    /// Model width (d_model; default 128, quick: 32); the MLP is twice as wide.
-    #[arg(long)]
-    pub hidden: Option<usize>,
-    /// Decoder layers (default 4, quick: 2).
-    #[arg(long)]
-    pub layers: Option<usize>,
-    /// Data-parallel shards per training step (threads; default 2). The models depend on this
-    /// number (float summation order), not on the machine; the cache keeps them apart.
-    #[arg(long, default_value_t = DEFAULT_SHARDS)]
-    pub shards: usize,
-    /// Skip scoring the models at the end.
-    #[arg(long)]
-    pub no_eval: bool,
-    /// Train every model from scratch even where the committed world
-    /// (experiments/mini-evollm-jp/world) has one trained with the same settings.
-    #[arg(long)]
-    pub rebuild: bool,
-}
-
-#[derive(Args)]
-pub struct EvalArgs {
-    /// Folder of the world.
-    pub dir: PathBuf,
-    /// Split of the JA task to score (search, validation, test).
-    #[arg(long, default_value = "test")]
-    pub split: String,
-    /// More model folders to score beside the world's own (e.g. merges); named by folder.
-    #[arg(long, num_args = 1..)]
-    pub extra: Vec<PathBuf>,
-    /// Write the rows as JSON here (default: DIR/sources_SPLIT.json, only without --extra).
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
+/// The experiment the demo runs: experiments/mini-evollm-jp/ps-layers.toml.
+const DEMO_EXPERIMENT: &str = include_str!("../../../../experiments/mini-evollm-jp/ps-layers.toml");
 
 /// The trainer's version in every model's cache stamp: bump it when a change to the trainer or
 /// the corpora changes what a training run produces, so that cached and committed models are
 /// retrained instead of reused.
-const TRAINER_VERSION: &str = "mini_train 2026-11-30 (2 shards, padded batches)";
+pub const TRAINER_VERSION: &str =
+    "mini_train 2026-12-01 (evomerge-models forward pass, 2 shards, padded batches)";
 
 /// The committed default world (task and the four trained models), shipped in the repository
 /// so that `mini-world demo` and the reproduction test need no training.
 pub fn committed_world() -> PathBuf {
-    let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = cli.parent().and_then(Path::parent).unwrap_or(cli);
+    let krate = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = krate.parent().and_then(Path::parent).unwrap_or(krate);
     root.join("experiments/mini-evollm-jp/world")
 }
 
@@ -181,9 +152,9 @@ fn install_committed(
 }
 
 /// `mini-world build`'s defaults, which `mini-world demo` builds with too.
-const DEFAULT_BASE_LR: f64 = 1e-3;
-const DEFAULT_FT_LR: f64 = 1e-4;
-const DEFAULT_SHARDS: usize = 2;
+pub const DEFAULT_BASE_LR: f64 = 1e-3;
+pub const DEFAULT_FT_LR: f64 = 1e-4;
+pub const DEFAULT_SHARDS: usize = 2;
 
 /// The models of the world: name, corpus, parent, steps multiplier.
 const MODELS: &[(&str, Corpus, Option<&str>, f64)] = &[
@@ -192,23 +163,6 @@ const MODELS: &[(&str, Corpus, Option<&str>, f64)] = &[
     ("math2", Corpus::MathEn2, Some("base"), 1.5),
     ("ja", Corpus::InstructJa, Some("base"), 1.0),
 ];
-
-pub fn run(cmd: MiniWorldCommand) -> Result<()> {
-    match cmd {
-        MiniWorldCommand::Build(args) => build(args),
-        MiniWorldCommand::Eval(args) => {
-            let split = match args.split.as_str() {
-                "search" => Split::Search,
-                "validation" => Split::Validation,
-                "test" => Split::Test,
-                other => bail!("unknown split {other:?}; use search, validation or test"),
-            };
-            evaluate(&args.dir, split, &args.extra, args.json.as_deref())
-        }
-        MiniWorldCommand::Corpus(args) => write_corpus(&args),
-        MiniWorldCommand::Demo(args) => demo(&args),
-    }
-}
 
 /// The demo's experiment file: the embedded layer-wise PS pointed at `world`, writing under
 /// `out`, with the given seed and budget.
@@ -266,7 +220,9 @@ fn demo_experiment(
     Ok(toml::to_string(&exp)?)
 }
 
-fn demo(args: &DemoArgs) -> Result<()> {
+/// The mini reproduction in one call: the world (built when missing), the layer-wise PS search
+/// (CMA-ES over DARE-TIES weights and densities per layer and model), the test table on stdout.
+pub fn demo(args: &DemoOptions) -> Result<()> {
     let started = Instant::now();
     if args.evaluations == Some(0) {
         bail!("--evaluations must be at least 1");
@@ -293,19 +249,11 @@ fn demo(args: &DemoArgs) -> Result<()> {
     }
     // Always through build: it reuses models trained with the same settings and retrains any
     // that are missing or stale.
-    build(BuildArgs {
-        dir: args.world.clone(),
+    build(&BuildOptions {
         quick: args.quick,
-        seed: 1,
-        base_steps: None,
-        ft_steps: None,
-        base_lr: DEFAULT_BASE_LR,
-        ft_lr: DEFAULT_FT_LR,
-        hidden: None,
-        layers: None,
-        shards: DEFAULT_SHARDS,
         no_eval: built,
         rebuild: args.rebuild,
+        ..BuildOptions::new(&args.world)
     })?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -347,7 +295,9 @@ fn demo(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_corpus(args: &CorpusArgs) -> Result<()> {
+/// Write examples of one training corpus as text (one per line): the data-using merges' `data`
+/// for a model (e.g. `ja` for the JA expert, `math2` for the second math expert).
+pub fn write_corpus(args: &CorpusOptions) -> Result<()> {
     use rand::SeedableRng;
     let corpus = match args.corpus.as_str() {
         "ja-math" => Corpus::MathJa,
@@ -381,7 +331,9 @@ fn write_corpus(args: &CorpusArgs) -> Result<()> {
     Ok(())
 }
 
-fn build(args: BuildArgs) -> Result<()> {
+/// Write the task and train (or reuse, or install) the world's four models; see
+/// [`BuildOptions`].
+pub fn build(args: &BuildOptions) -> Result<()> {
     let started = Instant::now();
     // the options are checked before anything is written into the world's folder
     let hidden = args.hidden.unwrap_or(if args.quick { 32 } else { 128 });
@@ -573,34 +525,34 @@ fn train_one(
 }
 
 /// Read a saved model back as trainable weights.
-fn weights_from_dir(dir: &Path) -> Result<evomerge_zoo::Weights> {
+fn weights_from_dir(dir: &Path) -> Result<Weights> {
     let ckpt = evomerge_checkpoint::Checkpoint::open(dir)
         .with_context(|| format!("opening {}", dir.display()))?;
     let config = ckpt
         .config()
         .cloned()
         .with_context(|| format!("{}: no config.json", dir.display()))?;
-    let spec = evomerge_zoo::mini_train::spec_of(&config);
+    let spec = spec_of(&config);
     let mut tensors = Vec::new();
     for (name, shape) in spec.shapes() {
         let values = ckpt.read_f32(&name)?;
         tensors.push((name, shape, values));
     }
-    Ok(evomerge_zoo::Weights { config, tensors })
+    Ok(Weights { config, tensors })
 }
 
-fn evaluate(dir: &Path, split: Split, extra: &[PathBuf], json_out: Option<&Path>) -> Result<()> {
+/// Score the world's models in `dir` (and the `extra` model folders, named by folder) on the
+/// JA-math `split` and the EN-math test split; prints a table, writes the rows as JSON to
+/// `json_out` (default: `dir/sources_SPLIT.json`, only without `extra`).
+pub fn evaluate(
+    dir: &Path,
+    split: Split,
+    extra: &[PathBuf],
+    json_out: Option<&Path>,
+) -> Result<()> {
     let device = Device::flex();
-    let ja = Evaluators::build(&[EvaluatorSpec::Lm {
-        task: dir.join("task/ja_math.toml"),
-        weight: 1.0,
-        batch_size: None,
-    }])?;
-    let en = Evaluators::build(&[EvaluatorSpec::Lm {
-        task: dir.join("task/en_math.toml"),
-        weight: 1.0,
-        batch_size: None,
-    }])?;
+    let ja = Evaluators::build(&[EvaluatorSpec::lm(dir.join("task/ja_math.toml"))])?;
+    let en = Evaluators::build(&[EvaluatorSpec::lm(dir.join("task/en_math.toml"))])?;
     println!(
         "| model | JA math acc_lang (strict) | JA math acc (numeric) | JA lang_pass | EN math acc |"
     );
