@@ -29,6 +29,7 @@
 //! ```
 
 mod device;
+pub mod fused;
 mod interpolate;
 mod model_stock;
 mod rng;
@@ -40,7 +41,8 @@ pub use interpolate::{karcher, linear, multislerp, nuslerp, passthrough, slerp};
 pub use model_stock::model_stock;
 pub use rng::MaskRng;
 pub use task_arithmetic::{
-    Consensus, Rescale, Sparsify, TaskVector, consensus_mask, generalized_task_arithmetic, sparsify,
+    Consensus, Rescale, Sparsify, TaskVector, consensus_mask, generalized_task_arithmetic,
+    kept_count, sparsify,
 };
 
 use burn::tensor::{Tensor, TensorData};

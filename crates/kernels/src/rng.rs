@@ -49,6 +49,16 @@ impl MaskRng {
             .map(|_| (self.rng.random::<u32>() >> 8) as f32 * (1.0 / (1u32 << 24) as f32))
             .collect()
     }
+
+    /// Draws `start..start + out.len()` of the stream [`MaskRng::uniform`] reads from the
+    /// start (the same values, for a chunk of a tensor; this generator itself is not moved).
+    pub fn uniform_at(&self, start: u64, out: &mut [f32]) {
+        let mut rng = self.rng.clone();
+        rng.set_word_pos(start as u128);
+        for o in out {
+            *o = (rng.random::<u32>() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +77,17 @@ mod tests {
         assert_ne!(a, d);
         assert_ne!(a, e);
         assert!(a.iter().all(|u| (0.0..1.0).contains(u)));
+    }
+
+    #[test]
+    fn uniform_at_reads_the_same_stream() {
+        let all = MaskRng::new(3, "x", 1).uniform(1000);
+        let r = MaskRng::new(3, "x", 1);
+        let mut part = vec![0.0; 300];
+        r.uniform_at(517, &mut part);
+        assert_eq!(part, all[517..817]);
+        r.uniform_at(0, &mut part[..10]);
+        assert_eq!(part[..10], all[..10]);
     }
 
     #[test]

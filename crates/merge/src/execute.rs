@@ -2,9 +2,11 @@
 //! the results into a checkpoint writer (or hand them back in memory).
 
 use crate::MergeError;
-use crate::method::TensorWork;
+use crate::method::{HostWork, TensorWork};
 use crate::output::{MergeOptions, MergeReport, create_writer, finish};
 use crate::plan::{Action, Plan, Sources, TensorPlan};
+use evomerge_checkpoint::Dtype;
+use evomerge_kernels::fused::{HostDtype, HostOut, HostTensor};
 use evomerge_kernels::{Device, T2, tensor_from_vec, values_of};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -17,6 +19,30 @@ pub trait TensorSource: Sync {
     /// Input tensor `name` of model `model` (an index into the plan's sources) as a 2-D view
     /// on `device`.
     fn tensor(&self, model: usize, name: &str, device: &Device) -> Result<T2, MergeError>;
+
+    /// The same tensor on the host without a copy, if this source holds it there (a memory
+    /// map): what the fused CPU kernels read. `None` makes them read [`TensorSource::tensor`].
+    fn host(&self, _model: usize, _name: &str) -> Option<HostTensor<'_>> {
+        None
+    }
+
+    /// Done with a tensor read through [`TensorSource::host`] (a memory map drops its pages).
+    fn release(&self, _model: usize, _name: &str) {}
+}
+
+/// The fused kernels' view of a stored dtype (they read and write f32, bf16 and f16).
+pub(crate) fn host_dtype(d: Dtype) -> Option<HostDtype> {
+    match d {
+        Dtype::F32 => Some(HostDtype::F32),
+        Dtype::BF16 => Some(HostDtype::BF16),
+        Dtype::F16 => Some(HostDtype::F16),
+        _ => None,
+    }
+}
+
+/// Whether merges on `device` run the fused CPU kernels (burn's flex backend is the CPU).
+pub fn runs_fused(device: &Device) -> bool {
+    *device == Device::flex()
 }
 
 impl TensorSource for Sources {
@@ -30,6 +56,70 @@ impl TensorSource for Sources {
         c.release(name);
         Ok(tensor_from_vec(values, &info.shape, device))
     }
+
+    fn host(&self, model: usize, name: &str) -> Option<HostTensor<'_>> {
+        let c = &self.models.get(model)?.checkpoint;
+        let dtype = host_dtype(c.info(name)?.dtype)?;
+        Some(HostTensor::Stored(c.bytes(name).ok()?, dtype))
+    }
+
+    fn release(&self, model: usize, name: &str) {
+        if let Some(m) = self.models.get(model) {
+            m.checkpoint.release(name);
+        }
+    }
+}
+
+/// Whether `tp` runs a fused CPU kernel on `device` (the method has one, and more than one
+/// input unless the method runs on a lone input).
+fn fused_applies(plan: &Plan, tp: &TensorPlan, device: &Device) -> bool {
+    plan.method.host.is_some()
+        && runs_fused(device)
+        && (tp.inputs.len() > 1 || plan.method.runs_on_one_input)
+}
+
+/// Merge one output tensor with the method's fused CPU kernel into `out`. Inputs the source
+/// holds on the host are read in place (and released afterwards); others are downloaded.
+pub fn merge_tensor_host(
+    plan: &Plan,
+    tp: &TensorPlan,
+    source: &dyn TensorSource,
+    out: HostOut,
+    seed: u64,
+) -> Result<(), MergeError> {
+    let host = plan.method.host.ok_or_else(|| {
+        MergeError::Recipe(format!("{} has no fused CPU kernel", plan.method.name))
+    })?;
+    let flex = Device::flex();
+    let mut downloaded: Vec<Option<Vec<f32>>> = Vec::with_capacity(tp.inputs.len());
+    for i in &tp.inputs {
+        downloaded.push(match source.host(i.model, &i.tensor) {
+            Some(_) => None,
+            None => Some(values_of(source.tensor(i.model, &i.tensor, &flex)?)),
+        });
+    }
+    let inputs: Vec<HostTensor> = tp
+        .inputs
+        .iter()
+        .zip(&downloaded)
+        .map(|(i, d)| match d {
+            Some(v) => HostTensor::F32(v),
+            None => source.host(i.model, &i.tensor).expect("checked above"),
+        })
+        .collect();
+    let r = host(
+        &HostWork {
+            tensor: &tp.name,
+            params: tp.resolved(),
+            inputs,
+            seed,
+        },
+        out,
+    );
+    for i in &tp.inputs {
+        source.release(i.model, &i.tensor);
+    }
+    r
 }
 
 /// Merge one output tensor: the method's own work over the inputs. Random masks come from
@@ -69,7 +159,16 @@ pub fn merge_in_memory(
     plan.tensors
         .iter()
         .filter(|tp| tp.action == Action::Merge)
-        .map(|tp| merge_tensor(plan, tp, source, device, seed).map(|t| (tp.name.clone(), t)))
+        .map(|tp| {
+            let t = if fused_applies(plan, tp, device) {
+                let mut values = vec![0.0f32; tp.shape.iter().product()];
+                merge_tensor_host(plan, tp, source, HostOut::F32(&mut values), seed)?;
+                tensor_from_vec(values, &tp.shape, device)
+            } else {
+                merge_tensor(plan, tp, source, device, seed)?
+            };
+            Ok((tp.name.clone(), t))
+        })
         .collect()
 }
 
@@ -111,6 +210,21 @@ pub fn merge_to_disk(
                 let c = &sources.models[i.model].checkpoint;
                 writer.write_bytes(&tp.name, c.bytes(&i.tensor)?)?;
                 c.release(&i.tensor);
+            }
+            Action::Merge
+                if fused_applies(plan, tp, &options.device) && host_dtype(tp.dtype).is_some() =>
+            {
+                let dtype = host_dtype(tp.dtype).expect("checked");
+                let numel: usize = tp.shape.iter().product();
+                let mut bytes = vec![0u8; numel * dtype.size()];
+                merge_tensor_host(
+                    plan,
+                    tp,
+                    sources,
+                    HostOut::Stored(&mut bytes, dtype),
+                    options.seed,
+                )?;
+                writer.write_bytes(&tp.name, &bytes)?;
             }
             Action::Merge => {
                 let merged = merge_tensor(plan, tp, sources, &options.device, options.seed)?;

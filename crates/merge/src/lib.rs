@@ -42,7 +42,9 @@ mod recipe;
 mod whole_model;
 
 pub use evomerge_datamerge::{DataOverride, DataSection};
-pub use execute::{TensorSource, merge_in_memory, merge_tensor, merge_to_disk};
+pub use execute::{
+    TensorSource, merge_in_memory, merge_tensor, merge_tensor_host, merge_to_disk, runs_fused,
+};
 pub use output::{MergeOptions, MergeReport};
 pub use plan::{
     Action, Plan, PlanInput, PlanOptions, SourceModel, Sources, TensorPlan, referenced_models,

@@ -7,6 +7,7 @@
 
 use crate::MergeError;
 use crate::recipe::ParamValue;
+use evomerge_kernels::fused::{HostOut, HostTensor};
 use evomerge_kernels::{Consensus, KernelError, Rescale, T2, tensor_from_vec, values_of};
 use std::collections::BTreeMap;
 
@@ -34,6 +35,10 @@ pub enum Arity {
 
 /// Builds a method's work on one output tensor: the merged tensor from its inputs.
 pub type WorkFn = fn(&TensorWork) -> Result<T2, MergeError>;
+
+/// A method's fused CPU work on one output tensor (`evomerge_kernels::fused`): the inputs as
+/// stored bytes (or host values), the merged values encoded straight into `out`.
+pub type HostFn = fn(&HostWork, HostOut) -> Result<(), MergeError>;
 
 /// A method-specific check of the resolved parameters of one tensor (run while planning);
 /// the second argument names input `j`'s model for the message.
@@ -168,6 +173,9 @@ pub struct MethodSpec {
     /// otherwise the lone input is copied.
     pub runs_on_one_input: bool,
     pub scope: Scope,
+    /// The fused CPU kernel of a per-element method, run instead of `scope`'s burn work when
+    /// merging on the CPU (the burn work stays the GPU path; a test checks they agree).
+    pub host: Option<HostFn>,
     /// Parameters resolved per input model and tensor (e.g. `weight`, `density`).
     pub tensor_params: Vec<ParamSpec>,
     /// Parameters resolved per output tensor (e.g. `t`, `normalize`).
@@ -193,6 +201,7 @@ impl MethodSpec {
             arity: Arity::Any,
             runs_on_one_input: false,
             scope: Scope::PerTensor(work),
+            host: None,
             tensor_params: Vec::new(),
             global_params: Vec::new(),
             check: None,
@@ -214,6 +223,7 @@ impl MethodSpec {
             arity: Arity::Any,
             runs_on_one_input: false,
             scope: Scope::WholeModel,
+            host: None,
             tensor_params: vec![num("weight", 1.0)],
             global_params,
             check: None,
@@ -244,6 +254,27 @@ impl MethodSpec {
                 "{} is a whole-model method (it runs the models on data), not a per-tensor one; run it with merge_to_disk (`evomerge merge`)",
                 self.name
             ))),
+        }
+    }
+}
+
+/// What a method's fused CPU work gets for one output tensor.
+pub struct HostWork<'a> {
+    /// The output tensor's name (random masks derive from it).
+    pub tensor: &'a str,
+    pub params: Resolved<'a>,
+    /// The input tensors on the host, in plan order.
+    pub inputs: Vec<HostTensor<'a>>,
+    /// The seed of every random mask.
+    pub seed: u64,
+}
+
+impl HostWork<'_> {
+    /// A kernel error as a merge error naming this tensor.
+    pub fn kernel_err(&self, e: KernelError) -> MergeError {
+        MergeError::Kernel {
+            tensor: self.tensor.to_string(),
+            message: e.to_string(),
         }
     }
 }

@@ -5,9 +5,10 @@
 
 use crate::MergeError;
 use crate::method::{
-    BaseUse, CheckFn, MethodSpec, Resolved, TensorWork, consensus_mode, flag, num, required,
-    rescale_mode, word,
+    BaseUse, CheckFn, HostWork, MethodSpec, Resolved, TensorWork, consensus_mode, flag, num,
+    required, rescale_mode, word,
 };
+use evomerge_kernels::fused::{self, HostOut, HostTaskVector};
 use evomerge_kernels::{
     Consensus, MaskRng, Rescale, Sparsify, T2, TaskVector, generalized_task_arithmetic, sparsify,
 };
@@ -78,17 +79,7 @@ pub(crate) fn run(
 ) -> Result<T2, MergeError> {
     let p = &w.params;
     let b = w.base().expect("task arithmetic plans have a base");
-    let rescale = p
-        .global
-        .get("rescale")
-        .map(rescale_mode)
-        .transpose()
-        .map_err(MergeError::Recipe)?
-        .unwrap_or(Rescale::None);
-    let consensus = match p.global.get("consensus") {
-        Some(v) => consensus_mode(v).map_err(MergeError::Recipe)?,
-        None => consensus,
-    };
+    let (rescale, consensus, lambda) = options(p, consensus)?;
     let mut tvs = Vec::new();
     for j in p.others() {
         let delta = w.inputs[j].clone().sub(b.clone());
@@ -103,15 +94,62 @@ pub(crate) fn run(
             weight: p.weight(j),
         });
     }
-    generalized_task_arithmetic(
-        b,
-        tvs,
+    generalized_task_arithmetic(b, tvs, consensus, p.global_flag("normalize"), lambda)
+        .map_err(|e| w.kernel_err(e))
+}
+
+/// The global options of a task-vector merge: rescale, consensus (the method's unless the
+/// recipe sets one) and lambda.
+fn options(p: &Resolved, consensus: Consensus) -> Result<(Rescale, Consensus, f32), MergeError> {
+    let rescale = p
+        .global
+        .get("rescale")
+        .map(rescale_mode)
+        .transpose()
+        .map_err(MergeError::Recipe)?
+        .unwrap_or(Rescale::None);
+    let consensus = match p.global.get("consensus") {
+        Some(v) => consensus_mode(v).map_err(MergeError::Recipe)?,
+        None => consensus,
+    };
+    let lambda = p
+        .global
+        .get("lambda")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1.0) as f32;
+    Ok((rescale, consensus, lambda))
+}
+
+/// The same merge fused on the CPU ([`fused::gta`]), for every sparsification but DELLA's.
+pub(crate) fn run_host(
+    w: &HostWork,
+    out: HostOut,
+    method: Sparsify,
+    consensus: Consensus,
+) -> Result<(), MergeError> {
+    let p = &w.params;
+    let b = p.base.expect("task arithmetic plans have a base");
+    let (rescale, consensus, lambda) = options(p, consensus)?;
+    let tvs: Vec<HostTaskVector> = p
+        .others()
+        .into_iter()
+        .map(|j| HostTaskVector {
+            input: w.inputs[j],
+            weight: p.weight(j),
+            density: p.input_f64(j, "density").unwrap_or(1.0),
+            gamma: p.input_f64(j, "gamma").unwrap_or(0.0),
+            rng: MaskRng::new(w.seed, w.tensor, j),
+        })
+        .collect();
+    fused::gta(
+        w.inputs[b],
+        &tvs,
+        method,
+        rescale,
         consensus,
         p.global_flag("normalize"),
-        p.global
-            .get("lambda")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1.0) as f32,
+        lambda,
+        out,
     )
     .map_err(|e| w.kernel_err(e))
 }

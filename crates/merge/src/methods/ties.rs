@@ -2,11 +2,13 @@
 
 use super::gta;
 use crate::MergeError;
-use crate::method::{Golden, MethodSpec, TensorWork};
+use crate::method::{Golden, HostWork, MethodSpec, TensorWork};
+use evomerge_kernels::fused::HostOut;
 use evomerge_kernels::{Consensus, Sparsify, T2};
 
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
+        host: Some(host),
         goldens: &[Golden {
             base: Some(&[0., 0., 0., 0.]),
             models: &[&[1., -2., 3., 0.5], &[1.5, 2., 4., 0.5]],
@@ -32,4 +34,8 @@ pub(crate) fn spec() -> MethodSpec {
 
 fn work(w: &TensorWork) -> Result<T2, MergeError> {
     gta::run(w, Sparsify::Magnitude, Consensus::Sum)
+}
+
+fn host(w: &HostWork, out: HostOut) -> Result<(), MergeError> {
+    gta::run_host(w, out, Sparsify::Magnitude, Consensus::Sum)
 }

@@ -2,9 +2,12 @@
 //! the CPU and (with `--features wgpu`) on the GPU, and the test-only method that shows a new
 //! method needs no list but its registry line.
 
+use evomerge_kernels::fused::{HostOut, HostTensor};
 use evomerge_kernels::{Device, MaskRng, T2, tensor_from, values_of};
 use evomerge_merge::ParamValue;
-use evomerge_merge::method::{Arity, BaseUse, MethodSpec, Resolved, Scope, TensorWork, registry};
+use evomerge_merge::method::{
+    Arity, BaseUse, HostWork, MethodSpec, Resolved, Scope, TensorWork, registry,
+};
 use std::collections::BTreeMap;
 
 type ParamMap = BTreeMap<&'static str, ParamValue>;
@@ -44,6 +47,30 @@ fn run(
         seed: 42,
     };
     values_of(m.run(&work).unwrap_or_else(|e| panic!("{}: {e}", m.name)))
+}
+
+/// `m`'s fused CPU kernel on host inputs (the method must have one).
+fn run_fused(
+    m: &MethodSpec,
+    inputs: &[Vec<f32>],
+    base: Option<usize>,
+    global: &ParamMap,
+    per: &[ParamMap],
+) -> Vec<f32> {
+    let host = m.host.expect("a fused kernel");
+    let mut out = vec![0.0f32; inputs[0].len()];
+    let work = HostWork {
+        tensor: "model.layers.0.mlp.up_proj.weight",
+        params: Resolved {
+            base,
+            global,
+            per_input: per,
+        },
+        inputs: inputs.iter().map(|v| HostTensor::F32(v)).collect(),
+        seed: 42,
+    };
+    host(&work, HostOut::F32(&mut out)).unwrap_or_else(|e| panic!("{} fused: {e}", m.name));
+    out
 }
 
 #[test]
@@ -100,14 +127,20 @@ fn every_per_tensor_method_matches_its_golden_cases() {
                     }
                 }
             }
-            let got = run(m, inputs, base, &global, &per);
-            assert_eq!(got.len(), g.want.len(), "{}", m.name);
-            for (i, (a, b)) in got.iter().zip(g.want).enumerate() {
-                assert!(
-                    (a - b).abs() <= g.tol,
-                    "{} golden element {i}: got {a}, want {b} (all {got:?})",
-                    m.name
-                );
+            let host_inputs: Vec<Vec<f32>> = inputs.iter().map(|t| values_of(t.clone())).collect();
+            let mut outputs = vec![("burn", run(m, inputs, base, &global, &per))];
+            if m.host.is_some() {
+                outputs.push(("fused", run_fused(m, &host_inputs, base, &global, &per)));
+            }
+            for (path, got) in outputs {
+                assert_eq!(got.len(), g.want.len(), "{}", m.name);
+                for (i, (a, b)) in got.iter().zip(g.want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= g.tol,
+                        "{} ({path}) golden element {i}: got {a}, want {b} (all {got:?})",
+                        m.name
+                    );
+                }
             }
         }
         checked.push(m.name);
@@ -163,10 +196,25 @@ fn example_params(
 /// Every per-tensor method with its example parameters, then with each boolean flipped and
 /// each word of its textual parameters, on fixed inputs: `(case, output)`.
 pub fn all_methods(device: &Device) -> Vec<(String, Vec<f32>)> {
-    let shape = [16, 24];
-    let n = 16 * 24;
+    cases(Path::Burn(device), [16, 24], false)
+}
+
+/// How [`cases`] runs a method.
+enum Path<'a> {
+    Burn(&'a Device),
+    /// The fused CPU kernels (methods without one are skipped).
+    Fused,
+}
+
+/// The cases of [`all_methods`] on inputs of `shape`, run along `path`; `ties` rounds the
+/// inputs to multiples of 1/32 so magnitudes tie often (as bf16 weights do).
+fn cases(path: Path, shape: [usize; 2], ties: bool) -> Vec<(String, Vec<f32>)> {
+    let n = shape[0] * shape[1];
     let mut out = Vec::new();
     for m in per_tensor() {
+        if matches!(path, Path::Fused) && m.host.is_none() {
+            continue;
+        }
         let (others, with_base) = layout(m);
         let n_inputs = others + usize::from(with_base);
         let base = with_base.then_some(0);
@@ -187,11 +235,28 @@ pub fn all_methods(device: &Device) -> Vec<(String, Vec<f32>)> {
             }
         }
         for (case, variant) in variants {
-            let inputs: Vec<T2> = (0..n_inputs)
-                .map(|j| tensor_from(&sample(n, 1 + j as u64), &shape, device))
+            let host: Vec<Vec<f32>> = (0..n_inputs)
+                .map(|j| {
+                    let v = sample(n, 1 + j as u64);
+                    if ties {
+                        v.into_iter().map(|x| (x * 32.0).round() / 32.0).collect()
+                    } else {
+                        v
+                    }
+                })
                 .collect();
             let (global, per) = example_params(m, n_inputs, base, variant);
-            out.push((case, run(m, inputs, base, &global, &per)));
+            let got = match path {
+                Path::Burn(device) => {
+                    let inputs: Vec<T2> = host
+                        .iter()
+                        .map(|v| tensor_from(v, &shape, device))
+                        .collect();
+                    run(m, inputs, base, &global, &per)
+                }
+                Path::Fused => run_fused(m, &host, base, &global, &per),
+            };
+            out.push((case, got));
         }
     }
     out
@@ -205,6 +270,53 @@ fn every_method_runs_with_its_example_parameters_and_variants() {
     }
     for (case, v) in &cases {
         assert!(v.iter().all(|x| x.is_finite()), "{case}: non-finite output");
+    }
+}
+
+fn max_diff(x: &[f32], y: &[f32]) -> f32 {
+    x.iter()
+        .zip(y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// The fused CPU kernels give the burn path's tensors (to 1e-6) for every method that has
+/// one, on small inputs and on inputs of several chunks with many tied magnitudes (the exact
+/// top-k selection by position, split ties across chunks, DARE's seeked random stream).
+#[test]
+fn fused_cpu_kernels_match_the_burn_path() {
+    let flex = Device::flex();
+    let fused_methods: Vec<&str> = per_tensor()
+        .filter(|m| m.host.is_some())
+        .map(|m| m.name)
+        .collect();
+    for name in [
+        "linear",
+        "slerp",
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+    ] {
+        assert!(fused_methods.contains(&name), "{name} has no fused kernel");
+    }
+    for (shape, ties) in [([16, 24], false), ([311, 500], true)] {
+        let fused = cases(Path::Fused, shape, ties);
+        let burn: Vec<_> = cases(Path::Burn(&flex), shape, ties)
+            .into_iter()
+            .filter(|(c, _)| fused.iter().any(|(f, _)| f == c))
+            .collect();
+        assert_eq!(fused.len(), burn.len());
+        for ((case, x), (c2, y)) in fused.iter().zip(&burn) {
+            assert_eq!(case, c2);
+            let worst = max_diff(x, y);
+            assert!(
+                worst <= 1e-6,
+                "{case} {shape:?}: max |fused - burn| = {worst}"
+            );
+        }
     }
 }
 
@@ -230,6 +342,13 @@ fn wgpu_matches_flex_for_every_method() {
     let Some(gpu) = wgpu_or_skip() else { return };
     let cpu = all_methods(&Device::flex());
     let gpu = all_methods(&gpu);
+    let fused = cases(Path::Fused, [16, 24], false);
+    for (case, x) in &fused {
+        let (_, y) = gpu.iter().find(|(c, _)| c == case).expect("same cases");
+        let worst = max_diff(x, y);
+        eprintln!("{case}: max |fused CPU - wgpu| {worst:e}");
+        assert!(worst <= 1e-6, "{case}: max |fused CPU - wgpu| = {worst}");
+    }
     for ((name, x), (_, y)) in cpu.iter().zip(&gpu) {
         assert_eq!(x.len(), y.len(), "{name}");
         let worst = x

@@ -1,0 +1,859 @@
+//! Fused CPU kernels for the per-element methods: one pass per chunk of a tensor that decodes
+//! the stored inputs (bf16, f16 or f32, straight from the memory map), forms the task vectors,
+//! thins them, elects signs, sums, and encodes into the output buffer, instead of one burn
+//! tensor per step. Chunks run in parallel (rayon), so a 131 MB embedding uses every core.
+//!
+//! - [`gta`]: generalized task arithmetic (task_arithmetic, TIES, DARE, DARE-TIES,
+//!   breadcrumbs, breadcrumbs-TIES): the same math as [`crate::sparsify`] and
+//!   [`crate::generalized_task_arithmetic`], in the same f32 operation order.
+//! - [`linear`]: the weighted average.
+//! - [`slerp`]: SLERP over the flattened tensors (one reduction pass for the norms and the
+//!   dot product, one interpolation pass).
+//!
+//! Magnitude selection (TIES' top-k, breadcrumbs' rank window) is exact without sorting or
+//! copying: a two-pass radix selection over the bits of `|delta|` (16 high bits, then the 16
+//! low bits inside the chosen bucket) finds the threshold value and how many entries lie below
+//! it; entries equal to the threshold are ranked by position, as [`crate::sparsify`] ranks
+//! them, with per-chunk counts when only part of the tied entries is kept. The kept set is
+//! exactly the one of `select_nth` on `|x|` (ties included).
+//!
+//! DARE's random mask reads the same [`MaskRng`] stream as the burn path, seeked to each
+//! chunk's first element, so results do not depend on the chunking or the thread count.
+
+use crate::task_arithmetic::kept_count;
+use crate::{Consensus, KernelError, MaskRng, Rescale, Result, Sparsify};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Elements per chunk of work (one rayon task).
+pub const CHUNK: usize = 1 << 16;
+
+/// A stored floating-point type the fused kernels decode and encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostDtype {
+    F32,
+    BF16,
+    F16,
+}
+
+impl HostDtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            HostDtype::F32 => 4,
+            HostDtype::BF16 | HostDtype::F16 => 2,
+        }
+    }
+}
+
+/// An input tensor on the host: stored little-endian bytes (e.g. a memory-mapped safetensors
+/// slice) or `f32` values.
+#[derive(Debug, Clone, Copy)]
+pub enum HostTensor<'a> {
+    Stored(&'a [u8], HostDtype),
+    F32(&'a [f32]),
+}
+
+impl HostTensor<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            HostTensor::Stored(b, d) => b.len() / d.size(),
+            HostTensor::F32(v) => v.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decode elements `start..start + out.len()` into `out`.
+    pub fn decode(&self, start: usize, out: &mut [f32]) {
+        let n = out.len();
+        match *self {
+            HostTensor::F32(v) => out.copy_from_slice(&v[start..start + n]),
+            HostTensor::Stored(b, HostDtype::F32) => {
+                for (o, c) in out
+                    .iter_mut()
+                    .zip(b[start * 4..(start + n) * 4].chunks_exact(4))
+                {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            HostTensor::Stored(b, HostDtype::BF16) => {
+                for (o, c) in out
+                    .iter_mut()
+                    .zip(b[start * 2..(start + n) * 2].chunks_exact(2))
+                {
+                    *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+                }
+            }
+            HostTensor::Stored(b, HostDtype::F16) => {
+                for (o, c) in out
+                    .iter_mut()
+                    .zip(b[start * 2..(start + n) * 2].chunks_exact(2))
+                {
+                    *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// Where the merged values go: the output tensor's stored bytes (written in place, encoded
+/// chunk by chunk) or `f32` values.
+#[derive(Debug)]
+pub enum HostOut<'a> {
+    Stored(&'a mut [u8], HostDtype),
+    F32(&'a mut [f32]),
+}
+
+impl HostOut<'_> {
+    fn len(&self) -> usize {
+        match self {
+            HostOut::Stored(b, d) => b.len() / d.size(),
+            HostOut::F32(v) => v.len(),
+        }
+    }
+}
+
+/// Encode `values` into `out` (round to nearest even for bf16/f16, as torch does).
+fn encode(values: &[f32], dtype: HostDtype, out: &mut [u8]) {
+    match dtype {
+        HostDtype::F32 => {
+            for (v, o) in values.iter().zip(out.chunks_exact_mut(4)) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        HostDtype::BF16 => {
+            for (v, o) in values.iter().zip(out.chunks_exact_mut(2)) {
+                o.copy_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        HostDtype::F16 => {
+            for (v, o) in values.iter().zip(out.chunks_exact_mut(2)) {
+                o.copy_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Per-thread buffers of one chunk.
+struct Scratch {
+    base: Vec<f32>,
+    x: Vec<f32>,
+    res: Vec<f32>,
+    /// One row of chunk values per task vector.
+    tv: Vec<Vec<f32>>,
+    u: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(tvs: usize) -> Scratch {
+        Scratch {
+            base: vec![0.0; CHUNK],
+            x: vec![0.0; CHUNK],
+            res: vec![0.0; CHUNK],
+            tv: (0..tvs).map(|_| vec![0.0; CHUNK]).collect(),
+            u: vec![0.0; CHUNK],
+        }
+    }
+}
+
+/// Run `f(chunk index, first element, scratch)` over every chunk in parallel; `f` leaves the
+/// chunk's merged values in `scratch.res`, which are checked (finite) and written to `out`.
+fn for_each_chunk<F>(n: usize, tvs: usize, out: HostOut, f: F) -> Result<()>
+where
+    F: Fn(usize, usize, &mut Scratch) + Sync,
+{
+    let bad = |v: f32| KernelError::BadParameter {
+        method: "merge",
+        what: format!(
+            "the merged values contain {v}; check the weights (a zero weight sum with normalize?) and the inputs"
+        ),
+    };
+    let check = |s: &Scratch, len: usize| -> Result<()> {
+        match s.res[..len].iter().find(|v| !v.is_finite()) {
+            Some(v) => Err(bad(*v)),
+            None => Ok(()),
+        }
+    };
+    debug_assert_eq!(out.len(), n);
+    match out {
+        HostOut::F32(o) => o.par_chunks_mut(CHUNK).enumerate().try_for_each_init(
+            || Scratch::new(tvs),
+            |s, (ci, o)| {
+                f(ci, ci * CHUNK, s);
+                check(s, o.len())?;
+                o.copy_from_slice(&s.res[..o.len()]);
+                Ok(())
+            },
+        ),
+        HostOut::Stored(o, dtype) => o
+            .par_chunks_mut(CHUNK * dtype.size())
+            .enumerate()
+            .try_for_each_init(
+                || Scratch::new(tvs),
+                |s, (ci, o)| {
+                    f(ci, ci * CHUNK, s);
+                    let len = o.len() / dtype.size();
+                    check(s, len)?;
+                    encode(&s.res[..len], dtype, o);
+                    Ok(())
+                },
+            ),
+    }
+}
+
+/// The chunk of elements `start..` of an `n`-element tensor.
+fn chunk_len(n: usize, start: usize) -> usize {
+    CHUNK.min(n - start)
+}
+
+fn check_lengths(
+    method: &'static str,
+    n: usize,
+    inputs: &[HostTensor],
+    out: &HostOut,
+) -> Result<()> {
+    for t in inputs.iter().map(HostTensor::len).chain([out.len()]) {
+        if t != n {
+            return Err(KernelError::ShapeMismatch {
+                method,
+                a: [1, n],
+                b: [1, t],
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `sum_i w_i x_i` (divided by `sum_i w_i` with `normalize`), as [`crate::linear`].
+pub fn linear(inputs: &[HostTensor], weights: &[f32], normalize: bool, out: HostOut) -> Result<()> {
+    if inputs.is_empty() || inputs.len() != weights.len() {
+        return Err(KernelError::WrongInputCount {
+            method: "linear",
+            needed: "one weight per input and at least one input",
+            got: inputs.len(),
+        });
+    }
+    let n = inputs[0].len();
+    check_lengths("linear", n, inputs, &out)?;
+    let div = if normalize {
+        let sum: f32 = weights.iter().sum();
+        if sum.abs() < 1e-8 {
+            return Err(KernelError::BadParameter {
+                method: "linear",
+                what: format!(
+                    "weights {weights:?} sum to zero, so normalize would divide by zero; set normalize: false or change the weights"
+                ),
+            });
+        }
+        Some(sum)
+    } else {
+        None
+    };
+    for_each_chunk(n, 0, out, |_, start, s| {
+        let len = chunk_len(n, start);
+        inputs[0].decode(start, &mut s.res[..len]);
+        for r in &mut s.res[..len] {
+            *r *= weights[0];
+        }
+        for (t, w) in inputs[1..].iter().zip(&weights[1..]) {
+            t.decode(start, &mut s.x[..len]);
+            for (r, x) in s.res[..len].iter_mut().zip(&s.x[..len]) {
+                *r += x * w;
+            }
+        }
+        if let Some(d) = div {
+            for r in &mut s.res[..len] {
+                *r /= d;
+            }
+        }
+    })
+}
+
+/// SLERP between `v0` (`t = 0`) and `v1` over the flattened tensors, as [`crate::slerp`].
+pub fn slerp(t: f32, v0: HostTensor, v1: HostTensor, out: HostOut) -> Result<()> {
+    const DOT_THRESHOLD: f32 = 0.9995;
+    const EPS: f32 = 1e-8;
+    let n = v0.len();
+    check_lengths("slerp", n, &[v0, v1], &out)?;
+    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+    let (ss0, ss1, dot) = chunks
+        .par_iter()
+        .map_init(
+            || (vec![0.0f32; CHUNK], vec![0.0f32; CHUNK]),
+            |(a, b), &ci| {
+                let start = ci * CHUNK;
+                let len = chunk_len(n, start);
+                v0.decode(start, &mut a[..len]);
+                v1.decode(start, &mut b[..len]);
+                let mut r = (0.0f64, 0.0f64, 0.0f64);
+                for (x, y) in a[..len].iter().zip(&b[..len]) {
+                    r.0 += (x * x) as f64;
+                    r.1 += (y * y) as f64;
+                    r.2 += (x * y) as f64;
+                }
+                r
+            },
+        )
+        .reduce(|| (0.0, 0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+    let (n0, n1) = ((ss0 as f32).sqrt(), (ss1 as f32).sqrt());
+    let s0 = if n0 > EPS { n0 } else { 1.0 };
+    let s1 = if n1 > EPS { n1 } else { 1.0 };
+    let d = dot as f32 / (s0 * s1);
+    let (w0, w1) = if d.abs() > DOT_THRESHOLD {
+        (1.0 - t, t)
+    } else {
+        let theta0 = d.acos();
+        let sin0 = theta0.sin();
+        let theta_t = theta0 * t;
+        ((theta0 - theta_t).sin() / sin0, theta_t.sin() / sin0)
+    };
+    for_each_chunk(n, 0, out, |_, start, s| {
+        let len = chunk_len(n, start);
+        v0.decode(start, &mut s.res[..len]);
+        v1.decode(start, &mut s.x[..len]);
+        for (r, y) in s.res[..len].iter_mut().zip(&s.x[..len]) {
+            *r = *r * w0 + y * w1;
+        }
+    })
+}
+
+/// One task vector of a fused [`gta`]: the fine-tuned input, its weight and its sparsification
+/// parameters (as [`crate::sparsify`] takes them), and its random stream (DARE).
+#[derive(Debug, Clone)]
+pub struct HostTaskVector<'a> {
+    pub input: HostTensor<'a>,
+    pub weight: f32,
+    pub density: f64,
+    pub gamma: f64,
+    pub rng: MaskRng,
+}
+
+/// How one task vector is thinned, resolved for the tensor.
+#[derive(Debug, Clone)]
+enum Keep {
+    All,
+    None,
+    /// DARE: keep where the draw is below `p`.
+    Random(f32),
+    /// Keep the entries whose rank by |delta| lies in the window.
+    Ranks(RankWindow),
+}
+
+/// A rank window `lo..hi` of the ascending order of |delta| (ties by position), resolved into
+/// thresholds: `t_lo` / `t_hi` are the keys (bits of |delta|) at ranks `lo` and `hi - 1`,
+/// `less_*` how many keys are below them, and `seen_*[chunk]` how many entries equal to them
+/// come before each chunk (only computed when the tie is split).
+#[derive(Debug, Clone)]
+struct RankWindow {
+    lo: usize,
+    hi: usize,
+    n: usize,
+    t_lo: u32,
+    t_hi: u32,
+    less_lo: usize,
+    less_hi: usize,
+    seen_lo: Vec<usize>,
+    seen_hi: Vec<usize>,
+}
+
+impl RankWindow {
+    /// The 0/1 keep flags of a chunk's keys, continuing the tie counts of earlier chunks.
+    #[inline]
+    fn keep(&self, ci: usize, keys: impl Iterator<Item = u32>, mut f: impl FnMut(usize, bool)) {
+        let mut seen_lo = self.seen_lo.get(ci).copied().unwrap_or(0);
+        let mut seen_hi = self.seen_hi.get(ci).copied().unwrap_or(0);
+        for (i, v) in keys.enumerate() {
+            let rank = if v == self.t_lo {
+                seen_lo += 1;
+                self.less_lo + seen_lo - 1
+            } else if v == self.t_hi {
+                seen_hi += 1;
+                self.less_hi + seen_hi - 1
+            } else if v > self.t_lo && v < self.t_hi {
+                self.lo
+            } else {
+                self.n
+            };
+            f(i, (self.lo..self.hi).contains(&rank));
+        }
+    }
+}
+
+/// The sortable key of |x|: its bits without the sign (monotone in `f32::total_cmp` of `|x|`).
+#[inline]
+fn key(x: f32) -> u32 {
+    x.to_bits() & 0x7fff_ffff
+}
+
+/// Decode the chunk of `base` into `s.base` and input `j`'s delta into `s.tv[j]`.
+fn deltas(
+    base: &HostTensor,
+    tvs: &[HostTaskVector],
+    which: &[usize],
+    start: usize,
+    len: usize,
+    s: &mut Scratch,
+) {
+    base.decode(start, &mut s.base[..len]);
+    for &j in which {
+        tvs[j].input.decode(start, &mut s.x[..len]);
+        for ((d, x), b) in s.tv[j][..len]
+            .iter_mut()
+            .zip(&s.x[..len])
+            .zip(&s.base[..len])
+        {
+            *d = x - b;
+        }
+    }
+}
+
+/// Parallel histograms over the deltas of the inputs in `which`: `bucket(j, key)` gives the
+/// bin (or none) for input `j`; returns one histogram of `bins` counts per entry of `which`.
+fn histograms(
+    n: usize,
+    base: &HostTensor,
+    tvs: &[HostTaskVector],
+    which: &[usize],
+    bins: usize,
+    bucket: impl Fn(usize, usize, u32) -> Option<usize> + Sync,
+) -> Vec<Vec<u64>> {
+    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+    let empty = || vec![vec![0u64; bins]; which.len()];
+    chunks
+        .par_iter()
+        .fold(
+            || (Scratch::new(tvs.len()), empty()),
+            |(mut s, mut h), &ci| {
+                let start = ci * CHUNK;
+                let len = chunk_len(n, start);
+                deltas(base, tvs, which, start, len, &mut s);
+                for (w, &j) in which.iter().enumerate() {
+                    for d in &s.tv[j][..len] {
+                        if let Some(b) = bucket(w, j, key(*d)) {
+                            h[w][b] += 1;
+                        }
+                    }
+                }
+                (s, h)
+            },
+        )
+        .map(|(_, h)| h)
+        .reduce(empty, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                for (p, q) in x.iter_mut().zip(y) {
+                    *p += q;
+                }
+            }
+            a
+        })
+}
+
+/// The bin holding rank `r` of a histogram and how many entries lie in the bins below.
+fn bin_of_rank(h: &[u64], r: usize) -> (usize, usize) {
+    let mut below = 0usize;
+    for (b, &c) in h.iter().enumerate() {
+        if below + c as usize > r {
+            return (b, below);
+        }
+        below += c as usize;
+    }
+    unreachable!("rank {r} beyond the histogram's {below} entries")
+}
+
+/// Resolve the rank windows `(input, lo, hi)` (non-empty, `hi <= n`) into thresholds: two
+/// histogram passes (high 16 bits, then low 16 bits inside the chosen buckets), and a counting
+/// pass when entries tied with a threshold are split by the window.
+fn resolve_windows(
+    n: usize,
+    base: &HostTensor,
+    tvs: &[HostTaskVector],
+    windows: &[(usize, usize, usize)],
+) -> Vec<RankWindow> {
+    let which: Vec<usize> = windows.iter().map(|w| w.0).collect();
+    // pass 1: high 16 bits of the key (the sign bit is clear: 32768 bins)
+    let h1 = histograms(n, base, tvs, &which, 1 << 15, |_, _, k| {
+        Some((k >> 16) as usize)
+    });
+    let hi_bins: Vec<[(usize, usize); 2]> = windows
+        .iter()
+        .zip(&h1)
+        .map(|(&(_, lo, hi), h)| [bin_of_rank(h, lo), bin_of_rank(h, hi - 1)])
+        .collect();
+    // pass 2: low 16 bits inside each of the (up to) two buckets: bins 0..65536 for the lower
+    // rank's bucket and 65536.. for the upper one's
+    let h2 = histograms(n, base, tvs, &which, 2 << 16, |w, _, k| {
+        let top = (k >> 16) as usize;
+        let [(b_lo, _), (b_hi, _)] = hi_bins[w];
+        if top == b_lo {
+            Some((k & 0xffff) as usize)
+        } else if top == b_hi {
+            Some((1 << 16) + (k & 0xffff) as usize)
+        } else {
+            None
+        }
+    });
+    let mut out: Vec<RankWindow> = windows
+        .iter()
+        .zip(&hi_bins)
+        .zip(&h2)
+        .map(
+            |((&(_, lo, hi), &[(b_lo, below_lo), (b_hi, below_hi)]), h)| {
+                let (l_lo, c_lo) = bin_of_rank(&h[..1 << 16], lo - below_lo);
+                let t_lo = ((b_lo as u32) << 16) | l_lo as u32;
+                let upper = if b_hi == b_lo {
+                    &h[..1 << 16]
+                } else {
+                    &h[1 << 16..]
+                };
+                let (l_hi, c_hi) = bin_of_rank(upper, hi - 1 - below_hi);
+                let t_hi = ((b_hi as u32) << 16) | l_hi as u32;
+                RankWindow {
+                    lo,
+                    hi,
+                    n,
+                    t_lo,
+                    t_hi,
+                    less_lo: below_lo + c_lo,
+                    less_hi: below_hi + c_hi,
+                    seen_lo: Vec::new(),
+                    seen_hi: Vec::new(),
+                }
+            },
+        )
+        .collect();
+    // Entries equal to a threshold take consecutive ranks by position: when the window keeps
+    // only some of them, each chunk needs the count of equal entries before it.
+    // how many entries equal threshold `t` (a key in window `wi`'s buckets)
+    let eq_count = |wi: usize, t: u32| -> usize {
+        let (b, l) = ((t >> 16) as usize, (t & 0xffff) as usize);
+        let [(b_lo, _), _] = hi_bins[wi];
+        h2[wi][if b == b_lo { l } else { (1 << 16) + l }] as usize
+    };
+    // entries tied at `t` take ranks less..less + e: all kept or all dropped unless the
+    // window cuts that range
+    let split = |wi: usize, w: &RankWindow, t: u32, less: usize| -> bool {
+        let e = eq_count(wi, t);
+        let kept = (less..less + e)
+            .filter(|r| (w.lo..w.hi).contains(r))
+            .count();
+        kept != 0 && kept != e
+    };
+    let needs: Vec<(bool, bool)> = out
+        .iter()
+        .enumerate()
+        .map(|(wi, w)| {
+            (
+                split(wi, w, w.t_lo, w.less_lo),
+                w.t_hi != w.t_lo && split(wi, w, w.t_hi, w.less_hi),
+            )
+        })
+        .collect();
+    if needs.iter().any(|(a, b)| *a || *b) {
+        let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+        let counts: Vec<Vec<(usize, usize)>> = chunks
+            .par_iter()
+            .map_init(
+                || Scratch::new(tvs.len()),
+                |s, &ci| {
+                    let start = ci * CHUNK;
+                    let len = chunk_len(n, start);
+                    deltas(base, tvs, &which, start, len, s);
+                    out.iter()
+                        .zip(&which)
+                        .map(|(w, &j)| {
+                            let (mut a, mut b) = (0, 0);
+                            for d in &s.tv[j][..len] {
+                                let k = key(*d);
+                                if k == w.t_lo {
+                                    a += 1;
+                                } else if k == w.t_hi {
+                                    b += 1;
+                                }
+                            }
+                            (a, b)
+                        })
+                        .collect()
+                },
+            )
+            .collect();
+        for (w, win) in out.iter_mut().enumerate() {
+            let (mut a, mut b) = (0, 0);
+            for c in &counts {
+                win.seen_lo.push(a);
+                win.seen_hi.push(b);
+                a += c[w].0;
+                b += c[w].1;
+            }
+        }
+    }
+    out
+}
+
+/// Generalized task arithmetic fused over chunks: `base + lambda * combine(weight_i *
+/// sparsify(input_i - base))`, with the semantics of [`crate::sparsify`] (`Sparsify::None`,
+/// `Magnitude`, `Random`, `MagnitudeOutliers`; DELLA's row ranks are not fused) and
+/// [`crate::generalized_task_arithmetic`].
+#[allow(clippy::too_many_arguments)]
+pub fn gta(
+    base: HostTensor,
+    tvs: &[HostTaskVector],
+    method: Sparsify,
+    rescale: Rescale,
+    consensus: Consensus,
+    normalize: bool,
+    lambda: f32,
+    out: HostOut,
+) -> Result<()> {
+    let n = base.len();
+    let mut all = vec![base];
+    all.extend(tvs.iter().map(|t| t.input));
+    check_lengths("task_arithmetic", n, &all, &out)?;
+    if method == Sparsify::Della {
+        return Err(KernelError::BadParameter {
+            method: "della",
+            what: "DELLA's row-wise ranks are not fused; use the burn path".into(),
+        });
+    }
+    // How each task vector is thinned (the checks of `sparsify`).
+    let mut keeps = Vec::with_capacity(tvs.len());
+    let mut windows = Vec::new();
+    for (j, tv) in tvs.iter().enumerate() {
+        let density = tv.density;
+        let keep = if method == Sparsify::None || density >= 1.0 || n == 0 {
+            Keep::All
+        } else if density.is_nan() || density <= 0.0 {
+            return Err(KernelError::BadParameter {
+                method: "sparsify",
+                what: format!("density {density} must be in (0, 1]"),
+            });
+        } else {
+            match method {
+                Sparsify::Magnitude => {
+                    let k = kept_count(density, n).max(1);
+                    windows.push((j, n - k, n));
+                    Keep::None // replaced by the window below
+                }
+                Sparsify::Random => Keep::Random(density as f32),
+                Sparsify::MagnitudeOutliers => {
+                    let gamma = tv.gamma;
+                    if !(0.0..1.0).contains(&gamma) {
+                        return Err(KernelError::BadParameter {
+                            method: "breadcrumbs",
+                            what: format!("gamma {gamma} must be in [0, 1)"),
+                        });
+                    }
+                    let target = kept_count(density, n);
+                    let n_top = kept_count(gamma, n);
+                    let n_bot = n.saturating_sub(target + n_top);
+                    let (lo, hi) = (n_bot, (n_bot + target).min(n));
+                    if lo < hi {
+                        windows.push((j, lo, hi));
+                    }
+                    Keep::None
+                }
+                Sparsify::None | Sparsify::Della => unreachable!(),
+            }
+        };
+        keeps.push(keep);
+    }
+    let resolved = resolve_windows(n, &base, tvs, &windows);
+    for (&(j, _, _), w) in windows.iter().zip(resolved) {
+        keeps[j] = Keep::Ranks(w);
+    }
+    // The per-tensor factor of each task vector's rescale: 1/density or the L1 ratio.
+    let thinned = |k: &Keep| !matches!(k, Keep::All);
+    let mut factors: Vec<Factor> = keeps
+        .iter()
+        .zip(tvs)
+        .map(|(k, tv)| match (rescale, k) {
+            (_, Keep::All) | (Rescale::None, _) | (Rescale::L1, _) => Factor::One,
+            (Rescale::InverseDensity, _) => Factor::Div(tv.density as f32),
+        })
+        .collect();
+    let l1: Vec<usize> = (0..tvs.len())
+        .filter(|&j| rescale == Rescale::L1 && thinned(&keeps[j]))
+        .collect();
+    if !l1.is_empty() {
+        let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+        let sums: Vec<(f64, f64)> = chunks
+            .par_iter()
+            .map_init(
+                || Scratch::new(tvs.len()),
+                |s, &ci| {
+                    let start = ci * CHUNK;
+                    let len = chunk_len(n, start);
+                    deltas(&base, tvs, &l1, start, len, s);
+                    l1.iter()
+                        .map(|&j| {
+                            mask_chunk(&keeps[j], &tvs[j], ci, start, len, s, j);
+                            let before: f64 = s.tv[j][..len].iter().map(|d| d.abs() as f64).sum();
+                            let after: f64 = s.x[..len].iter().map(|d| d.abs() as f64).sum();
+                            (before, after)
+                        })
+                        .collect::<Vec<_>>()
+                },
+            )
+            .reduce(
+                || vec![(0.0, 0.0); l1.len()],
+                |a, b| {
+                    a.iter()
+                        .zip(b)
+                        .map(|(x, y)| (x.0 + y.0, x.1 + y.1))
+                        .collect()
+                },
+            );
+        for (&j, (before, after)) in l1.iter().zip(sums) {
+            let (before, after) = (before as f32, after as f32);
+            factors[j] = if before < 1e-7 || after < 1e-7 {
+                Factor::One
+            } else {
+                Factor::Mul(before / after)
+            };
+        }
+    }
+    let weight_sum = {
+        let mut div: f32 = tvs.iter().map(|tv| tv.weight).sum();
+        if div.abs() < 1e-8 {
+            div = 1.0;
+        }
+        div
+    };
+    let every: Vec<usize> = (0..tvs.len()).collect();
+    for_each_chunk(n, tvs.len(), out, |ci, start, s| {
+        let len = chunk_len(n, start);
+        deltas(&base, tvs, &every, start, len, s);
+        // thin, rescale and weight each task vector in place
+        for (j, tv) in tvs.iter().enumerate() {
+            if !matches!(keeps[j], Keep::All) {
+                mask_chunk(&keeps[j], tv, ci, start, len, s, j);
+                std::mem::swap(&mut s.tv[j], &mut s.x);
+            }
+            let w = tv.weight;
+            match factors[j] {
+                Factor::Mul(m) => {
+                    for d in &mut s.tv[j][..len] {
+                        *d = (*d * m) * w;
+                    }
+                }
+                Factor::Div(f) => {
+                    for d in &mut s.tv[j][..len] {
+                        *d = (*d / f) * w;
+                    }
+                }
+                Factor::One => {
+                    for d in &mut s.tv[j][..len] {
+                        *d *= w;
+                    }
+                }
+            }
+        }
+        combine(s, tvs, len, consensus, normalize, weight_sum, lambda);
+    })
+}
+
+/// How a thinned task vector is scaled back up (see [`Rescale`]).
+#[derive(Debug, Clone, Copy)]
+enum Factor {
+    One,
+    Div(f32),
+    Mul(f32),
+}
+
+/// Input `j`'s thinned delta of this chunk into `s.x` (from `s.tv[j]`).
+fn mask_chunk(
+    keep: &Keep,
+    tv: &HostTaskVector,
+    ci: usize,
+    start: usize,
+    len: usize,
+    s: &mut Scratch,
+    j: usize,
+) {
+    let (d, x) = (&s.tv[j][..len], &mut s.x[..len]);
+    match keep {
+        Keep::All => x.copy_from_slice(d),
+        Keep::None => x.fill(0.0),
+        Keep::Random(p) => {
+            tv.rng.uniform_at(start as u64, &mut s.u[..len]);
+            for ((o, d), u) in x.iter_mut().zip(d).zip(&s.u[..len]) {
+                *o = d * if *u < *p { 1.0 } else { 0.0 };
+            }
+        }
+        Keep::Ranks(w) => {
+            w.keep(ci, d.iter().map(|v| key(*v)), |i, k| {
+                x[i] = d[i] * if k { 1.0 } else { 0.0 };
+            });
+        }
+    }
+}
+
+/// Sign election and the (normalised) sum of the weighted task vectors in `s.tv`, added to
+/// `s.base`, into `s.res` — the operation order of [`crate::generalized_task_arithmetic`].
+fn combine(
+    s: &mut Scratch,
+    tvs: &[HostTaskVector],
+    len: usize,
+    consensus: Consensus,
+    normalize: bool,
+    weight_sum: f32,
+    lambda: f32,
+) {
+    let sign = |v: f32| {
+        if v > 0.0 {
+            1.0
+        } else if v < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
+    let res = &mut s.res[..len];
+    if tvs.is_empty() {
+        res.copy_from_slice(&s.base[..len]);
+        return;
+    }
+    for (i, r) in res.iter_mut().enumerate() {
+        let mixed = match consensus {
+            Consensus::None => {
+                let mut m = s.tv[0][i];
+                for t in &s.tv[1..] {
+                    m += t[i];
+                }
+                if normalize { m / weight_sum } else { m }
+            }
+            _ => {
+                let mut acc = if consensus == Consensus::Sum {
+                    s.tv[0][i]
+                } else {
+                    sign(s.tv[0][i])
+                };
+                for t in &s.tv[1..] {
+                    acc += if consensus == Consensus::Sum {
+                        t[i]
+                    } else {
+                        sign(t[i])
+                    };
+                }
+                let majority = if acc >= 0.0 { 1.0 } else { -1.0 };
+                let (mut m, mut div) = (0.0f32, 0.0f32);
+                for (t, tv) in s.tv.iter().zip(tvs) {
+                    let keep = if sign(t[i]) == majority { 1.0 } else { 0.0 };
+                    m += t[i] * keep;
+                    div += keep * tv.weight;
+                }
+                if normalize {
+                    m / if div == 0.0 { 1.0 } else { div }
+                } else {
+                    m
+                }
+            }
+        };
+        let mixed = if lambda != 1.0 { mixed * lambda } else { mixed };
+        *r = s.base[i] + mixed;
+    }
+}
