@@ -10,9 +10,9 @@
 //! - [`data_merge`]: the digits study of the data-using and permutation merges (report + plots).
 //! - [`digits`]: the digits MLP base and experts a classifier search merges.
 //! - [`demo`]: the toy demo (toy checkpoints, example recipes merged, a short search).
-//! - [`bench`]: merge throughput and peak memory against a copy floor ([`bench::merge`]), tiny
-//!   LM generation and candidate turnaround ([`bench::lm`]). The optimizer benchmark
-//!   (`evomerge bench search`) is `evomerge_search::bench`.
+//! - [`bench`](mod@bench): merge throughput and peak memory against a copy floor
+//!   ([`bench::merge`]), tiny LM generation and candidate turnaround ([`bench::lm`]). The
+//!   optimizer benchmark (`evomerge bench search`) is `evomerge_search::bench`.
 //!
 //! A new study or benchmark is a module here plus a thin subcommand in `crates/cli`.
 //!
