@@ -1,7 +1,7 @@
 //! Data-flow-space genomes: an indicator array over all layers of all models repeated `r`
 //! times, plus an optional scaling matrix, decoded into a [`LayerPath`] (Sakana's DFS merge).
 
-use crate::GenomeError;
+use crate::{GeneBounds, GenomeError};
 use evomerge_models::{Hop, LayerPath};
 use serde::{Deserialize, Serialize};
 
@@ -11,11 +11,11 @@ fn default_repeats() -> usize {
 fn default_true() -> bool {
     true
 }
-fn default_indicator_bounds() -> [f64; 2] {
-    [-1.0, 1.0]
+fn default_indicator_bounds() -> GeneBounds {
+    GeneBounds::new(-1.0, 1.0)
 }
-fn default_scale_bounds() -> [f64; 2] {
-    [-1.0, 1.0]
+fn default_scale_bounds() -> GeneBounds {
+    GeneBounds::new(-1.0, 1.0)
 }
 fn default_sigma() -> f64 {
     0.1
@@ -33,10 +33,10 @@ pub struct DfsSpec {
     pub scales: bool,
     /// Bounds of the indicator genes (slot i is on when I_i > 0).
     #[serde(default = "default_indicator_bounds")]
-    pub indicator_bounds: [f64; 2],
+    pub indicator_bounds: GeneBounds,
     /// Bounds of theta (W = 1 + theta).
     #[serde(default = "default_scale_bounds")]
-    pub scale_bounds: [f64; 2],
+    pub scale_bounds: GeneBounds,
     /// Initial step size; A's first-repeat layers start at 2 sigma (on with ~98% probability).
     #[serde(default = "default_sigma")]
     pub sigma0: f64,
@@ -74,17 +74,8 @@ impl DfsGenome {
         if spec.repeats == 0 {
             return Err(GenomeError::Spec("repeats must be at least 1".into()));
         }
-        for (what, b) in [
-            ("indicator_bounds", spec.indicator_bounds),
-            ("scale_bounds", spec.scale_bounds),
-        ] {
-            if !(b[0] < b[1]) || !b[0].is_finite() || !b[1].is_finite() {
-                return Err(GenomeError::Spec(format!(
-                    "{what} [{}, {}] must be finite with lower < upper",
-                    b[0], b[1]
-                )));
-            }
-        }
+        spec.indicator_bounds.check("indicator_bounds")?;
+        spec.scale_bounds.check("scale_bounds")?;
         if !(spec.sigma0 > 0.0) {
             return Err(GenomeError::Spec(format!(
                 "sigma0 {} must be positive",
@@ -159,15 +150,15 @@ impl DfsGenome {
 
     /// Bounds per coordinate.
     pub fn bounds(&self) -> (Vec<f64>, Vec<f64>) {
-        let mut lo = vec![self.spec.indicator_bounds[0]; self.slots()];
-        let mut hi = vec![self.spec.indicator_bounds[1]; self.slots()];
+        let mut lo = vec![self.spec.indicator_bounds.lo; self.slots()];
+        let mut hi = vec![self.spec.indicator_bounds.hi; self.slots()];
         if self.spec.scales {
             lo.extend(std::iter::repeat_n(
-                self.spec.scale_bounds[0],
+                self.spec.scale_bounds.lo,
                 self.total * self.total,
             ));
             hi.extend(std::iter::repeat_n(
-                self.spec.scale_bounds[1],
+                self.spec.scale_bounds.hi,
                 self.total * self.total,
             ));
         }
@@ -178,7 +169,7 @@ impl DfsGenome {
     /// (clamped to the bounds), theta 0 (every scale 1).
     pub fn initial(&self) -> Vec<f64> {
         let mut x = vec![0.0; self.dim()];
-        let on = (2.0 * self.spec.sigma0).min(self.spec.indicator_bounds[1]);
+        let on = (2.0 * self.spec.sigma0).min(self.spec.indicator_bounds.hi);
         for v in x.iter_mut().take(self.layers[0]) {
             *v = on;
         }

@@ -29,11 +29,13 @@
 // parallel tables by model.
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
 
+mod bounds;
 mod dfs;
 mod export;
 mod lookup;
 mod ps;
 
+pub use bounds::GeneBounds;
 pub use dfs::{DfsGenome, DfsSpec};
 pub use export::{
     PATH_ARCHITECTURE, PATH_CONFIGURATION_PY, PATH_MODEL_TYPE, PATH_MODELING_PY, export_path,

@@ -1,7 +1,7 @@
 //! Parameter-space genomes: a vector of weights and densities per layer group, source model and
 //! tensor filter, decoded into the same [`Recipe`] that `evomerge merge` runs.
 
-use crate::GenomeError;
+use crate::{GeneBounds, GenomeError};
 use evomerge_merge::method::{self, nearest};
 use evomerge_merge::{
     FilterEntry, InputModel, ModelRef, OutputSlice, ParamSetting, ParamValue, Params, Recipe,
@@ -38,11 +38,11 @@ pub enum Preset {
     MergekitEvolve,
 }
 
-fn default_weight_bounds() -> [f64; 2] {
-    [0.0, 1.0]
+fn default_weight_bounds() -> GeneBounds {
+    GeneBounds::new(0.0, 1.0)
 }
-fn default_density_bounds() -> [f64; 2] {
-    [0.0, 1.0]
+fn default_density_bounds() -> GeneBounds {
+    GeneBounds::new(0.0, 1.0)
 }
 fn default_min_density() -> f64 {
     0.01
@@ -77,10 +77,10 @@ pub struct PsSpec {
     pub smooth: bool,
     /// Search bounds of weight genes.
     #[serde(default = "default_weight_bounds")]
-    pub weight_bounds: [f64; 2],
+    pub weight_bounds: GeneBounds,
     /// Search bounds of density genes.
     #[serde(default = "default_density_bounds")]
-    pub density_bounds: [f64; 2],
+    pub density_bounds: GeneBounds,
     /// Densities decode to at least this (a density of 0 would drop a whole task vector).
     #[serde(default = "default_min_density")]
     pub min_density: f64,
@@ -186,13 +186,14 @@ fn searchable_params(name: &str) -> Result<Vec<&'static str>, GenomeError> {
 }
 
 /// The search range a method declares for `param` (weights and densities use the spec's).
-fn declared_bounds(methods: &[String], param: &str) -> Option<[f64; 2]> {
+fn declared_bounds(methods: &[String], param: &str) -> Option<GeneBounds> {
     methods
         .iter()
         .filter_map(|m| method::lookup(m).ok())
         .flat_map(|m| m.evolvable())
         .find(|p| p.name == param)
         .and_then(|p| p.bounds)
+        .map(GeneBounds::from)
 }
 
 impl PsGenome {
@@ -241,17 +242,8 @@ impl PsGenome {
                 )));
             }
         }
-        for (what, b) in [
-            ("weight_bounds", spec.weight_bounds),
-            ("density_bounds", spec.density_bounds),
-        ] {
-            if !(b[0] < b[1]) || !b[0].is_finite() || !b[1].is_finite() {
-                return Err(GenomeError::Spec(format!(
-                    "{what} [{}, {}] must be finite with lower < upper",
-                    b[0], b[1]
-                )));
-            }
-        }
+        spec.weight_bounds.check("weight_bounds")?;
+        spec.density_bounds.check("density_bounds")?;
         let step = if spec.layer_granularity == 0 {
             num_layers
         } else {
@@ -332,8 +324,8 @@ impl PsGenome {
                 "weight" => self.spec.weight_bounds,
                 other => declared_bounds(&self.methods, other).unwrap_or(self.spec.weight_bounds),
             };
-            lo.push(b[0]);
-            hi.push(b[1]);
+            lo.push(b.lo);
+            hi.push(b.hi);
         }
         if self.methods.len() > 1 {
             lo.push(0.0);

@@ -107,7 +107,7 @@ fn specs() -> Vec<PsSpec> {
         },
         PsSpec {
             allow_negative_weights: true,
-            weight_bounds: [-1.0, 1.0],
+            weight_bounds: evomerge_genome::GeneBounds::new(-1.0, 1.0),
             merge_method: MethodGene::Fixed("task_arithmetic".into()),
             layer_granularity: 3,
             ..PsSpec::default()
