@@ -1,20 +1,35 @@
-//! The evaluators of an experiment, combined as a weighted sum.
+//! The evaluators of an experiment, combined as a weighted sum, and the list of evaluator
+//! kinds ([`KINDS`]) the experiment file's `[[evaluators]]` tables dispatch on.
 
 use crate::RunError;
 use crate::experiment::EvaluatorSpec;
-use evomerge_eval::{Candidate, EvalError, EvalRequest, Evaluator, Score};
-use evomerge_eval_classifier::ClassifierEvaluator;
-use evomerge_eval_command::CommandEvaluator;
-use evomerge_eval_lm::LmEvaluator;
+use evomerge_eval::{
+    BuildContext, Candidate, EvalError, EvalRequest, Evaluator, EvaluatorKind, Score,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// Every evaluator kind an experiment can name (`[[evaluators]] kind = "NAME"`). A new
+/// evaluator is a crate in `evaluators/` exporting its [`EvaluatorKind`] and one line here.
+pub(crate) static KINDS: &[&dyn EvaluatorKind] = &[
+    &evomerge_eval_lm::LmKind,
+    &evomerge_eval_command::CommandKind,
+    &evomerge_eval_classifier::ClassifierKind,
+    #[cfg(feature = "test-evaluator")]
+    &crate::test_evaluator::TestLoglikKind,
+];
+
+/// The kind named `name`.
+pub(crate) fn kind_named(name: &str) -> Option<&'static dyn EvaluatorKind> {
+    KINDS.iter().copied().find(|k| k.name() == name)
+}
 
 /// The evaluators of an experiment, combined as a weighted sum.
 pub struct Evaluators {
     list: Vec<(Box<dyn Evaluator>, f64)>,
-    /// Where each command evaluator writes its temporary candidate folders (`None`: the
-    /// system temp dir).
-    temp_dirs: Vec<Option<PathBuf>>,
+    /// Where evaluators write temporary candidate folders (`None`: the system temp dir), with
+    /// the first evaluator writing there (it cleans up what a stopped process left).
+    temp_dirs: Vec<(Option<PathBuf>, EvaluatorSpec)>,
 }
 
 impl Evaluators {
@@ -31,42 +46,16 @@ impl Evaluators {
     ) -> Result<Evaluators, RunError> {
         let mut temp_dirs = Vec::new();
         let mut list: Vec<(Box<dyn Evaluator>, f64)> = Vec::new();
+        let ctx = BuildContext { run_dir };
         for spec in specs {
-            match spec {
-                EvaluatorSpec::Lm {
-                    task,
-                    weight,
-                    batch_size,
-                } => {
-                    if !task.exists() {
-                        return Err(RunError::Config(format!(
-                            "task file {} does not exist",
-                            task.display()
-                        )));
-                    }
-                    let mut e = LmEvaluator::from_file(task)?;
-                    if let Some(b) = batch_size {
-                        e = e.with_batch_size(*b);
-                    }
-                    list.push((Box::new(e), *weight));
-                }
-                EvaluatorSpec::Command { weight, config } => {
-                    let mut e = CommandEvaluator::new(config.clone())
-                        .map_err(|e| RunError::Config(e.to_string()))?;
-                    if let Some(d) = run_dir {
-                        e = e.with_owner(d);
-                    }
-                    temp_dirs.push(e.temp_dir().map(Path::to_path_buf));
-                    list.push((Box::new(e), *weight));
-                }
-                EvaluatorSpec::Classifier { weight, spec } => {
-                    // Data paths were resolved against the experiment file when it was read.
-                    list.push((
-                        Box::new(ClassifierEvaluator::from_spec(spec, None)?),
-                        *weight,
-                    ));
-                }
+            let e = spec.config().build(&ctx).map_err(|e| match e {
+                EvalError::Config(m) => RunError::Config(m),
+                e => RunError::Eval(e),
+            })?;
+            if let Some(t) = spec.config().temp_root() {
+                temp_dirs.push((t, spec.clone()));
             }
+            list.push((e, spec.weight));
         }
         Ok(Evaluators { list, temp_dirs })
     }
@@ -76,12 +65,12 @@ impl Evaluators {
     /// (it reports what went wrong before, like a warning).
     pub(crate) fn remove_stale_folders(&self, run_dir: &Path) {
         let mut seen: Vec<&Option<PathBuf>> = Vec::new();
-        for t in &self.temp_dirs {
+        for (t, spec) in &self.temp_dirs {
             if seen.contains(&t) {
                 continue;
             }
             seen.push(t);
-            let removed = evomerge_eval_command::remove_stale_folders(t.as_deref(), run_dir);
+            let removed = spec.config().remove_stale_folders(run_dir);
             if !removed.is_empty() {
                 eprintln!(
                     "removed {} temporary candidate folder(s) a stopped run left: {}",

@@ -1,13 +1,14 @@
 //! The experiment file: what to search, with what, for how long.
 
 use crate::RunError;
-use evomerge_eval_classifier::ClassifierSpec;
-use evomerge_eval_command::CommandConfig;
+use crate::evaluators::{KINDS, kind_named};
+use evomerge_eval::EvaluatorConfig;
 use evomerge_genome::{DfsSpec, PsSpec};
 use evomerge_kernels::DeviceChoice;
 use evomerge_search::OptimizerConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Which search space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -67,34 +68,14 @@ pub struct Budget {
     pub wall_seconds: Option<f64>,
 }
 
-/// One evaluator; several are combined as a weighted sum of fitnesses.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum EvaluatorSpec {
-    /// In-process LM task (`task` = a task TOML file).
-    Lm {
-        task: PathBuf,
-        #[serde(default = "one")]
-        weight: f64,
-        #[serde(default)]
-        batch_size: Option<usize>,
-    },
-    /// An external command (see `evomerge-eval-command`).
-    Command {
-        #[serde(default = "one")]
-        weight: f64,
-        #[serde(flatten)]
-        config: CommandConfig,
-    },
-    /// Accuracy of an MLP classifier (sources that are `EvomergeMlp` checkpoints; see
-    /// `evomerge-eval-classifier`): `name`, `subsample` and the `search` / `validation` /
-    /// `test` data tables.
-    Classifier {
-        #[serde(default = "one")]
-        weight: f64,
-        #[serde(flatten)]
-        spec: ClassifierSpec,
-    },
+/// One `[[evaluators]]` table: its `kind`, its `weight` (several evaluators are combined as a
+/// weighted sum of fitnesses, default weight 1) and the rest, parsed by the kind's own config
+/// type (see `evomerge_eval::EvaluatorKind`; the kinds are listed in `evaluators.rs`).
+#[derive(Debug, Clone)]
+pub struct EvaluatorSpec {
+    kind: &'static str,
+    pub weight: f64,
+    config: Arc<dyn EvaluatorConfig>,
 }
 
 fn one() -> f64 {
@@ -102,21 +83,92 @@ fn one() -> f64 {
 }
 
 impl EvaluatorSpec {
-    pub fn weight(&self) -> f64 {
-        match self {
-            EvaluatorSpec::Lm { weight, .. }
-            | EvaluatorSpec::Command { weight, .. }
-            | EvaluatorSpec::Classifier { weight, .. } => *weight,
+    /// An evaluator of a registered kind with its config, e.g.
+    /// `EvaluatorSpec::new("lm", 1.0, LmConfig { task, batch_size: None })`.
+    pub fn new(
+        kind: &str,
+        weight: f64,
+        config: impl EvaluatorConfig,
+    ) -> Result<EvaluatorSpec, RunError> {
+        let k = kind_named(kind).ok_or_else(|| RunError::Config(unknown_kind(kind)))?;
+        Ok(EvaluatorSpec {
+            kind: k.name(),
+            weight,
+            config: Arc::new(config),
+        })
+    }
+
+    /// An in-process LM task with weight 1 (`kind = "lm"`, `task = ...`).
+    pub fn lm(task: impl Into<PathBuf>) -> EvaluatorSpec {
+        EvaluatorSpec {
+            kind: "lm",
+            weight: 1.0,
+            config: Arc::new(evomerge_eval_lm::LmConfig {
+                task: task.into(),
+                batch_size: None,
+            }),
         }
+    }
+
+    pub fn weight(&self) -> f64 {
+        self.weight
     }
 
     /// The `kind` key of this evaluator.
     pub fn kind(&self) -> &'static str {
-        match self {
-            EvaluatorSpec::Lm { .. } => "lm",
-            EvaluatorSpec::Command { .. } => "command",
-            EvaluatorSpec::Classifier { .. } => "classifier",
-        }
+        self.kind
+    }
+
+    /// Its parsed settings.
+    pub fn config(&self) -> &dyn EvaluatorConfig {
+        self.config.as_ref()
+    }
+
+    /// Its settings as the kind's config type (`spec.config_as::<LmConfig>()`), if they are.
+    pub fn config_as<T: 'static>(&self) -> Option<&T> {
+        self.config.as_any().downcast_ref::<T>()
+    }
+}
+
+fn unknown_kind(kind: &str) -> String {
+    format!(
+        "unknown evaluator kind `{kind}`; the kinds are: {}",
+        KINDS
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+impl<'de> Deserialize<'de> for EvaluatorSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(k)) => k,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "`kind` must be a string, got {other}"
+                )));
+            }
+            None => return Err(D::Error::missing_field("kind")),
+        };
+        let weight = match table.remove("weight") {
+            Some(w) => f64::deserialize(w).map_err(D::Error::custom)?,
+            None => one(),
+        };
+        let k = kind_named(&kind).ok_or_else(|| D::Error::custom(unknown_kind(&kind)))?;
+        let config = k.parse(table).map_err(|e| {
+            D::Error::custom(format!(
+                "kind = \"{kind}\": {e} (every kind also takes `kind` and `weight`)"
+            ))
+        })?;
+        Ok(EvaluatorSpec {
+            kind: k.name(),
+            weight,
+            config: Arc::from(config),
+        })
     }
 }
 
@@ -271,80 +323,18 @@ fn resolve_paths(value: &mut toml::Value, base: &Path) {
             ms.iter_mut().for_each(abs);
         }
     }
+    // Each evaluator kind resolves its own paths.
     if let Some(toml::Value::Array(evs)) = root.get_mut("evaluators") {
         for e in evs.iter_mut().filter_map(toml::Value::as_table_mut) {
-            for key in ["task", "cwd", "temp_dir"] {
-                if let Some(v) = e.get_mut(key) {
-                    abs(v);
-                }
-            }
-            // A classifier's data files (the built-in `digits` is a name, not a path).
-            if e.get("kind").and_then(toml::Value::as_str) == Some("classifier") {
-                for split in ["search", "validation", "test"] {
-                    if let Some(v) = e
-                        .get_mut(split)
-                        .and_then(toml::Value::as_table_mut)
-                        .and_then(|t| t.get_mut("dataset"))
-                        .filter(|v| v.as_str() != Some("digits"))
-                    {
-                        abs(v);
-                    }
-                }
+            if let Some(k) = e
+                .get("kind")
+                .and_then(toml::Value::as_str)
+                .and_then(kind_named)
+            {
+                k.resolve_paths(e, base);
             }
         }
     }
-}
-
-/// The keys each evaluator kind takes. serde cannot reject unknown keys of an internally tagged
-/// enum with a flattened variant, so `[[evaluators]]` tables are checked here.
-fn evaluator_keys(kind: &str) -> Option<&'static [&'static str]> {
-    match kind {
-        "lm" => Some(&["kind", "task", "weight", "batch_size"]),
-        "command" => Some(&[
-            "kind",
-            "weight",
-            "name",
-            "command",
-            "timeout_s",
-            "cwd",
-            "env",
-            "lm_eval",
-            "temp_dir",
-        ]),
-        "classifier" => Some(&[
-            "kind",
-            "weight",
-            "name",
-            "subsample",
-            "search",
-            "validation",
-            "test",
-        ]),
-        _ => None,
-    }
-}
-
-fn check_evaluator_keys(value: &toml::Value) -> Result<(), String> {
-    let Some(toml::Value::Array(evs)) = value.get("evaluators") else {
-        return Ok(());
-    };
-    for (i, e) in evs.iter().enumerate() {
-        let Some(t) = e.as_table() else { continue };
-        let Some(kind) = t.get("kind").and_then(toml::Value::as_str) else {
-            continue;
-        };
-        let Some(allowed) = evaluator_keys(kind) else {
-            continue;
-        };
-        if let Some(k) = t.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(format!(
-                "[[evaluators]] #{} (kind = \"{kind}\"): unknown key `{k}`; expected one of {}",
-                i + 1,
-                allowed.join(", ")
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The key that makes `value` fail to parse as an experiment: the one whose removal alone
@@ -455,7 +445,6 @@ impl Experiment {
         if let Some(t) = value.as_table_mut() {
             t.remove("run");
         }
-        check_evaluator_keys(&value)?;
         let exp: Experiment = value.clone().try_into().map_err(|e: toml::de::Error| {
             let message = e.to_string();
             match culprit(&value) {
@@ -602,13 +591,11 @@ task = "tasks/t.toml"
         let (e, v) = Experiment::from_toml(MINIMAL, Path::new("/exp")).unwrap();
         assert_eq!(e.sources.models, vec!["/exp/models/a", "/exp/models/b"]);
         assert_eq!(e.sources.base.as_deref(), Some("/exp/models/base"));
-        match &e.evaluators[0] {
-            EvaluatorSpec::Lm { task, weight, .. } => {
-                assert_eq!(task, Path::new("/exp/tasks/t.toml"));
-                assert_eq!(*weight, 1.0);
-            }
-            _ => panic!(),
-        }
+        let lm = e.evaluators[0]
+            .config_as::<evomerge_eval_lm::LmConfig>()
+            .expect("an lm evaluator");
+        assert_eq!(lm.task, Path::new("/exp/tasks/t.toml"));
+        assert_eq!(e.evaluators[0].weight, 1.0);
         assert_eq!(v["sources"]["models"][0].as_str(), Some("/exp/models/a"));
         assert_eq!(e.report.baselines.len(), 3);
     }
@@ -704,10 +691,11 @@ task = "tasks/t.toml"
              [evaluators.test]\ndataset = \"data/test.csv\"\nsplit = \"all\"",
         );
         let (e, v) = Experiment::from_toml(&text, Path::new("/exp")).unwrap();
-        let EvaluatorSpec::Classifier { weight, spec } = &e.evaluators[0] else {
-            panic!("{:?}", e.evaluators[0]);
-        };
-        assert_eq!((*weight, e.evaluators[0].kind()), (2.0, "classifier"));
+        let weight = e.evaluators[0].weight;
+        let spec = e.evaluators[0]
+            .config_as::<evomerge_eval_classifier::ClassifierSpec>()
+            .unwrap_or_else(|| panic!("{:?}", e.evaluators[0]));
+        assert_eq!((weight, e.evaluators[0].kind()), (2.0, "classifier"));
         assert_eq!(spec.name.as_deref(), Some("digits"));
         assert_eq!(spec.subsample, Some(64));
         assert_eq!(spec.search.as_ref().unwrap().dataset, "digits");
@@ -721,8 +709,9 @@ task = "tasks/t.toml"
             Some("/exp/data/test.csv")
         );
         let again = Experiment::from_value(v).unwrap();
-        assert!(
-            matches!(&again.evaluators[0], EvaluatorSpec::Classifier { spec: s, .. } if s == spec)
+        assert_eq!(
+            again.evaluators[0].config_as::<evomerge_eval_classifier::ClassifierSpec>(),
+            Some(spec)
         );
         // Unknown keys name the key, at the evaluator and inside a data table.
         let e = Experiment::from_toml(&text.replace("subsample", "subsmaple"), Path::new("/"))

@@ -55,6 +55,8 @@ mod setup;
 mod space;
 mod stage;
 mod state;
+#[cfg(feature = "test-evaluator")]
+pub mod test_evaluator;
 
 pub use compare::{ComparisonSummary, compare_runs};
 pub use evaluators::Evaluators;

@@ -10,10 +10,13 @@
 //! checkpoints an [`MlpCandidate`] (a classifier; parameter space only).
 
 use crate::RunError;
+use crate::evaluators::{KINDS, kind_named};
 use crate::experiment::{EvaluatorSpec, GenomeKind};
 use crate::log::Params;
 use evomerge_checkpoint::Checkpoint;
-use evomerge_eval::{Candidate, MergedCandidate, MlpCandidate, PathCandidate, PathExporter};
+use evomerge_eval::{
+    Candidate, MergedCandidate, MlpCandidate, ModelFamily, PathCandidate, PathExporter,
+};
 use evomerge_genome::{DfsGenome, PsGenome, export_path};
 use evomerge_kernels::{Device, T2, tensor_from_vec};
 use evomerge_merge::{
@@ -85,6 +88,14 @@ fn architecture(dir: &str) -> Option<String> {
 }
 
 impl Family {
+    /// What the evaluators see this family as.
+    pub(crate) fn model_family(self) -> ModelFamily {
+        match self {
+            Family::Decoder => ModelFamily::LanguageModel,
+            Family::Mlp => ModelFamily::Classifier,
+        }
+    }
+
     /// The family of a model folder, from its config.json.
     pub(crate) fn of_dir(dir: &str) -> Family {
         if architecture(dir).as_deref() == Some(MLP_ARCHITECTURE) {
@@ -125,19 +136,26 @@ impl Family {
                 architecture(example).unwrap_or_else(|| "language".into())
             ),
         };
+        let family = self.model_family();
         for (i, e) in evaluators.iter().enumerate() {
-            let fix = match (self, e) {
-                (Family::Mlp, EvaluatorSpec::Lm { .. }) => {
-                    "kind = \"lm\" scores language models; score MLP classifiers with \
-                     kind = \"classifier\" (name, subsample, and [evaluators.search] / \
-                     [evaluators.validation] / [evaluators.test] data tables)"
-                }
-                (Family::Decoder, EvaluatorSpec::Classifier { .. }) => {
-                    "kind = \"classifier\" scores MLP classifiers (EvomergeMlp checkpoints); \
-                     score language models with kind = \"lm\" (a task file) or kind = \"command\""
-                }
-                _ => continue,
+            let Some(kind) = kind_named(e.kind()) else {
+                continue;
             };
+            if kind.accepts().contains(&family) {
+                continue;
+            }
+            let instead: Vec<&str> = KINDS
+                .iter()
+                .filter(|k| k.accepts().contains(&family))
+                .map(|k| k.usage())
+                .collect();
+            let fix = format!(
+                "kind = \"{}\" {}; score {} with {}",
+                kind.name(),
+                kind.scores(),
+                family.plural(),
+                instead.join(" or ")
+            );
             return Err(RunError::Config(format!(
                 "[[evaluators]] #{} (kind = \"{}\") does not fit the sources, which are {what} \
                  ({example}): {fix}",

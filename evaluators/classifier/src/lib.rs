@@ -40,6 +40,9 @@
 //! # Ok(()) }
 //! ```
 
+mod config;
+pub use config::ClassifierKind;
+
 use evomerge_data::{DataSpec, Dataset, Part};
 use evomerge_eval::{Candidate, EvalError, EvalRequest, Evaluator, ItemResult, Score, Split};
 use evomerge_models::MlpWeights;

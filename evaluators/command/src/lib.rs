@@ -49,6 +49,9 @@
 //! let evaluator = CommandEvaluator::new(cfg).unwrap();
 //! ```
 
+mod config;
+pub use config::CommandKind;
+
 use evomerge_eval::{Candidate, EvalError, EvalRequest, Evaluator, ItemResult, Score};
 use serde::Deserialize;
 use serde_json::Value;
@@ -63,7 +66,7 @@ use std::time::{Duration, Instant};
 const STDERR_TAIL: usize = 2000;
 
 /// Read the score from an lm-evaluation-harness results file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LmEvalScore {
     /// The task name under `results` (e.g. `gsm8k`).
@@ -73,7 +76,7 @@ pub struct LmEvalScore {
 }
 
 /// The command evaluator's settings (a TOML table in an experiment file).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandConfig {
     #[serde(default = "default_name")]

@@ -14,8 +14,15 @@
 //! - the evaluation itself cannot run (a broken task file, a prompt longer than the context):
 //!   `Err(EvalError)`, which is the same for every candidate and should stop the run.
 //!
-//! Implementations: `evomerge-eval-lm` (in-process tasks from JSONL + TOML) and
-//! `evomerge-eval-command` (any external command, e.g. lm-evaluation-harness with vLLM).
+//! Implementations: `evomerge-eval-lm` (in-process tasks from JSONL + TOML),
+//! `evomerge-eval-command` (any external command, e.g. lm-evaluation-harness with vLLM) and
+//! `evomerge-eval-classifier` (MLP classifiers on a data split).
+//!
+//! A new evaluator is a new crate in `evaluators/`: it implements [`Evaluator`], exports its
+//! config type (serde, `deny_unknown_fields`) with an [`EvaluatorConfig`] impl that builds it,
+//! and an [`EvaluatorKind`] (its `kind` name, the [`ModelFamily`]s it scores, its path
+//! resolution, its parser); then one line in the runner's kind list
+//! (`crates/runner/src/evaluators.rs`, `KINDS`) makes `[[evaluators]] kind = "NAME"` work.
 //!
 //! Not for: merging, searching, logging (the runner's job).
 //!
@@ -33,8 +40,10 @@
 
 mod candidate;
 pub mod interrupt;
+pub mod kind;
 
 pub use candidate::{Candidate, MergedCandidate, MlpCandidate, PathCandidate, PathExporter};
+pub use kind::{BuildContext, EvaluatorConfig, EvaluatorKind, ModelFamily};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

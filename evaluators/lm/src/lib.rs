@@ -48,9 +48,11 @@
 //! ```
 
 mod answer;
+mod config;
 mod task;
 
 pub use answer::{Extractor, LanguageCheck, answers_match};
+pub use config::{LmConfig, LmKind};
 pub use task::{
     ChoiceFitness, ChoiceSpec, DataSpec, Extract, GenerateSpec, Item, LanguageSpec, PerplexitySpec,
     SplitSource, TaskSpec, TaskType, read_jsonl, render,

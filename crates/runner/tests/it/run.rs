@@ -4,7 +4,7 @@
 use evomerge_eval::{EvalRequest, Split};
 use evomerge_merge::Recipe;
 use evomerge_runner::{
-    EvaluatorSpec, Evaluators, Experiment, RunOptions, RunState, recipe_candidate, resume, start,
+    Evaluators, Experiment, RunOptions, RunState, recipe_candidate, resume, start,
 };
 use evomerge_zoo::toy_experiment;
 use std::path::Path;
@@ -73,10 +73,12 @@ fn a_run_completes_logs_every_candidate_and_reproduces_its_best() {
     // resuming a finished run changes nothing
     resume(&dir, &RunOptions::default()).unwrap();
     assert_eq!(rows(&dir.join("candidates.csv")).len(), cands.len());
-    match &exp.evaluators[0] {
-        EvaluatorSpec::Lm { .. } => {}
-        _ => panic!(),
-    }
+    assert_eq!(exp.evaluators[0].kind(), "lm");
+    assert!(
+        exp.evaluators[0]
+            .config_as::<evomerge_eval_lm::LmConfig>()
+            .is_some()
+    );
 }
 
 #[test]
@@ -184,4 +186,64 @@ fn parallel_scoring_gives_the_same_results() {
     assert!(one.len() >= 16);
     assert_eq!(one, three);
     assert_eq!(best_one, best_three);
+}
+
+/// An evaluator kind added as one file (`src/test_evaluator.rs`, behind the `test-evaluator`
+/// feature) and its line in the kind list: an experiment naming it parses (its own keys, its
+/// path resolved against the experiment file, unknown keys refused), fits language-model
+/// sources, runs, and its scores are what the kind computes.
+#[test]
+fn an_evaluator_kind_added_as_one_file_parses_and_runs() {
+    use evomerge_runner::test_evaluator::TestLoglikConfig;
+    let tmp = tempfile::tempdir().unwrap();
+    let exp_path = toy_experiment(tmp.path(), 8, "").unwrap();
+    std::fs::write(tmp.path().join("probe.txt"), "tok3 tok4 tok5\ntok6 tok7\n").unwrap();
+    let text = std::fs::read_to_string(&exp_path)
+        .unwrap()
+        .replace(
+            "kind = \"lm\"\ntask = \"task.toml\"",
+            "kind = \"test_loglik\"\nfile = \"probe.txt\"",
+        )
+        .replace("[validation]\nevery = 2", "[report]\ntest = false");
+    std::fs::write(&exp_path, &text).unwrap();
+    let (exp, resolved) = Experiment::load(&exp_path).unwrap();
+    assert_eq!(exp.evaluators[0].kind(), "test_loglik");
+    let config = exp.evaluators[0]
+        .config_as::<TestLoglikConfig>()
+        .expect("the kind's own config type");
+    assert_eq!(config.file, tmp.path().join("probe.txt"));
+    assert!(
+        resolved["evaluators"][0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("/probe.txt")
+    );
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, text.replace("file = ", "files = ")).unwrap();
+    let err = Experiment::load(&bad).unwrap_err().to_string();
+    assert!(err.contains("`files`") && err.contains("file"), "{err}");
+
+    let dir = start(&exp_path, &RunOptions::default()).unwrap();
+    let state = RunState::load(&dir.join("state.json")).unwrap();
+    assert!(state.stages[0].done && state.stages[0].evaluations >= 8);
+    let best = state.stages[0].best.clone().expect("a best candidate");
+    // The logged fitness is the kind's score of the best recipe, merged again.
+    let recipe = Recipe::from_toml(&best.decoded).unwrap();
+    let evaluators = Evaluators::build(&exp.evaluators).unwrap();
+    let device = evomerge_kernels::Device::flex();
+    let cand = recipe_candidate(&recipe, "again", &device, exp.merge_seed()).unwrap();
+    let score = evaluators
+        .evaluate(&cand, &EvalRequest::new(Split::Search, 0, exp.seed))
+        .unwrap();
+    assert_eq!(score.fitness, best.search_fitness);
+    assert!(
+        score.fitness < 0.0,
+        "a mean log-likelihood: {}",
+        score.fitness
+    );
+    let cands = rows(&dir.join("candidates.csv"));
+    assert!(
+        cands.iter().all(|r| r[5].contains("loglik")),
+        "metrics name the kind's metric"
+    );
 }

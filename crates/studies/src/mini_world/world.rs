@@ -551,16 +551,8 @@ pub fn evaluate(
     json_out: Option<&Path>,
 ) -> Result<()> {
     let device = Device::flex();
-    let ja = Evaluators::build(&[EvaluatorSpec::Lm {
-        task: dir.join("task/ja_math.toml"),
-        weight: 1.0,
-        batch_size: None,
-    }])?;
-    let en = Evaluators::build(&[EvaluatorSpec::Lm {
-        task: dir.join("task/en_math.toml"),
-        weight: 1.0,
-        batch_size: None,
-    }])?;
+    let ja = Evaluators::build(&[EvaluatorSpec::lm(dir.join("task/ja_math.toml"))])?;
+    let en = Evaluators::build(&[EvaluatorSpec::lm(dir.join("task/en_math.toml"))])?;
     println!(
         "| model | JA math acc_lang (strict) | JA math acc (numeric) | JA lang_pass | EN math acc |"
     );
