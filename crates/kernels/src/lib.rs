@@ -3,8 +3,8 @@
 //! Every function here takes the input tensors of one output tensor (already converted to `f32`
 //! and placed on a burn [`Device`]: flex on the CPU by default, wgpu with the `wgpu` feature) and
 //! returns the merged tensor on the same device. The math follows mergekit's definitions exactly
-//! (see `shared/reference/mergekit-methods-and-evolve.md` §1), including its less obvious choices
-//! — weighted sign election with ties going positive, DARE's L1-matching rescale, SLERP's
+//! (checked against mergekit 0.1.5 by `crates/merge/tests/it/mergekit_parity.rs`), including its
+//! less obvious choices — weighted sign election with ties going positive, DARE's L1-matching rescale, SLERP's
 //! colinear fallback — and fixes its known bugs (Breadcrumbs' `n_top == 0`, linear's division by
 //! a zero weight sum, DELLA on one-column tensors). Arithmetic is always `f32`.
 //!

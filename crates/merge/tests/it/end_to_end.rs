@@ -533,7 +533,7 @@ fn tied_and_untied_heads() {
     assert_eq!(c.config().unwrap()["tie_word_embeddings"], false);
 }
 
-/// Issue 15, 9: a base without config.json (or tokenizer) no longer gives a folder without
+/// A base without config.json (or tokenizer) no longer gives a folder without
 /// one: the first model that has it stands in, and the plan says so.
 #[test]
 fn a_donor_without_config_or_tokenizer_borrows_another_models_and_says_so() {
@@ -593,7 +593,7 @@ fn a_donor_without_config_or_tokenizer_borrows_another_models_and_says_so() {
     assert!(plan.config.is_none());
 }
 
-/// Issue 15, 13 (first part): the recipe copy a merged folder keeps names its models by
+/// The recipe copy a merged folder keeps names its models by
 /// absolute paths, so it merges again from there (or anywhere) to the same tensors.
 #[test]
 fn the_recipe_copy_has_absolute_paths_and_merges_again_from_anywhere() {

@@ -3,8 +3,8 @@
 //! counter-based generator, merged each recipe with `mergekit-yaml` and stored per-tensor
 //! statistics of `merged - base`; this test writes the same checkpoints bit for bit, merges the
 //! same recipes and compares. The cases pin the two places evomerge used to differ: the final
-//! norm and the LM head read gradients at t = 0 (issue 15, 2a), and TIES/Breadcrumbs counts
-//! `int(density * numel)` are Python-float counts (2b: density 5/6 on 1536-element tensors).
+//! norm and the LM head read gradients at t = 0, and TIES/Breadcrumbs counts
+//! `int(density * numel)` are Python-float counts (density 5/6 on 1536-element tensors).
 //!
 //! `EVOMERGE_PARITY_OUT=DIR` keeps evomerge's outputs in DIR/<case>/ for
 //! `make_expected.py --compare DIR` (max abs difference against mergekit's tensors).
