@@ -4,8 +4,8 @@
 //! and placed on a burn [`Device`]: flex on the CPU by default, wgpu with the `wgpu` feature) and
 //! returns the merged tensor on the same device. The math follows mergekit's definitions exactly
 //! (checked against mergekit 0.1.5 by `crates/merge/tests/it/mergekit_parity.rs`), including its
-//! less obvious choices — weighted sign election with ties going positive, DARE's L1-matching rescale, SLERP's
-//! colinear fallback — and fixes its known bugs (Breadcrumbs' `n_top == 0`, linear's division by
+//! less obvious choices — weighted sign election with ties going positive, DARE's L1-matching
+//! rescale, SLERP's colinear fallback — and fixes its known bugs (Breadcrumbs' `n_top == 0`, linear's division by
 //! a zero weight sum, DELLA on one-column tensors). Arithmetic is always `f32`.
 //!
 //! Tensors are passed as 2-D views `[rows, cols]`: a 1-D tensor of `n` values is `[1, n]`, a
