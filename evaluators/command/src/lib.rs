@@ -478,23 +478,49 @@ fn group_alive(pgid: i32) -> bool {
     })
 }
 
+/// Why a command's output is not a score.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    /// The JSON is not a score object (the message says what is missing).
+    #[error("{0}")]
+    NotAScore(String),
+    /// The `items` array does not parse.
+    #[error("\"items\": {0}")]
+    Items(#[source] serde_json::Error),
+    /// A results file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A results file is not JSON.
+    #[error("{}: not JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Parse a score JSON object.
-pub fn parse_score(value: &Value) -> Result<Score, String> {
+pub fn parse_score(value: &Value) -> Result<Score, ScoreError> {
+    let not = |m: &str| ScoreError::NotAScore(m.to_string());
     let obj = value
         .as_object()
-        .ok_or_else(|| "the score is not a JSON object".to_string())?;
+        .ok_or_else(|| not("the score is not a JSON object"))?;
     let fitness = obj
         .get("fitness")
         .and_then(Value::as_f64)
-        .ok_or_else(|| "the score has no numeric \"fitness\"".to_string())?;
+        .ok_or_else(|| not("the score has no numeric \"fitness\""))?;
     if !fitness.is_finite() {
-        return Err(format!("fitness {fitness} is not finite"));
+        return Err(not(&format!("fitness {fitness} is not finite")));
     }
     let mut metrics = BTreeMap::new();
     if let Some(m) = obj.get("metrics") {
         let m = m
             .as_object()
-            .ok_or_else(|| "\"metrics\" is not an object".to_string())?;
+            .ok_or_else(|| not("\"metrics\" is not an object"))?;
         for (k, v) in m {
             if let Some(x) = v.as_f64() {
                 metrics.insert(k.clone(), x);
@@ -502,8 +528,9 @@ pub fn parse_score(value: &Value) -> Result<Score, String> {
         }
     }
     let items = match obj.get("items") {
-        Some(v) => serde_json::from_value::<Vec<ItemResult>>(v.clone())
-            .map_err(|e| format!("\"items\": {e}"))?,
+        Some(v) => {
+            serde_json::from_value::<Vec<ItemResult>>(v.clone()).map_err(ScoreError::Items)?
+        }
         None => Vec::new(),
     };
     Ok(Score::new(fitness, metrics, items))
@@ -522,7 +549,7 @@ fn score_from_stdout(stdout: &str) -> Result<Score, String> {
         match serde_json::from_str::<Value>(line.trim()) {
             Ok(v) => match parse_score(&v) {
                 Ok(s) => return Ok(s),
-                Err(e) => last_err = e,
+                Err(e) => last_err = e.to_string(),
             },
             Err(_) => {
                 if last_err == "stdout is empty" {
@@ -565,14 +592,25 @@ fn newest_results(dir: &Path) -> Option<PathBuf> {
 }
 
 /// The fitness from an lm-evaluation-harness results file.
-pub fn score_from_lm_eval(path: &Path, spec: &LmEvalScore) -> Result<Score, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+pub fn score_from_lm_eval(path: &Path, spec: &LmEvalScore) -> Result<Score, ScoreError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|source| ScoreError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let task = v
         .get("results")
         .and_then(|r| r.get(&spec.task))
-        .ok_or_else(|| format!("{}: no results for task '{}'", path.display(), spec.task))?;
+        .ok_or_else(|| {
+            ScoreError::NotAScore(format!(
+                "{}: no results for task '{}'",
+                path.display(),
+                spec.task
+            ))
+        })?;
     let fitness = task
         .get(&spec.metric)
         .and_then(Value::as_f64)
@@ -581,13 +619,13 @@ pub fn score_from_lm_eval(path: &Path, spec: &LmEvalScore) -> Result<Score, Stri
                 .as_object()
                 .map(|o| o.keys().map(String::as_str).collect())
                 .unwrap_or_default();
-            format!(
+            ScoreError::NotAScore(format!(
                 "{}: task '{}' has no numeric '{}' (it has {})",
                 path.display(),
                 spec.task,
                 spec.metric,
                 keys.join(", ")
-            )
+            ))
         })?;
     let mut metrics = BTreeMap::new();
     for (k, x) in task.as_object().into_iter().flatten() {
@@ -685,7 +723,7 @@ impl Evaluator for CommandEvaluator {
         }
         let parsed = if let Some(spec) = &self.config.lm_eval {
             match newest_results(&work_dir) {
-                Some(p) => score_from_lm_eval(&p, spec),
+                Some(p) => score_from_lm_eval(&p, spec).map_err(|e| e.to_string()),
                 None => Err(
                     "no lm-evaluation-harness results_*.json under {work_dir}; pass `--output_path {work_dir}` to lm_eval"
                         .to_string(),
@@ -700,7 +738,7 @@ impl Evaluator for CommandEvaluator {
                         serde_json::from_str::<Value>(&t)
                             .map_err(|e| format!("{{score_file}} is not JSON: {e}"))
                     })
-                    .and_then(|v| parse_score(&v))
+                    .and_then(|v| parse_score(&v).map_err(|e| e.to_string()))
             } else {
                 score_from_stdout(&outcome.stdout)
             }
