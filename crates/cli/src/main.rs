@@ -54,6 +54,12 @@ enum Command {
     DataMergeStudy(studies_cmd::StudyDataArgs),
     /// Train digits MLP classifiers to merge (a base and two experts), e.g. for a classifier search.
     DigitsModels(studies_cmd::DigitsModelsArgs),
+    /// Score one candidate of a Slurm job array: what each array task runs on its node
+    /// (`evomerge worker RUN_DIR/exec/ps-g0/task-3.json`; see `[execution] kind = "slurm"`).
+    Worker {
+        /// The task file the runner wrote (the score file goes next to it).
+        task_file: std::path::PathBuf,
+    },
     /// Build the miniature Japanese-math world (task + trained base and experts) and score it.
     #[command(subcommand)]
     MiniWorld(mini_world_cmd::MiniWorldCommand),
@@ -78,6 +84,9 @@ fn main() {
         Command::DataMergeStudy(args) => studies_cmd::data_merge_study(args),
         Command::DigitsModels(args) => studies_cmd::digits_models(args),
         Command::MiniWorld(cmd) => mini_world_cmd::run(cmd),
+        Command::Worker { task_file } => evomerge_runner::run_worker(&task_file)
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

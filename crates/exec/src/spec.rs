@@ -38,7 +38,7 @@ pub enum DeviceList {
 /// time = "01:00:00"
 /// retries = 2
 /// ```
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutionSpec {
     #[serde(default)]
@@ -55,6 +55,18 @@ pub struct ExecutionSpec {
 
 fn one() -> usize {
     1
+}
+
+impl Default for ExecutionSpec {
+    /// No `[execution]` table: the local pool, no devices.
+    fn default() -> Self {
+        ExecutionSpec {
+            kind: ExecKind::Local,
+            devices: None,
+            devices_per_candidate: 1,
+            slurm: None,
+        }
+    }
 }
 
 /// `[execution.slurm]`: the sbatch options of every array task, and how the runner watches them.
@@ -327,6 +339,14 @@ mod tests {
         let s: ExecutionSpec = toml::from_str(text).map_err(|e| e.to_string())?;
         s.check().map_err(|e| e.to_string())?;
         Ok(s)
+    }
+
+    #[test]
+    fn no_table_is_the_local_pool() {
+        let s = ExecutionSpec::default();
+        s.check().unwrap();
+        assert_eq!(s, spec("").unwrap());
+        assert!(s.devices().unwrap().is_empty());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::RunError;
 use crate::experiment::EvaluatorSpec;
 use evomerge_eval::{
-    BuildContext, Candidate, EvalError, EvalRequest, Evaluator, EvaluatorKind, Score,
+    BuildContext, Candidate, EvalError, EvalRequest, Evaluator, EvaluatorKind, HeldDevice, Score,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,9 @@ pub struct Evaluators {
     /// Where evaluators write temporary candidate folders (`None`: the system temp dir), with
     /// the first evaluator writing there (it cleans up what a stopped process left).
     temp_dirs: Vec<(Option<PathBuf>, EvaluatorSpec)>,
+    /// The devices an evaluation holds when its request names none (validation and the test
+    /// table of a run with `[execution] devices`, scored between generations).
+    default_devices: Vec<HeldDevice>,
 }
 
 impl Evaluators {
@@ -57,7 +60,11 @@ impl Evaluators {
             }
             list.push((e, spec.weight));
         }
-        Ok(Evaluators { list, temp_dirs })
+        Ok(Evaluators {
+            list,
+            temp_dirs,
+            default_devices: Vec::new(),
+        })
     }
 
     /// Remove the temporary candidate folders a stopped process of the run `run_dir` (or any
@@ -85,6 +92,12 @@ impl Evaluators {
         }
     }
 
+    /// Hold `devices` for every evaluation whose request holds none.
+    pub fn with_default_devices(mut self, devices: Vec<HeldDevice>) -> Evaluators {
+        self.default_devices = devices;
+        self
+    }
+
     /// Score a candidate: the weighted sum of the evaluators' fitnesses; metrics prefixed with
     /// the evaluator's name when there are several. A candidate failing any evaluator fails.
     pub fn evaluate(
@@ -92,6 +105,13 @@ impl Evaluators {
         candidate: &dyn Candidate,
         request: &EvalRequest,
     ) -> Result<Score, EvalError> {
+        let with_devices;
+        let request = if request.devices.is_empty() && !self.default_devices.is_empty() {
+            with_devices = request.clone().with_devices(self.default_devices.clone());
+            &with_devices
+        } else {
+            request
+        };
         let mut fitness = 0.0;
         let mut terms = Vec::new();
         let mut metrics = BTreeMap::new();

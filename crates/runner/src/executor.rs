@@ -20,10 +20,14 @@ use crate::space::{Decoded, Space};
 use crate::stage::StageKind;
 use crate::state::Scored;
 use evomerge_eval::{Candidate, EvalError, EvalRequest};
+use evomerge_exec::{DevicePool, ExecKind, SlurmExecutor};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+pub mod devices;
+pub mod slurm;
 
 /// One candidate to evaluate.
 pub struct Job<'a> {
@@ -96,12 +100,34 @@ pub trait Executor: Send + Sync {
         scorer: &Scorer<'_>,
         done: &mut dyn FnMut(Finished) -> Result<(), RunError>,
     ) -> Result<(), RunError>;
+
+    /// Each device's busy time so far, for executors that hand out devices (`None`: this one
+    /// does not); read before and after a batch, it gives the generation's utilization.
+    fn device_busy(&self) -> Option<Vec<(String, Duration)>> {
+        None
+    }
 }
 
-/// The executor an experiment asks for (today: the local pool with `parallelism` workers).
-/// A new executor kind is one arm here.
+/// The executor an experiment asks for: `[execution] kind = "slurm"` ([`slurm::SlurmArrays`]),
+/// `[execution] devices` ([`devices::DevicesExecutor`]), else the local pool with
+/// `parallelism` workers. A new executor kind is one arm here.
 pub fn for_experiment(exp: &Experiment) -> Result<Box<dyn Executor>, RunError> {
-    Ok(Box::new(LocalPool::new(exp.parallelism)))
+    let config = |e: evomerge_exec::ExecError| RunError::Config(e.to_string());
+    match exp.execution.kind {
+        ExecKind::Slurm => {
+            let slurm = SlurmExecutor::new(exp.execution.slurm(), &exp.name).map_err(config)?;
+            Ok(Box::new(slurm::SlurmArrays::new(slurm)))
+        }
+        ExecKind::Local => {
+            let devices = exp.execution.devices().map_err(config)?;
+            if devices.is_empty() {
+                return Ok(Box::new(LocalPool::new(exp.parallelism)));
+            }
+            let pool =
+                DevicePool::new(devices, exp.execution.devices_per_candidate).map_err(config)?;
+            Ok(Box::new(devices::DevicesExecutor::new(pool)))
+        }
+    }
 }
 
 /// Whether an evaluation error is the candidate's fault (score it as failed and go on) rather

@@ -3,6 +3,7 @@
 use crate::RunError;
 use crate::evaluators::{KINDS, kind_named};
 use evomerge_eval::EvaluatorConfig;
+use evomerge_exec::{ExecKind, ExecutionSpec};
 use evomerge_genome::{DfsSpec, PsSpec};
 use evomerge_kernels::DeviceChoice;
 use evomerge_search::OptimizerConfig;
@@ -292,6 +293,10 @@ pub struct Experiment {
     pub validation: ValidationSpec,
     #[serde(default)]
     pub report: ReportSpec,
+    /// `[execution]`: where candidates are scored (the devices of this box, or Slurm job
+    /// arrays; see `evomerge-exec`).
+    #[serde(default)]
+    pub execution: ExecutionSpec,
 }
 
 /// Keys holding paths, resolved against the experiment file's folder.
@@ -322,6 +327,13 @@ fn resolve_paths(value: &mut toml::Value, base: &Path) {
         if let Some(toml::Value::Array(ms)) = genome.get_mut("dfs_models") {
             ms.iter_mut().for_each(abs);
         }
+    }
+    if let Some(w) = root
+        .get_mut("execution")
+        .and_then(|e| e.get_mut("slurm"))
+        .and_then(|s| s.get_mut("worker"))
+    {
+        abs(w);
     }
     // Each evaluator kind resolves its own paths.
     if let Some(toml::Value::Array(evs)) = root.get_mut("evaluators") {
@@ -473,6 +485,15 @@ impl Experiment {
         }
         if self.parallelism == 0 {
             return Err("parallelism must be at least 1".into());
+        }
+        self.execution.check().map_err(|e| e.to_string())?;
+        if self.parallelism > 1
+            && (self.execution.devices.is_some() || self.execution.kind == ExecKind::Slurm)
+        {
+            return Err(format!(
+                "parallelism = {} and [execution] both say how many candidates run at once; remove parallelism (with devices the slots are devices / devices_per_candidate, on Slurm one task per candidate)",
+                self.parallelism
+            ));
         }
         let budgets = std::iter::once(("[budget]", &self.budget))
             .chain(self.budget_dfs.as_ref().map(|b| ("[budget_dfs]", b)));

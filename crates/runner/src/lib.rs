@@ -57,6 +57,7 @@ mod stage;
 mod state;
 #[cfg(feature = "test-evaluator")]
 pub mod test_evaluator;
+mod worker;
 
 pub use compare::{ComparisonSummary, compare_runs};
 pub use evaluators::Evaluators;
@@ -78,6 +79,7 @@ pub use run::{RunOptions, resume, start, stop_on_signals};
 pub use space::{Decoded, Resident, key_of, path_text};
 pub use stage::{StageKind, stage_files};
 pub use state::{RunState, Scored, Snapshot, StageState};
+pub use worker::run_worker;
 
 /// What can stop a run. Each message names the file, model or key involved.
 #[derive(Debug, thiserror::Error)]

@@ -532,7 +532,18 @@ pub struct GenerationRow {
     pub pipeline_ms: Option<f64>,
     /// Everything else (ask/tell, decoding, the cache, rows, the previous state write).
     pub overhead_ms: Option<f64>,
+    /// With `[execution] devices`: the mean over devices of busy time / the generation's
+    /// evaluation wall time (`device_util`), and each device's busy seconds
+    /// (`device_busy_s`, written `cuda:0=1.234 cuda:1=1.180`). Logs of runs without devices
+    /// have neither column.
+    #[serde(default)]
+    pub device_util: Option<f64>,
+    #[serde(default)]
+    pub device_busy_s: Vec<(String, f64)>,
 }
+
+/// The columns a generations log of a run with `[execution] devices` adds.
+pub const DEVICE_COLUMNS: [&str; 2] = ["device_util", "device_busy_s"];
 
 /// The generations log's columns.
 pub const GENERATION_COLUMNS: [&str; 15] = [
@@ -618,7 +629,23 @@ impl GenerationRow {
                         format!("line {line}: evaluations '{evaluations}' is not a number"),
                     )
                 })?;
+            let device = |name: &str| {
+                col(name)
+                    .and_then(|c| rec.get(c))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            let device_busy_s = device("device_busy_s")
+                .split_whitespace()
+                .filter_map(|p| {
+                    let (d, v) = p.rsplit_once('=')?;
+                    Some((d.to_string(), v.parse::<f64>().ok()?))
+                })
+                .collect();
             out.push(GenerationRow {
+                device_util: number(&device("device_util")),
+                device_busy_s,
                 stage: text(0).parse().unwrap_or(StageKind::Ps),
                 generation: text(1).parse().unwrap_or(out.len() as u64),
                 evaluations: evaluations as u64,
@@ -814,18 +841,39 @@ impl CandidateLog {
 }
 
 /// A stage's generations log, open for appending.
-pub struct GenerationLog(CsvAppender);
+pub struct GenerationLog(CsvAppender, bool);
 
 impl GenerationLog {
     pub fn open(path: &Path) -> Result<GenerationLog, RunError> {
-        Ok(GenerationLog(CsvAppender::open(
-            path,
-            &GenerationRow::header(),
-        )?))
+        GenerationLog::open_with_devices(path, false)
+    }
+
+    /// With `devices`, the log has the [`DEVICE_COLUMNS`] too.
+    pub fn open_with_devices(path: &Path, devices: bool) -> Result<GenerationLog, RunError> {
+        let mut header = GenerationRow::header();
+        if devices {
+            header.extend(DEVICE_COLUMNS.iter().map(|c| c.to_string()));
+        }
+        Ok(GenerationLog(CsvAppender::open(path, &header)?, devices))
     }
 
     pub fn write(&mut self, row: &GenerationRow) -> Result<(), RunError> {
-        Ok(self.0.write(&row.record())?)
+        let mut record = row.record();
+        if self.1 {
+            record.push(
+                row.device_util
+                    .map(|u| format!("{u:.4}"))
+                    .unwrap_or_default(),
+            );
+            record.push(
+                row.device_busy_s
+                    .iter()
+                    .map(|(d, b)| format!("{d}={b:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+        }
+        Ok(self.0.write(&record)?)
     }
 }
 
@@ -962,11 +1010,32 @@ mod tests {
             validation: None,
             pipeline_ms: Some(10.5),
             overhead_ms: Some(0.125),
+            device_util: None,
+            device_busy_s: Vec::new(),
         };
         let mut log = GenerationLog::open(&path).unwrap();
         log.write(&row).unwrap();
         drop(log);
-        assert_eq!(GenerationRow::read_all(&path).unwrap().unwrap(), vec![row]);
+        assert_eq!(
+            GenerationRow::read_all(&path).unwrap().unwrap(),
+            vec![row.clone()]
+        );
+        // A run with devices adds their columns, and reads them back.
+        let with = tmp.path().join("devices.csv");
+        let mut row_d = row.clone();
+        row_d.device_util = Some(0.9125);
+        row_d.device_busy_s = vec![("cuda:0".into(), 1.25), ("cuda:1".into(), 0.5)];
+        let mut log = GenerationLog::open_with_devices(&with, true).unwrap();
+        log.write(&row_d).unwrap();
+        drop(log);
+        assert_eq!(
+            GenerationRow::read_all(&with).unwrap().unwrap(),
+            vec![row_d]
+        );
+        assert!(
+            GenerationLog::open(&with).is_err(),
+            "its header is another layout"
+        );
         std::fs::write(
             &path,
             "stage,generation,evaluations,best,gen_best,mean,q25,median,q75,sigma,failed,elapsed_s,validation\n\

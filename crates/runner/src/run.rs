@@ -5,7 +5,7 @@ use crate::RunError;
 use crate::executor::for_experiment;
 use crate::experiment::Experiment;
 use crate::lock::RunLock;
-use crate::log::CandidateTable;
+use crate::log::{CandidateTable, GenerationRow};
 use crate::report;
 use crate::setup::{Setup, build_space};
 use crate::stage::{Stage, StageKind, stage_files};
@@ -28,7 +28,7 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-fn read_run_toml(dir: &Path) -> Result<toml::Value, RunError> {
+pub(crate) fn read_run_toml(dir: &Path) -> Result<toml::Value, RunError> {
     let path = dir.join("run.toml");
     let text = std::fs::read_to_string(&path).map_err(|e| {
         RunError::Config(format!(
@@ -40,14 +40,15 @@ fn read_run_toml(dir: &Path) -> Result<toml::Value, RunError> {
     toml::from_str(&text).map_err(|e| RunError::Config(format!("{}: {e}", path.display())))
 }
 
-/// What makes two runs the same experiment: everything but the `[run]` table and
-/// `parallelism` (candidates scored at once change the row order of candidates.csv, not a
-/// single result).
+/// What makes two runs the same experiment: everything but the `[run]` table, `parallelism`
+/// and `[execution]` (where and how many candidates are scored at once change the row order
+/// of candidates.csv, not a single result).
 fn identity(v: &toml::Value) -> toml::Value {
     let mut v = v.clone();
     if let Some(t) = v.as_table_mut() {
         t.remove("run");
         t.remove("parallelism");
+        t.remove("execution");
     }
     v
 }
@@ -267,6 +268,11 @@ fn execute_stages(
         for (kind, s) in kinds.iter().zip(&summaries) {
             eprintln!("{kind} stage: {}", s.describe());
         }
+        if executor.device_busy().is_some()
+            && let Some(line) = device_summary(dir, &kinds)
+        {
+            eprintln!("{line}");
+        }
     }
     if state.stages.iter().all(|s| s.best.is_none()) {
         let s = summaries.iter().find(|s| s.rows > 0).or(summaries.first());
@@ -279,6 +285,45 @@ fn execute_stages(
     }
     report::finish(dir, exp, setup, &state, options.progress)?;
     Ok(())
+}
+
+/// Each device's utilization over the whole run (every generation's evaluation wall time,
+/// earlier processes of the run included), from the generations logs.
+fn device_summary(dir: &Path, kinds: &[StageKind]) -> Option<String> {
+    let mut busy: Vec<(String, f64)> = Vec::new();
+    let mut wall = 0.0;
+    let mut generations = 0;
+    for stage in 0..kinds.len() {
+        let rows = GenerationRow::read_all(&dir.join(stage_files(kinds, stage).1)).ok()??;
+        for r in rows {
+            let Some(u) = r.device_util.filter(|u| *u > 0.0) else {
+                continue;
+            };
+            let n = r.device_busy_s.len().max(1) as f64;
+            // device_util is the mean busy time over the wall time.
+            wall += r.device_busy_s.iter().map(|(_, b)| b).sum::<f64>() / n / u;
+            generations += 1;
+            for (d, b) in r.device_busy_s {
+                match busy.iter_mut().find(|(name, _)| *name == d) {
+                    Some(e) => e.1 += b,
+                    None => busy.push((d, b)),
+                }
+            }
+        }
+    }
+    if wall <= 0.0 || busy.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = busy
+        .iter()
+        .map(|(d, b)| format!("{d} {:.1}%", 100.0 * b / wall))
+        .collect();
+    let mean = busy.iter().map(|(_, b)| b).sum::<f64>() / busy.len() as f64 / wall;
+    Some(format!(
+        "device utilization (busy / evaluation wall time over {generations} generations, {wall:.1} s): {}; mean {:.1}%",
+        each.join(", "),
+        100.0 * mean
+    ))
 }
 
 /// Counts of a candidates.csv and its first error.

@@ -45,7 +45,20 @@ impl Setup {
         }
         let family = Family::of_models(&dirs)?;
         family.check(&exp.evaluators, exp.genome.kind, &exp.sources.models[0])?;
-        let evaluators = Evaluators::build_for(&exp.evaluators, Some(run_dir))?;
+        // Validation and the test table (between generations) hold the first slot's devices.
+        let first_slot = exp
+            .execution
+            .devices()
+            .map_err(|e| RunError::Config(e.to_string()))?
+            .into_iter()
+            .take(exp.execution.devices_per_candidate)
+            .map(|d| evomerge_eval::HeldDevice {
+                name: d.name,
+                index: d.index,
+            })
+            .collect();
+        let evaluators =
+            Evaluators::build_for(&exp.evaluators, Some(run_dir))?.with_default_devices(first_slot);
         let ps_genome = match exp.genome.kind {
             GenomeKind::Ps | GenomeKind::PsDfs => {
                 let spec = exp.genome.ps.clone().unwrap_or_else(PsSpec::sakana);

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Which search space a stage searches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -157,6 +157,27 @@ struct Told {
     failed: usize,
 }
 
+/// A generation's device use from the executor's busy times before and after its evaluation
+/// step: the mean utilization over devices (busy / `wall`) and each device's busy seconds.
+fn device_use(
+    before: Option<Vec<(String, Duration)>>,
+    after: Option<Vec<(String, Duration)>>,
+    wall: Duration,
+) -> Option<(f64, Vec<(String, f64)>)> {
+    let (before, after) = (before?, after?);
+    let busy: Vec<(String, f64)> = before
+        .iter()
+        .zip(&after)
+        .map(|((name, b), (_, a))| (name.clone(), a.saturating_sub(*b).as_secs_f64()))
+        .collect();
+    let util = if wall.is_zero() || busy.is_empty() {
+        0.0
+    } else {
+        busy.iter().map(|(_, b)| b).sum::<f64>() / busy.len() as f64 / wall.as_secs_f64()
+    };
+    Some((util, busy))
+}
+
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -210,7 +231,10 @@ impl Stage<'_> {
     /// Run the stage's generations until its budget is spent, then validate its best.
     pub(crate) fn run(&self, state: &mut RunState) -> Result<(), RunError> {
         let mut log = CandidateLog::open(&self.cand_path, self.columns())?;
-        let mut glog = GenerationLog::open(&self.gen_path)?;
+        let mut glog = GenerationLog::open_with_devices(
+            &self.gen_path,
+            self.executor.device_busy().is_some(),
+        )?;
         let mut prior = self.prior_rows()?;
         let bar = Progress::new(
             &format!("{} stage", self.kind),
@@ -232,8 +256,10 @@ impl Stage<'_> {
                     self.log_row(&mut log, &generation, i, o)?;
                 }
             }
+            let busy_before = self.executor.device_busy();
             let t_pipe = Instant::now();
             self.evaluate(&mut generation, st, &mut log, &bar)?;
+            let devices = device_use(busy_before, self.executor.device_busy(), t_pipe.elapsed());
             let mut pipeline_ms = t_pipe.elapsed().as_secs_f64() * 1e3;
             let told = self.tell(&generation, st)?;
             let validation = if self.exp.validation.every > 0
@@ -261,6 +287,7 @@ impl Stage<'_> {
                 validation,
                 pipeline_ms,
                 overhead_ms,
+                devices,
                 &bar,
             )?;
             let t_save = Instant::now();
@@ -512,6 +539,7 @@ impl Stage<'_> {
         validation: Option<f64>,
         pipeline_ms: f64,
         overhead_ms: f64,
+        devices: Option<(f64, Vec<(String, f64)>)>,
         bar: &Progress,
     ) -> Result<(), RunError> {
         let st = &state.stages[self.index];
@@ -533,6 +561,8 @@ impl Stage<'_> {
             validation,
             pipeline_ms: Some(pipeline_ms),
             overhead_ms: Some(overhead_ms),
+            device_util: devices.as_ref().map(|d| d.0),
+            device_busy_s: devices.map(|d| d.1).unwrap_or_default(),
         })?;
         bar.set_message(format!(
             "gen {} best {}{}",
