@@ -29,6 +29,17 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Merge(a) => merge::run(&merge::MergeBench {
             dir: a.dir,
             gb: a.gb,
+            dtype: a.dtype,
+            shape: a.layers.map(|layers| evomerge_zoo::TinyLlama {
+                hidden: a.hidden,
+                intermediate: a.intermediate,
+                layers,
+                vocab: a.vocab,
+                heads: a.heads,
+                kv_heads: a.kv_heads,
+                max_positions: 2048,
+                ..Default::default()
+            }),
             methods: a.methods,
             jobs: a.jobs,
             device: a.device,
@@ -96,11 +107,28 @@ pub struct MergeBenchArgs {
     /// Folder for the synthetic checkpoints (reused when they already have the right size).
     #[arg(long, default_value = "results/bench-merge")]
     pub dir: PathBuf,
-    /// Approximate size of each checkpoint in GB (f32).
+    /// Approximate size of each checkpoint in GB (f32; half that in bf16).
     #[arg(long, default_value_t = 1.0)]
     pub gb: f64,
-    /// Methods to time, comma separated.
-    #[arg(long, default_value = "ties,dare_ties", value_delimiter = ',')]
+    /// Stored dtype of the checkpoints and of the output: float32 or bfloat16 (or float16).
+    #[arg(long, default_value = "float32")]
+    pub dtype: evomerge_checkpoint::Dtype,
+    /// Layers of a Llama of the shape below, instead of one sized by --gb (e.g. 0.49B
+    /// parameters: --layers 8 --hidden 2048 --intermediate 5632 --heads 32 --kv-heads 4).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    #[arg(long, default_value_t = 2048)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 5632)]
+    pub intermediate: usize,
+    #[arg(long, default_value_t = 32000)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 32)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 4)]
+    pub kv_heads: usize,
+    /// Methods to time, comma separated (default: every per-tensor method of the registry).
+    #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
     /// Tensors merged at once.
     #[arg(long, default_value_t = 2)]

@@ -147,6 +147,7 @@ struct Scratch {
     /// One row of chunk values per task vector.
     tv: Vec<Vec<f32>>,
     u: Vec<f32>,
+    div: Vec<f32>,
 }
 
 impl Scratch {
@@ -157,6 +158,7 @@ impl Scratch {
             res: vec![0.0; CHUNK],
             tv: (0..tvs).map(|_| vec![0.0; CHUNK]).collect(),
             u: vec![0.0; CHUNK],
+            div: vec![0.0; CHUNK],
         }
     }
 }
@@ -181,18 +183,23 @@ where
     };
     debug_assert_eq!(out.len(), n);
     match out {
-        HostOut::F32(o) => o.par_chunks_mut(CHUNK).enumerate().try_for_each_init(
-            || Scratch::new(tvs),
-            |s, (ci, o)| {
-                f(ci, ci * CHUNK, s);
-                check(s, o.len())?;
-                o.copy_from_slice(&s.res[..o.len()]);
-                Ok(())
-            },
-        ),
+        HostOut::F32(o) => o
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .with_min_len(min_len(n.div_ceil(CHUNK)))
+            .try_for_each_init(
+                || Scratch::new(tvs),
+                |s, (ci, o)| {
+                    f(ci, ci * CHUNK, s);
+                    check(s, o.len())?;
+                    o.copy_from_slice(&s.res[..o.len()]);
+                    Ok(())
+                },
+            ),
         HostOut::Stored(o, dtype) => o
             .par_chunks_mut(CHUNK * dtype.size())
             .enumerate()
+            .with_min_len(min_len(n.div_ceil(CHUNK)))
             .try_for_each_init(
                 || Scratch::new(tvs),
                 |s, (ci, o)| {
@@ -204,6 +211,12 @@ where
                 },
             ),
     }
+}
+
+/// The fewest chunks one rayon job takes: a few jobs per thread, so the per-job buffers (and
+/// the histograms) are allocated a few times per tensor, not once per chunk.
+fn min_len(chunks: usize) -> usize {
+    (chunks / (4 * rayon::current_num_threads())).max(1)
 }
 
 /// The chunk of elements `start..` of an `n`-element tensor.
@@ -283,6 +296,7 @@ pub fn slerp(t: f32, v0: HostTensor, v1: HostTensor, out: HostOut) -> Result<()>
     let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
     let (ss0, ss1, dot) = chunks
         .par_iter()
+        .with_min_len(min_len(chunks.len()))
         .map_init(
             || (vec![0.0f32; CHUNK], vec![0.0f32; CHUNK]),
             |(a, b), &ci| {
@@ -352,7 +366,6 @@ enum Keep {
 struct RankWindow {
     lo: usize,
     hi: usize,
-    n: usize,
     t_lo: u32,
     t_hi: u32,
     less_lo: usize,
@@ -362,24 +375,25 @@ struct RankWindow {
 }
 
 impl RankWindow {
-    /// The 0/1 keep flags of a chunk's keys, continuing the tie counts of earlier chunks.
+    /// `d` with the entries outside the window zeroed (multiplied by 0, as the burn mask
+    /// does), into `x`; tie counts continue those of the chunks before `ci`. Branch-free.
     #[inline]
-    fn keep(&self, ci: usize, keys: impl Iterator<Item = u32>, mut f: impl FnMut(usize, bool)) {
+    fn apply(&self, ci: usize, d: &[f32], x: &mut [f32]) {
         let mut seen_lo = self.seen_lo.get(ci).copied().unwrap_or(0);
         let mut seen_hi = self.seen_hi.get(ci).copied().unwrap_or(0);
-        for (i, v) in keys.enumerate() {
-            let rank = if v == self.t_lo {
-                seen_lo += 1;
-                self.less_lo + seen_lo - 1
-            } else if v == self.t_hi {
-                seen_hi += 1;
-                self.less_hi + seen_hi - 1
-            } else if v > self.t_lo && v < self.t_hi {
-                self.lo
-            } else {
-                self.n
-            };
-            f(i, (self.lo..self.hi).contains(&rank));
+        let (t_lo, t_hi, lo, hi) = (self.t_lo, self.t_hi, self.lo, self.hi);
+        for (o, v) in x.iter_mut().zip(d) {
+            let k = key(*v);
+            let inside = k > t_lo && k < t_hi;
+            let e_lo = k == t_lo;
+            let e_hi = !e_lo && k == t_hi;
+            let r_lo = self.less_lo + seen_lo;
+            let r_hi = self.less_hi + seen_hi;
+            seen_lo += e_lo as usize;
+            seen_hi += e_hi as usize;
+            let keep =
+                inside | (e_lo & (r_lo >= lo) & (r_lo < hi)) | (e_hi & (r_hi >= lo) & (r_hi < hi));
+            *o = v * (keep as u32 as f32);
         }
     }
 }
@@ -426,6 +440,7 @@ fn histograms(
     let empty = || vec![vec![0u64; bins]; which.len()];
     chunks
         .par_iter()
+        .with_min_len(min_len(chunks.len()))
         .fold(
             || (Scratch::new(tvs.len()), empty()),
             |(mut s, mut h), &ci| {
@@ -515,7 +530,6 @@ fn resolve_windows(
                 RankWindow {
                     lo,
                     hi,
-                    n,
                     t_lo,
                     t_hi,
                     less_lo: below_lo + c_lo,
@@ -557,6 +571,7 @@ fn resolve_windows(
         let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
         let counts: Vec<Vec<(usize, usize)>> = chunks
             .par_iter()
+            .with_min_len(min_len(chunks.len()))
             .map_init(
                 || Scratch::new(tvs.len()),
                 |s, &ci| {
@@ -682,6 +697,7 @@ pub fn gta(
         let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
         let sums: Vec<(f64, f64)> = chunks
             .par_iter()
+            .with_min_len(min_len(chunks.len()))
             .map_init(
                 || Scratch::new(tvs.len()),
                 |s, &ci| {
@@ -781,19 +797,16 @@ fn mask_chunk(
         Keep::Random(p) => {
             tv.rng.uniform_at(start as u64, &mut s.u[..len]);
             for ((o, d), u) in x.iter_mut().zip(d).zip(&s.u[..len]) {
-                *o = d * if *u < *p { 1.0 } else { 0.0 };
+                *o = d * ((*u < *p) as u32 as f32);
             }
         }
-        Keep::Ranks(w) => {
-            w.keep(ci, d.iter().map(|v| key(*v)), |i, k| {
-                x[i] = d[i] * if k { 1.0 } else { 0.0 };
-            });
-        }
+        Keep::Ranks(w) => w.apply(ci, d, x),
     }
 }
 
 /// Sign election and the (normalised) sum of the weighted task vectors in `s.tv`, added to
-/// `s.base`, into `s.res` — the operation order of [`crate::generalized_task_arithmetic`].
+/// `s.base`, into `s.res` — the operation order of [`crate::generalized_task_arithmetic`],
+/// computed column-wise over the chunk (one loop per task vector).
 fn combine(
     s: &mut Scratch,
     tvs: &[HostTaskVector],
@@ -803,57 +816,82 @@ fn combine(
     weight_sum: f32,
     lambda: f32,
 ) {
-    let sign = |v: f32| {
-        if v > 0.0 {
-            1.0
-        } else if v < 0.0 {
-            -1.0
-        } else {
-            0.0
-        }
-    };
-    let res = &mut s.res[..len];
+    #[inline]
+    fn sign(v: f32) -> f32 {
+        ((v > 0.0) as i32 - (v < 0.0) as i32) as f32
+    }
+    let Scratch {
+        base,
+        x,
+        res,
+        tv,
+        u,
+        div,
+    } = s;
+    let (base, res) = (&base[..len], &mut res[..len]);
     if tvs.is_empty() {
-        res.copy_from_slice(&s.base[..len]);
+        res.copy_from_slice(base);
         return;
     }
-    for (i, r) in res.iter_mut().enumerate() {
-        let mixed = match consensus {
-            Consensus::None => {
-                let mut m = s.tv[0][i];
-                for t in &s.tv[1..] {
-                    m += t[i];
-                }
-                if normalize { m / weight_sum } else { m }
-            }
-            _ => {
-                let mut acc = if consensus == Consensus::Sum {
-                    s.tv[0][i]
-                } else {
-                    sign(s.tv[0][i])
-                };
-                for t in &s.tv[1..] {
-                    acc += if consensus == Consensus::Sum {
-                        t[i]
-                    } else {
-                        sign(t[i])
-                    };
-                }
-                let majority = if acc >= 0.0 { 1.0 } else { -1.0 };
-                let (mut m, mut div) = (0.0f32, 0.0f32);
-                for (t, tv) in s.tv.iter().zip(tvs) {
-                    let keep = if sign(t[i]) == majority { 1.0 } else { 0.0 };
-                    m += t[i] * keep;
-                    div += keep * tv.weight;
-                }
-                if normalize {
-                    m / if div == 0.0 { 1.0 } else { div }
-                } else {
-                    m
+    let mixed = &mut x[..len];
+    match consensus {
+        Consensus::None => {
+            mixed.copy_from_slice(&tv[0][..len]);
+            for t in &tv[1..] {
+                for (m, v) in mixed.iter_mut().zip(&t[..len]) {
+                    *m += v;
                 }
             }
-        };
-        let mixed = if lambda != 1.0 { mixed * lambda } else { mixed };
-        *r = s.base[i] + mixed;
+            if normalize {
+                for m in mixed.iter_mut() {
+                    *m /= weight_sum;
+                }
+            }
+        }
+        Consensus::Sum | Consensus::Count => {
+            let majority = &mut u[..len];
+            let vote = |v: f32| {
+                if consensus == Consensus::Sum {
+                    v
+                } else {
+                    sign(v)
+                }
+            };
+            for (a, v) in majority.iter_mut().zip(&tv[0][..len]) {
+                *a = vote(*v);
+            }
+            for t in &tv[1..] {
+                for (a, v) in majority.iter_mut().zip(&t[..len]) {
+                    *a += vote(*v);
+                }
+            }
+            for a in majority.iter_mut() {
+                *a = if *a >= 0.0 { 1.0 } else { -1.0 };
+            }
+            let div = &mut div[..len];
+            mixed.fill(0.0);
+            div.fill(0.0);
+            for (t, h) in tv.iter().zip(tvs) {
+                let w = h.weight;
+                for (((m, d), v), a) in mixed
+                    .iter_mut()
+                    .zip(div.iter_mut())
+                    .zip(&t[..len])
+                    .zip(&*majority)
+                {
+                    let keep = (sign(*v) == *a) as u32 as f32;
+                    *m += v * keep;
+                    *d += keep * w;
+                }
+            }
+            if normalize {
+                for (m, d) in mixed.iter_mut().zip(&*div) {
+                    *m /= if *d == 0.0 { 1.0 } else { *d };
+                }
+            }
+        }
+    }
+    for ((r, b), m) in res.iter_mut().zip(base).zip(&*mixed) {
+        *r = b + if lambda != 1.0 { m * lambda } else { *m };
     }
 }

@@ -1,10 +1,12 @@
-//! `evomerge bench merge`: merge throughput and peak memory over synthetic ~1 GB checkpoints,
-//! against a read-every-input-byte / write-every-output-byte baseline measured in the same run.
+//! `evomerge bench merge`: merge throughput and peak memory over synthetic ~1 GB checkpoints
+//! (f32 or bf16), for every per-tensor method of the registry, against a read-every-input-byte
+//! / write-every-output-byte baseline measured in the same run.
 
 use anyhow::{Context, Result, bail};
 use evomerge_checkpoint::{Checkpoint, CheckpointWriter, Dtype, OutputTensor, WriterOptions};
 use evomerge_kernels::{DeviceChoice, MaskRng};
-use evomerge_merge::{MergeOptions, Plan, PlanOptions, Recipe, Sources, merge_to_disk};
+use evomerge_merge::method::{Arity, BaseUse, MethodSpec, registry};
+use evomerge_merge::{MergeOptions, ParamValue, Plan, PlanOptions, Recipe, Sources, merge_to_disk};
 use evomerge_zoo::TinyLlama;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,7 +18,11 @@ pub struct MergeBench {
     pub dir: PathBuf,
     /// Approximate size of each checkpoint in GB (f32).
     pub gb: f64,
-    /// Methods to time.
+    /// Stored dtype of the checkpoints and of the merged output (compute is f32).
+    pub dtype: Dtype,
+    /// The checkpoints' shape instead of one sized by `gb`.
+    pub shape: Option<TinyLlama>,
+    /// Methods to time; empty: every per-tensor method of the registry.
     pub methods: Vec<String>,
     /// Tensors merged at once.
     pub jobs: usize,
@@ -29,7 +35,9 @@ impl Default for MergeBench {
         MergeBench {
             dir: PathBuf::from("results/bench-merge"),
             gb: 1.0,
-            methods: vec!["ties".into(), "dare_ties".into()],
+            dtype: Dtype::F32,
+            shape: None,
+            methods: Vec::new(),
             jobs: 2,
             device: DeviceChoice::Cpu,
         }
@@ -58,11 +66,11 @@ fn bench_spec(gb: f64) -> TinyLlama {
 
 /// Write one synthetic checkpoint tensor by tensor (never the whole model in memory): the base
 /// draws U(-0.05, 0.05) per tensor; a fine-tune adds U(-0.005, 0.005).
-fn write_synthetic(dir: &Path, spec: &TinyLlama, finetune: Option<u64>) -> Result<()> {
+fn write_synthetic(dir: &Path, spec: &TinyLlama, dtype: Dtype, finetune: Option<u64>) -> Result<()> {
     let shapes = spec.shapes();
     let plan = shapes
         .iter()
-        .map(|(n, s)| OutputTensor::new(n.clone(), Dtype::F32, s.clone()))
+        .map(|(n, s)| OutputTensor::new(n.clone(), dtype, s.clone()))
         .collect();
     let writer = CheckpointWriter::create(
         dir,
@@ -87,23 +95,28 @@ fn write_synthetic(dir: &Path, spec: &TinyLlama, finetune: Option<u64>) -> Resul
         writer.write_f32(name, &v)?;
     }
     let mut config = spec.config();
-    evomerge_checkpoint::set_torch_dtype(&mut config, Dtype::F32);
+    evomerge_checkpoint::set_torch_dtype(&mut config, dtype);
     writer.finish(Some(config), None)?;
     Ok(())
 }
 
-fn ensure_models(dir: &Path, spec: &TinyLlama) -> Result<Vec<PathBuf>> {
+/// The base and two fine-tunes in `dir` (written unless they are there with this shape and
+/// dtype).
+pub fn ensure_models(dir: &Path, spec: &TinyLlama, dtype: Dtype) -> Result<Vec<PathBuf>> {
     let names = ["base", "ft1", "ft2"];
     let expected: u64 = spec
         .shapes()
         .iter()
-        .map(|(_, s)| s.iter().product::<usize>() as u64 * 4)
+        .map(|(_, s)| s.iter().product::<usize>() as u64 * dtype.size() as u64)
         .sum();
     let mut paths = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let p = dir.join(name);
         let ok = Checkpoint::open(&p)
-            .map(|c| c.total_bytes() == expected)
+            .map(|c| {
+                c.total_bytes() == expected
+                    && c.info("model.embed_tokens.weight").map(|i| i.dtype) == Some(dtype)
+            })
             .unwrap_or(false);
         if !ok {
             eprintln!(
@@ -111,7 +124,7 @@ fn ensure_models(dir: &Path, spec: &TinyLlama) -> Result<Vec<PathBuf>> {
                 p.display(),
                 expected as f64 / 1e9
             );
-            write_synthetic(&p, spec, (i > 0).then_some(i as u64))?;
+            write_synthetic(&p, spec, dtype, (i > 0).then_some(i as u64))?;
         }
         paths.push(p);
     }
@@ -142,7 +155,11 @@ fn copy_baseline(sources: &Sources, plan: &Plan, out: &Path, jobs: usize) -> Res
     let outputs = plan
         .tensors
         .iter()
-        .map(|t| OutputTensor::new(t.name.clone(), Dtype::F32, t.shape.clone()))
+        .map(|t| {
+            let i = &t.inputs[0];
+            let dtype = sources.models[i.model].checkpoint.info(&i.tensor).map(|x| x.dtype);
+            OutputTensor::new(t.name.clone(), dtype.unwrap_or(t.dtype), t.shape.clone())
+        })
         .collect();
     let writer = CheckpointWriter::create(
         out,
@@ -178,20 +195,23 @@ pub fn run(args: &MergeBench) -> Result<()> {
     if args.gb <= 0.0 {
         bail!("--gb must be positive");
     }
-    let spec = bench_spec(args.gb);
-    let paths = ensure_models(&args.dir, &spec)?;
+    let spec = args.shape.clone().unwrap_or_else(|| bench_spec(args.gb));
+    let paths = ensure_models(&args.dir, &spec, args.dtype)?;
     let device = args.device.device().map_err(anyhow::Error::msg)?;
     let out = args.dir.join("out");
-    let recipe_for = |method: &str| -> Result<Recipe> {
-        let text = format!(
-            "merge_method: {method}\nbase_model: {}\nmodels:\n  - model: {}\n    parameters: {{weight: 0.6, density: 0.5}}\n  - model: {}\n    parameters: {{weight: 0.4, density: 0.5}}\ndtype: float32\n",
-            paths[0].display(),
-            paths[1].display(),
-            paths[2].display()
-        );
-        Ok(Recipe::from_yaml(&text)?)
+    let methods: Vec<&'static MethodSpec> = if args.methods.is_empty() {
+        registry().iter().filter(|m| !m.is_whole_model()).collect()
+    } else {
+        args.methods
+            .iter()
+            .map(|name| evomerge_merge::method::lookup(name).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?
     };
-    let first = recipe_for("task_arithmetic")?;
+    let out_dtype = args.dtype.torch_name();
+    let recipe_for = |m: &MethodSpec| -> Result<Recipe> {
+        Ok(Recipe::from_yaml(&bench_recipe(m, &paths, out_dtype))?)
+    };
+    let first = recipe_for(evomerge_merge::method::lookup("task_arithmetic").map_err(anyhow::Error::msg)?)?;
     let sources = Sources::open(&first, None)?;
     let plan = Plan::build(&first, &sources, &PlanOptions::default())?;
     let input_bytes: u64 = plan
@@ -211,9 +231,10 @@ pub fn run(args: &MergeBench) -> Result<()> {
     reset_peak_rss();
     let base1 = copy_baseline(&sources, &plan, &out, args.jobs)?;
     let base_rss = peak_rss();
-    let mut rows = vec![("copy baseline".to_string(), base1, base_rss)];
-    for method in &args.methods {
-        let recipe = recipe_for(method)?;
+    let mut rows = vec![("copy baseline".to_string(), 3, "-", base1, base_rss)];
+    for m in &methods {
+        let method = &m.name.to_string();
+        let recipe = recipe_for(m)?;
         let plan = Plan::build(&recipe, &sources, &PlanOptions::default())?;
         let options = MergeOptions {
             device: device.clone(),
@@ -225,37 +246,108 @@ pub fn run(args: &MergeBench) -> Result<()> {
         };
         reset_peak_rss();
         let report = merge_to_disk(&plan, &sources, &out, &options, &[])?;
-        rows.push((method.clone(), report.seconds, peak_rss()));
+        let n_inputs = plan.tensors.iter().map(|t| t.inputs.len()).max().unwrap_or(0);
+        let fused = if m.host.is_some() && evomerge_merge::runs_fused(&device) {
+            "fused"
+        } else {
+            "burn"
+        };
+        rows.push((method.clone(), n_inputs, fused, report.seconds, peak_rss()));
     }
     reset_peak_rss();
     let base2 = copy_baseline(&sources, &plan, &out, args.jobs)?;
-    rows.push(("copy baseline (again)".to_string(), base2, peak_rss()));
+    rows.push(("copy baseline (again)".to_string(), 3, "-", base2, peak_rss()));
     let floor = base1.min(base2);
     let largest = plan
         .tensors
         .iter()
-        .map(|t| t.shape.iter().product::<usize>() as u64 * 4)
+        .map(|t| t.shape.iter().product::<usize>() as u64 * args.dtype.size() as u64)
         .max()
         .unwrap_or(0);
     println!(
-        "3 checkpoints x {:.2} GB (f32, {} layers, largest tensor {:.0} MB), {} input bytes per merge, jobs {}, device {}",
+        "3 checkpoints x {:.2} GB ({}, {} layers, hidden {}, largest tensor {:.0} MB), {} input bytes of a 3-model merge, jobs {}, device {}; compute f32, output {}",
         input_bytes as f64 / 3.0 / 1e9,
+        args.dtype,
         spec.layers,
+        spec.hidden,
         largest as f64 / 1e6,
         input_bytes,
         args.jobs,
-        args.device
+        args.device,
+        args.dtype
     );
-    println!("| phase | seconds | input GB/s | x floor | peak RSS (MB) |");
-    println!("|---|---|---|---|---|");
-    for (name, secs, rss) in &rows {
+    println!("| phase | inputs | kernel | seconds | input GB/s | x floor | peak RSS (MB) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, n_inputs, fused, secs, rss) in &rows {
+        // a method reading fewer models has a proportionally lower floor
+        let read = input_bytes as f64 * *n_inputs as f64 / 3.0;
+        let floor = floor * (1.0 + *n_inputs as f64) / 4.0;
         println!(
-            "| {name} | {secs:.2} | {:.2} | {:.2} | {:.0} |",
-            input_bytes as f64 / secs / 1e9,
+            "| {name} | {n_inputs} | {fused} | {secs:.2} | {:.2} | {:.2} | {:.0} |",
+            read / secs / 1e9,
             secs / floor,
             *rss as f64 / 1e6
         );
     }
     let _ = std::fs::remove_dir_all(&out);
     Ok(())
+}
+
+/// A recipe for `m` over the bench's checkpoints: the base (when the method uses one) and as
+/// many fine-tunes as it takes (two, or one for the two-model methods), every parameter at its
+/// registry example value (weights 0.6 / 0.4), computed in f32 and stored as `out_dtype`.
+pub fn bench_recipe(m: &MethodSpec, paths: &[PathBuf], out_dtype: &str) -> String {
+    let others = match m.arity {
+        Arity::Exactly(n, _) => n.min(2),
+        Arity::AtLeast(n, _) => n.clamp(2, 2),
+        Arity::Any => 2,
+    };
+    let value = |v: ParamValue| match v {
+        ParamValue::Text(t) => format!("\"{t}\""),
+        other => other.to_string(),
+    };
+    let mut text = format!("merge_method: {}\n", m.name);
+    if m.base != BaseUse::Ignored {
+        text += &format!("base_model: {}\n", paths[0].display());
+    }
+    text += "models:\n";
+    for (j, p) in paths[1..=others].iter().enumerate() {
+        let params: Vec<String> = m
+            .tensor_params
+            .iter()
+            .map(|s| {
+                let v = match (s.name, s.example_value()) {
+                    ("weight", _) => ParamValue::Number(if j == 0 { 0.6 } else { 0.4 }),
+                    (_, v) => v,
+                };
+                format!("{}: {}", s.name, value(v))
+            })
+            .collect();
+        text += &format!("  - model: {}\n    parameters: {{{}}}\n", p.display(), params.join(", "));
+    }
+    if m.base == BaseUse::Ignored && m.name != "passthrough" {
+        // a method without a base still reads three models, like the others
+        if others < 3 && paths.len() > others + 1 && matches!(m.arity, Arity::Any) {
+            let extra: Vec<String> = m
+                .tensor_params
+                .iter()
+                .map(|s| match s.name {
+                    "weight" => "weight: 0.5".to_string(),
+                    n => format!("{n}: {}", value(s.example_value())),
+                })
+                .collect();
+            text += &format!("  - model: {}\n    parameters: {{{}}}\n", paths[0].display(), extra.join(", "));
+        }
+    }
+    let globals: Vec<String> = m
+        .global_params
+        .iter()
+        .filter(|s| s.default.is_none() || s.example.is_some())
+        .map(|s| format!("{}: {}", s.name, value(s.example_value())))
+        .collect();
+    if !globals.is_empty() {
+        text += &format!("parameters: {{{}}}\n", globals.join(", "));
+    }
+    text += &format!("dtype: float32\nout_dtype: {out_dtype}\n");
+    text
 }
