@@ -11,7 +11,10 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const EXPERIMENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments/evollm-jp-7b");
+const EXPERIMENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../experiments/evollm-jp-7b"
+);
 
 /// A tiny model saved with the config keys of Mistral-7B-v0.1's `config.json`.
 fn save_mistral(weights: &Weights, dir: &Path) {
@@ -68,9 +71,8 @@ fn copy_experiment(root: &Path) {
         for entry in std::fs::read_dir(Path::new(EXPERIMENT).join(sub)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                let mut doc: toml::Table =
-                    toml::from_str(&std::fs::read_to_string(&path).unwrap())
-                        .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+                let mut doc: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap())
+                    .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
                 if sub == "tasks" {
                     doc["generate"]["max_new_tokens"] = 4.into();
                 } else {
@@ -90,7 +92,11 @@ fn evomerge(cwd: &Path, args: &[&str]) -> String {
     let o = Command::new(env!("CARGO_BIN_EXE_evomerge"))
         .current_dir(cwd)
         .args(args)
-        .args(if args[0] == "run" { &["--quiet"][..] } else { &[] })
+        .args(if args[0] == "run" {
+            &["--quiet"][..]
+        } else {
+            &[]
+        })
         .output()
         .unwrap();
     let (so, se) = (
@@ -140,7 +146,10 @@ fn the_full_size_experiment_runs_on_tiny_mistral_checkpoints() {
     }
     assert!(!header.split(',').any(|h| h == "x.6"), "{header}");
     for source in ["shisa-gamma-7b-v1", "WizardMath-7B-V1.1", "Abel-7B-002"] {
-        assert!(table.contains(source), "{source} not in the table:\n{table}");
+        assert!(
+            table.contains(source),
+            "{source} not in the table:\n{table}"
+        );
     }
     let best = std::fs::read_to_string(ps.join("best.toml")).unwrap();
     assert!(best.contains("dare_ties"), "{best}");
