@@ -11,6 +11,33 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Why an experiment file (or a run folder's run.toml) is not a valid experiment.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// Not TOML.
+    #[error("{0}")]
+    Toml(#[source] toml::de::Error),
+    /// A key is unknown or has a value of the wrong type; `key` is where (dotted, e.g.
+    /// `optimizer.population_size`, `evaluators[1].weight`) when it can be told.
+    #[error("{}", key_message(.key, .source))]
+    Key {
+        key: Option<String>,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The settings parse but do not make a run (the message names the setting and the fix).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn key_message(key: &Option<String>, source: &toml::de::Error) -> String {
+    let message = source.to_string();
+    match key {
+        Some(key) => format!("`{key}`: {}", message.trim()),
+        None => message,
+    }
+}
+
 /// Which search space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum GenomeKind {
@@ -445,26 +472,29 @@ impl Experiment {
     }
 
     /// Parse experiment text with paths relative to `base`.
-    pub fn from_toml(text: &str, base: &Path) -> Result<(Experiment, toml::Value), String> {
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(
+        text: &str,
+        base: &Path,
+    ) -> Result<(Experiment, toml::Value), ExperimentError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(ExperimentError::Toml)?;
         resolve_paths(&mut value, base);
         let exp = Experiment::from_value(value.clone())?;
         Ok((exp, value))
     }
 
     /// Parse an already resolved experiment (run.toml without its `[run]` table).
-    pub fn from_value(mut value: toml::Value) -> Result<Experiment, String> {
+    pub fn from_value(mut value: toml::Value) -> Result<Experiment, ExperimentError> {
         if let Some(t) = value.as_table_mut() {
             t.remove("run");
         }
-        let exp: Experiment = value.clone().try_into().map_err(|e: toml::de::Error| {
-            let message = e.to_string();
-            match culprit(&value) {
-                Some(key) => format!("`{key}`: {}", message.trim()),
-                None => message,
-            }
-        })?;
-        exp.validate()?;
+        let exp: Experiment = value
+            .clone()
+            .try_into()
+            .map_err(|source: toml::de::Error| ExperimentError::Key {
+                key: culprit(&value),
+                source,
+            })?;
+        exp.validate().map_err(ExperimentError::Invalid)?;
         Ok(exp)
     }
 
@@ -627,13 +657,16 @@ task = "tasks/t.toml"
             &MINIMAL.replace("[budget]", "[budget]\nevals = 3"),
             Path::new("/"),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("evals"), "{e}");
-        let e =
-            Experiment::from_toml(&format!("colour = 1\n{MINIMAL}"), Path::new("/")).unwrap_err();
+        let e = Experiment::from_toml(&format!("colour = 1\n{MINIMAL}"), Path::new("/"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour"), "{e}");
         let e = Experiment::from_toml(&MINIMAL.replace("evaluations = 10", ""), Path::new("/"))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no limit"), "{e}");
         for (table, key) in [
             ("[optimizer]", "popsize = 4"),
@@ -641,7 +674,9 @@ task = "tasks/t.toml"
             ("task = \"tasks/t.toml\"", "weigth = 2"),
         ] {
             let text = MINIMAL.replace(table, &format!("{table}\n{key}"));
-            let e = Experiment::from_toml(&text, Path::new("/")).unwrap_err();
+            let e = Experiment::from_toml(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
             let name = key.split(' ').next().unwrap();
             assert!(e.contains(name), "{key}: {e}");
         }
@@ -649,7 +684,9 @@ task = "tasks/t.toml"
             "kind = \"lm\"\ntask = \"tasks/t.toml\"",
             "kind = \"command\"\ncommand = \"true\"\ntimeout = 3",
         );
-        let e = Experiment::from_toml(&cmd, Path::new("/")).unwrap_err();
+        let e = Experiment::from_toml(&cmd, Path::new("/"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`timeout`") && e.contains("timeout_s"), "{e}");
     }
 
@@ -672,7 +709,9 @@ task = "tasks/t.toml"
                 "`evaluators[1].weight`",
             ),
         ] {
-            let e = Experiment::from_toml(&MINIMAL.replace(from, to), Path::new("/")).unwrap_err();
+            let e = Experiment::from_toml(&MINIMAL.replace(from, to), Path::new("/"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(key), "{to}: {e}");
         }
     }
@@ -695,11 +734,15 @@ task = "tasks/t.toml"
                 "weight = inf",
             ),
         ] {
-            let e = Experiment::from_toml(&MINIMAL.replace(from, to), Path::new("/")).unwrap_err();
+            let e = Experiment::from_toml(&MINIMAL.replace(from, to), Path::new("/"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{to}: {e}");
         }
         let dfs_budget = format!("{MINIMAL}\n[budget_dfs]\nevaluations = 0\n");
-        let e = Experiment::from_toml(&dfs_budget, Path::new("/")).unwrap_err();
+        let e = Experiment::from_toml(&dfs_budget, Path::new("/"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[budget_dfs] evaluations = 0"), "{e}");
     }
 
@@ -736,13 +779,15 @@ task = "tasks/t.toml"
         );
         // Unknown keys name the key, at the evaluator and inside a data table.
         let e = Experiment::from_toml(&text.replace("subsample", "subsmaple"), Path::new("/"))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`subsmaple`") && e.contains("subsample"), "{e}");
         let e = Experiment::from_toml(
             &text.replace("split = \"all\"", "splits = \"all\""),
             Path::new("/"),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("splits"), "{e}");
     }
 

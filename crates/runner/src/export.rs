@@ -40,7 +40,7 @@ pub fn export_run(
         ))
     })?;
     let value: toml::Value = toml::from_str(&text).map_err(|e| RunError::Config(e.to_string()))?;
-    let exp = Experiment::from_value(value).map_err(RunError::Config)?;
+    let exp = Experiment::from_value(value).map_err(|e| RunError::Config(e.to_string()))?;
     let state = RunState::load(&run_dir.join("state.json"))?;
     let (stage, st, chosen) = state
         .stages

@@ -63,8 +63,8 @@ pub use compare::{ComparisonSummary, compare_runs};
 pub use evaluators::Evaluators;
 pub use executor::{Batch, Executor, Finished, Job, LocalPool, Scorer};
 pub use experiment::{
-    BaselineSpec, Budget, EvaluatorSpec, Experiment, GenomeKind, GenomeSpec, ReportSpec,
-    SourcesSpec, ValidationSpec,
+    BaselineSpec, Budget, EvaluatorSpec, Experiment, ExperimentError, GenomeKind, GenomeSpec,
+    ReportSpec, SourcesSpec, ValidationSpec,
 };
 pub use export::{ExportFormat, export_run};
 pub use lock::RunLock;
