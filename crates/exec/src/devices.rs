@@ -173,10 +173,26 @@ impl DevicePool {
     /// Run `work` for every job, each holding a lease, `slots()` at a time; `done` gets each
     /// result on the calling thread as soon as it is ready. Jobs start in order; a job starts
     /// as soon as devices for it are free.
-    pub fn run<J, R, I>(
+    pub fn run<J, R, I>(&self, jobs: I, work: impl Fn(J, &Lease) -> R + Sync, done: impl FnMut(R))
+    where
+        I: IntoIterator<Item = J>,
+        I::IntoIter: Send,
+        J: Send,
+        R: Send,
+    {
+        self.run_prepared(jobs, 0, |j| j, work, done)
+    }
+
+    /// As [`DevicePool::run`], with a step before the devices are held: `prepare` (e.g.
+    /// merging the candidate on the CPU) runs without a lease in up to `ahead` extra threads,
+    /// so the next candidates are ready when devices free up and a device never waits for a
+    /// merge it does not do.
+    pub fn run_prepared<J, P, R, I>(
         &self,
         jobs: I,
-        work: impl Fn(J, &Lease) -> R + Sync,
+        ahead: usize,
+        prepare: impl Fn(J) -> P + Sync,
+        work: impl Fn(P, &Lease) -> R + Sync,
         mut done: impl FnMut(R),
     ) where
         I: IntoIterator<Item = J>,
@@ -187,17 +203,18 @@ impl DevicePool {
         let jobs = Mutex::new(jobs.into_iter());
         let (tx, rx) = std::sync::mpsc::channel::<R>();
         std::thread::scope(|s| {
-            for _ in 0..self.slots() {
+            for _ in 0..self.slots() + ahead {
                 let tx = tx.clone();
-                let (jobs, work) = (&jobs, &work);
+                let (jobs, prepare, work) = (&jobs, &prepare, &work);
                 s.spawn(move || {
                     loop {
-                        // The job first: a device waiting for a job to be built is idle.
+                        // The job first: a device waiting for a job to be prepared is idle.
                         let Some(job) = jobs.lock().expect("jobs").next() else {
                             break;
                         };
+                        let prepared = prepare(job);
                         let lease = self.acquire();
-                        let r = work(job, &lease);
+                        let r = work(prepared, &lease);
                         drop(lease);
                         if tx.send(r).is_err() {
                             break;
