@@ -39,7 +39,7 @@
 
 use crate::log::{GenerationRow, ResultRow};
 use crate::plot::{
-    Chart, PlotError, fmt_num, padded_range, series_color, step_points, write_chart,
+    Chart, PlotError, fitness_axes, padded_range, series_color, step_points, write_chart,
 };
 use evomerge_checkpoint::write_atomic;
 use plotters::coord::Shift;
@@ -511,24 +511,13 @@ impl Chart for CompareChart {
         let (y0, y1) = padded_range(all().flat_map(|p| [p.min, p.max]), 0.06)
             .ok_or("no finite fitness to draw")?;
         let x_max = all().map(|p| p.x).fold(1.0_f64, f64::max);
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, ("sans-serif", 22))
-            .margin(14)
-            .x_label_area_size(48)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_max * 1.02, y0..y1)
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .x_desc("evaluations")
-            .y_desc("best search fitness so far (mean over runs)")
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .light_line_style(RGBColor(235, 235, 235))
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| fmt_num(*y))
-            .draw()
-            .map_err(e)?;
+        let mut chart = fitness_axes(
+            root,
+            &self.title,
+            x_max,
+            (y0, y1),
+            "best search fitness so far (mean over runs)",
+        )?;
         for (i, c) in self.curves.iter().enumerate() {
             let color = series_color(i);
             let upper = step_points(&c.points.iter().map(|p| (p.x, p.max)).collect::<Vec<_>>());

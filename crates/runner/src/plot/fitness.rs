@@ -2,7 +2,7 @@
 //! generation median with its q25–q75 band, validation scores.
 
 use super::Chart;
-use super::style::{fmt_num, padded_range, series_color, step_points};
+use super::style::{fitness_axes, padded_range, series_color, step_points};
 use crate::log::{CandidateTable, GenerationRow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -84,24 +84,7 @@ impl Chart for FitnessData {
             .chain(self.best.iter().map(|p| p.0))
             .chain(self.median.iter().map(|p| p.0))
             .fold(1.0_f64, f64::max);
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 22))
-            .margin(14)
-            .x_label_area_size(48)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_max * 1.02, y0..y1)
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .x_desc("evaluations")
-            .y_desc("fitness (search split)")
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .light_line_style(RGBColor(235, 235, 235))
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| fmt_num(*y))
-            .draw()
-            .map_err(e)?;
+        let mut chart = fitness_axes(root, title, x_max, (y0, y1), "fitness (search split)")?;
         let blue = series_color(0);
         if self.band.len() > 1 {
             let mut poly: Vec<(f64, f64)> = self.band.iter().map(|b| (b.0, b.2)).collect();

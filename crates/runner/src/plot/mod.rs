@@ -33,7 +33,9 @@ mod genome;
 mod path;
 pub(crate) mod style;
 
-pub(crate) use style::{fmt_num, padded_range, series_color, step_points, write_chart};
+pub(crate) use style::{
+    fitness_axes, fmt_num, padded_range, series_color, step_points, write_chart,
+};
 
 /// What went wrong reading a run's files or drawing its charts; every variant names the file.
 #[derive(Debug, Error)]

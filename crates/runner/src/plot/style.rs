@@ -3,6 +3,8 @@
 
 use super::{Chart, PlotError};
 use evomerge_checkpoint::atomic::{commit, temp_path, write_atomic};
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -64,6 +66,37 @@ pub(crate) fn write_chart(
         write_atomic(&svg, text.as_bytes())?;
     }
     Ok(vec![png, svg])
+}
+
+/// A fitness-vs-evaluations chart (the fitness chart, the comparison chart): its caption,
+/// axes `0..x_max` and `y0..y1`, and the mesh with the y axis described as `y_desc`.
+pub(crate) fn fitness_axes<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    x_max: f64,
+    (y0, y1): (f64, f64),
+    y_desc: &str,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(14)
+        .x_label_area_size(48)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max * 1.02, y0..y1)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("evaluations")
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .light_line_style(RGBColor(235, 235, 235))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| fmt_num(*y))
+        .draw()
+        .map_err(e)?;
+    Ok(chart)
 }
 
 /// A number for a label: 3 significant decimals, scientific when tiny or huge.
