@@ -499,19 +499,54 @@ fn resolve_windows(
         .zip(&h1)
         .map(|(&(_, lo, hi), h)| [bin_of_rank(h, lo), bin_of_rank(h, hi - 1)])
         .collect();
-    // pass 2: low 16 bits inside each of the (up to) two buckets: bins 0..65536 for the lower
-    // rank's bucket and 65536.. for the upper one's
-    let h2 = histograms(n, base, tvs, &which, 2 << 16, |w, _, k| {
-        let top = (k >> 16) as usize;
-        let [(b_lo, _), (b_hi, _)] = hi_bins[w];
-        if top == b_lo {
-            Some((k & 0xffff) as usize)
-        } else if top == b_hi {
-            Some((1 << 16) + (k & 0xffff) as usize)
-        } else {
-            None
-        }
-    });
+    // pass 2: per chunk, the low 16 bits of the keys that fall in each window's (up to) two
+    // buckets (the lower rank's first); their histograms give the exact thresholds and the
+    // lists the per-chunk tie counts, without a third pass
+    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+    let lows: Vec<Vec<[Vec<u16>; 2]>> = chunks
+        .par_iter()
+        .with_min_len(min_len(chunks.len()))
+        .map_init(
+            || Scratch::new(tvs.len()),
+            |s, &ci| {
+                let start = ci * CHUNK;
+                let len = chunk_len(n, start);
+                deltas(base, tvs, &which, start, len, s);
+                which
+                    .iter()
+                    .enumerate()
+                    .map(|(w, &j)| {
+                        let [(b_lo, _), (b_hi, _)] = hi_bins[w];
+                        let (mut a, mut b) = (Vec::new(), Vec::new());
+                        for d in &s.tv[j][..len] {
+                            let k = key(*d);
+                            let top = (k >> 16) as usize;
+                            if top == b_lo {
+                                a.push(k as u16);
+                            } else if top == b_hi {
+                                b.push(k as u16);
+                            }
+                        }
+                        [a, b]
+                    })
+                    .collect()
+            },
+        )
+        .collect();
+    let h2: Vec<Vec<u64>> = (0..which.len())
+        .map(|w| {
+            let mut h = vec![0u64; 2 << 16];
+            for c in &lows {
+                for &l in &c[w][0] {
+                    h[l as usize] += 1;
+                }
+                for &l in &c[w][1] {
+                    h[(1 << 16) + l as usize] += 1;
+                }
+            }
+            h
+        })
+        .collect();
     let mut out: Vec<RankWindow> = windows
         .iter()
         .zip(&hi_bins)
@@ -567,42 +602,22 @@ fn resolve_windows(
             )
         })
         .collect();
-    if needs.iter().any(|(a, b)| *a || *b) {
-        let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
-        let counts: Vec<Vec<(usize, usize)>> = chunks
-            .par_iter()
-            .with_min_len(min_len(chunks.len()))
-            .map_init(
-                || Scratch::new(tvs.len()),
-                |s, &ci| {
-                    let start = ci * CHUNK;
-                    let len = chunk_len(n, start);
-                    deltas(base, tvs, &which, start, len, s);
-                    out.iter()
-                        .zip(&which)
-                        .map(|(w, &j)| {
-                            let (mut a, mut b) = (0, 0);
-                            for d in &s.tv[j][..len] {
-                                let k = key(*d);
-                                if k == w.t_lo {
-                                    a += 1;
-                                } else if k == w.t_hi {
-                                    b += 1;
-                                }
-                            }
-                            (a, b)
-                        })
-                        .collect()
-                },
-            )
-            .collect();
-        for (w, win) in out.iter_mut().enumerate() {
-            let (mut a, mut b) = (0, 0);
-            for c in &counts {
-                win.seen_lo.push(a);
-                win.seen_hi.push(b);
-                a += c[w].0;
-                b += c[w].1;
+    for (wi, win) in out.iter_mut().enumerate() {
+        let (split_lo, split_hi) = needs[wi];
+        if !(split_lo || split_hi) {
+            continue;
+        }
+        let [(b_lo, _), _] = hi_bins[wi];
+        // the list a threshold's bucket went to, and its low bits
+        let at = |t: u32| (usize::from((t >> 16) as usize != b_lo), t as u16);
+        let ((list_lo, low_lo), (list_hi, low_hi)) = (at(win.t_lo), at(win.t_hi));
+        let (mut a, mut b) = (0, 0);
+        for c in &lows {
+            win.seen_lo.push(a);
+            win.seen_hi.push(b);
+            a += c[wi][list_lo].iter().filter(|&&l| l == low_lo).count();
+            if win.t_hi != win.t_lo {
+                b += c[wi][list_hi].iter().filter(|&&l| l == low_hi).count();
             }
         }
     }

@@ -7,7 +7,15 @@
 //! resolved with mergekit's precedence (source > slice > module > top level > default) — while
 //! checking shapes, names and values, so mistakes surface before anything is written.
 //! [`merge_to_disk`] then runs the plan tensor by tensor (in parallel, streaming into the
-//! output shards) and [`merge_in_memory`] does the same into device tensors for a search.
+//! output shards) and [`merge_in_memory`] does the same into device tensors for a search. On
+//! the CPU both run a method's fused kernel when it has one ([`method::MethodSpec::host`],
+//! `evomerge_kernels::fused`: the memory-mapped bytes in, the output's bytes out, input pages
+//! released after each tensor), else its burn work (the GPU path).
+//!
+//! Whole-model (data-using) methods are registered by `evomerge-datamerge`
+//! (`evomerge_datamerge::METHODS`, typed parameters `DataParams`); the planner resolves them
+//! like the others and the executor hands them to `whole_model` (modules: recipe -> method ->
+//! plan -> output -> execute / whole_model, no cycle).
 //!
 //! Methods are one file each in `src/methods/` (parameters, defaults, bounds, base use, arity,
 //! scope, golden cases and the work they run, calling into `evomerge-kernels`), listed once in
