@@ -41,12 +41,7 @@ impl std::str::FromStr for FisherKind {
     }
 }
 
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data")
-}
+use evomerge_kernels::values_of as host;
 
 /// The diagonal Fisher of `weights` on `data`, one value per parameter in the order of
 /// [`MlpWeights::flat`], averaged over the rows.

@@ -262,13 +262,7 @@ pub fn hidden_activations(weights: &MlpWeights, data: &Dataset) -> Result<Vec<Ve
             .take(weights.n_hidden())
             .enumerate()
         {
-            out[h].extend(
-                relu(z)
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .expect("f32 data"),
-            );
+            out[h].extend(evomerge_kernels::values_of(relu(z)));
         }
     }
     Ok(out)

@@ -45,11 +45,7 @@ pub fn grams(weights: &MlpWeights, data: &Dataset, batch_size: usize) -> Result<
         let taps = model.forward_taps(batch_tensor(data, rows, &device), None);
         for (l, input) in taps.inputs.into_iter().enumerate() {
             let d = weights.layers[l].d_in;
-            let v: Vec<f32> = input
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("f32 data");
+            let v: Vec<f32> = evomerge_kernels::values_of(input);
             let x = DMatrix::from_row_iterator(rows.len(), d, v.into_iter().map(f64::from));
             per_layer[l] += x.transpose() * &x;
         }

@@ -42,11 +42,7 @@ pub fn preact_stats(weights: &MlpWeights, data: &Dataset) -> Result<ChannelStats
         let taps = model.forward_taps(batch_tensor(data, rows, &device), None);
         for (l, z) in taps.preacts.into_iter().enumerate().take(n_layers) {
             let d = weights.layers[l].d_out;
-            let v: Vec<f32> = z
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("f32");
+            let v: Vec<f32> = evomerge_kernels::values_of(z);
             for r in v.chunks(d) {
                 for (o, x) in r.iter().enumerate() {
                     sum[l][o] += *x as f64;

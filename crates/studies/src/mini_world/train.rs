@@ -102,12 +102,7 @@ pub struct TrainReport {
     pub losses: Vec<f64>,
 }
 
-fn host(t: Tensor<2>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 tensor data")
-}
+use evomerge_kernels::values_of as host;
 
 impl TrainLm {
     /// The module for `weights` (names as [`TinyLlama::shapes`] writes them; no biases, no tied
