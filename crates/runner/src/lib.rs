@@ -38,6 +38,16 @@
 //! models: a parameter-space search over them is scored by `[[evaluators]] kind = "classifier"`
 //! (the `evomerge-eval-classifier` settings); layer paths and the `lm` evaluator need decoders.
 //!
+//! Where things are: [`start`] / [`resume`] (`run.rs`) check everything (`setup.rs`) before the
+//! run folder exists, then run each stage (`stage.rs`: per generation ask, dedupe, evaluate,
+//! tell, log) and the report (`report.rs`). The evaluate step goes through an [`Executor`]
+//! (`executor.rs`; the devices and Slurm executors in `executor/`): a new executor is a module
+//! there plus one arm in [`executor::for_experiment`]. The logs' columns are one typed schema
+//! ([`log`]), which resume, [`plot`] and [`compare`] read. Evaluators come from a kind list
+//! (`evaluators.rs`, `KINDS`): a new evaluator is a crate in `evaluators/` with its
+//! `evomerge_eval::EvaluatorKind` plus one line there (`test_evaluator.rs` is an example).
+//! Every file a user keeps is written with `evomerge_checkpoint::write_atomic`.
+//!
 //! Not for: merge math, optimizers, model execution (the crates below it).
 
 pub mod compare;
