@@ -4,23 +4,26 @@
 //! Every such file in evomerge (run.toml, state.json, best.*, results.*, plots, optimizer
 //! states, generated data) goes through [`write_atomic`] or, for a file some library writes by
 //! path (a PNG encoder), [`temp_path`] + [`commit`]. The temporary name is always
-//! [`temp_path`]'s: `.NAME.tmp.EXT` in the same folder (hidden, and it keeps the extension,
-//! which encoders pick the format by).
+//! [`temp_path`]'s: `.NAME.PID.tmp.EXT` in the same folder (hidden; the process id keeps two
+//! processes writing the same file, e.g. a Slurm task and its resubmission, apart; and it keeps
+//! the extension, which encoders pick the format by).
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The temporary sibling a file is written to before it is renamed into place:
-/// `dir/.state.tmp.json` for `dir/state.json`, `dir/.NAME.tmp` for a name without extension.
+/// `dir/.state.PID.tmp.json` for `dir/state.json`, `dir/.NAME.PID.tmp` for a name without
+/// extension (PID: this process's id).
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
+    let pid = std::process::id();
     let temp = match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => format!(".{stem}.tmp.{ext}"),
-        _ => format!(".{name}.tmp"),
+        Some((stem, ext)) if !stem.is_empty() => format!(".{stem}.{pid}.tmp.{ext}"),
+        _ => format!(".{name}.{pid}.tmp"),
     };
     path.with_file_name(temp)
 }
@@ -91,19 +94,12 @@ mod tests {
 
     #[test]
     fn temp_names_are_hidden_siblings_that_keep_the_extension() {
-        assert_eq!(
-            temp_path(Path::new("/r/state.json")),
-            Path::new("/r/.state.tmp.json")
-        );
-        assert_eq!(
-            temp_path(Path::new("p/fitness.png")),
-            Path::new("p/.fitness.tmp.png")
-        );
-        assert_eq!(temp_path(Path::new("LOCK")), Path::new(".LOCK.tmp"));
-        assert_eq!(
-            temp_path(Path::new("d/.hidden")),
-            Path::new("d/..hidden.tmp")
-        );
+        let pid = std::process::id();
+        let t = |p: &str| temp_path(Path::new(p)).display().to_string();
+        assert_eq!(t("/r/state.json"), format!("/r/.state.{pid}.tmp.json"));
+        assert_eq!(t("p/fitness.png"), format!("p/.fitness.{pid}.tmp.png"));
+        assert_eq!(t("LOCK"), format!(".LOCK.{pid}.tmp"));
+        assert_eq!(t("d/.hidden"), format!("d/..hidden.{pid}.tmp"));
     }
 
     #[test]
@@ -122,6 +118,6 @@ mod tests {
         .unwrap();
         assert!(seen);
         let err = write_atomic(&dir.path().join("no/such/file"), b"x").unwrap_err();
-        assert!(err.to_string().contains("no/such/.file.tmp"), "{err}");
+        assert!(err.to_string().contains("no/such/.file."), "{err}");
     }
 }

@@ -10,7 +10,6 @@
 use crate::ExecError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One candidate to score (`task-{i}.json`).
@@ -91,26 +90,10 @@ pub fn score_path_of(task_file: &Path) -> PathBuf {
     task_file.with_file_name(name)
 }
 
-/// Write a file atomically: a temporary name in the same folder, fsync, rename, fsync the folder.
+/// Write a file atomically (`evomerge_checkpoint::write_atomic`: a temporary name with the
+/// process id in the same folder, fsync, rename, fsync the folder).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
-    let io = |e: std::io::Error| ExecError::Io(format!("{}: {e}", path.display()));
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    evomerge_checkpoint::write_atomic(path, bytes).map_err(|e| ExecError::Io(e.to_string()))
 }
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ExecError> {

@@ -318,9 +318,7 @@ pub fn write_corpus(args: &CorpusOptions) -> Result<()> {
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = args.out.with_extension("txt.partial");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out)?;
+    evomerge_checkpoint::write_atomic(&args.out, text.as_bytes())?;
     eprintln!(
         "{}: {} examples of the {} corpus (seed {})",
         args.out.display(),
