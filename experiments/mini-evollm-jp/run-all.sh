@@ -4,6 +4,7 @@
 # builds (or reuses) the world in results/mini-world, runs every experiment of this folder once
 # per seed, and writes the strategy comparison into results/mini-evollm-jp/compare.
 # Env: EXPS (which experiments), WORLD and OUT (other folders, relative to the repository root),
+# WORLD_ARGS (options of `mini-world build` for WORLD, e.g. "--seed 2"),
 # JOBS (experiments run at once, default 2: one run alone leaves a core idle between generations
 # and in its final report; the results do not depend on it). Each run's log: OUT/NAME/seedS.log.
 # Run it from the repository root after `cargo build --release -p evomerge`.
@@ -16,7 +17,8 @@ exps=${EXPS:-"ps ps-ties ps-layers ps-ga ps-random dfs dfs-no-w ps-dfs"}
 world=${WORLD:-results/mini-world}        # where the world is built (or reused)
 out=${OUT:-results/mini-evollm-jp}        # where the runs go
 start=$(date +%s)
-"$bin" mini-world build "$world"
+# shellcheck disable=SC2086
+"$bin" mini-world build "$world" ${WORLD_ARGS:-}
 mkdir -p "$out/seeds"
 jobs=${JOBS:-2}
 runs=()

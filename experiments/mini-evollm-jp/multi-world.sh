@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The mini reproduction over several worlds: is the result a property of the recipe, or of one
+# lucky world?
+#   experiments/mini-evollm-jp/multi-world.sh [WORLD_SEEDS...]      (default: 1 2 3)
+# builds one world per world seed (`mini-world build DIR --seed W`, plus WORLD_ARGS, e.g.
+# "--layers 6"), runs every experiment of this folder on each over the search seeds SEEDS
+# (default "1 2 3") with run-all.sh, and writes OUT/summary.md: per strategy, the test fitness
+# (strict JA-math accuracy, %) as mean ± sd over worlds (of each world's mean over seeds) and the
+# mean of the within-world sd over seeds, its gain over each world's best source, and the
+# smallest gain of any world; then the sources and untuned baselines the same way.
+# Env: SEEDS, EXPS (as run-all.sh), WORLD_ARGS, OUT (default results/mini-multi), JOBS.
+# Run it from the repository root after `cargo build --release -p evomerge`.
+set -euo pipefail
+root=$(pwd)
+bin=${EVOMERGE:-$root/target/release/evomerge}
+here=experiments/mini-evollm-jp
+worlds=("${@:-1 2 3}")
+read -r -a worlds <<< "${worlds[*]}"
+seeds=${SEEDS:-"1 2 3"}
+out=${OUT:-results/mini-multi}
+start=$(date +%s)
+mkdir -p "$out"
+for w in "${worlds[@]}"; do
+  echo "== world $w ($(($(date +%s) - start))s)"
+  t0=$(date +%s)
+  mkdir -p "$out/world$w"
+  # shellcheck disable=SC2086
+  "$bin" mini-world build "$out/world$w/world" --seed "$w" ${WORLD_ARGS:-} > "$out/world$w/build.log" 2>&1 \
+    || { echo "world $w: the build failed, see $out/world$w/build.log" >&2; exit 1; }
+  echo "   built in $(($(date +%s) - t0))s"
+  t0=$(date +%s)
+  # run-all.sh builds (here: reuses) the world, runs the experiments and compares them
+  # shellcheck disable=SC2086
+  WORLD="$out/world$w/world" WORLD_ARGS="--seed $w ${WORLD_ARGS:-}" OUT="$out/world$w/runs" \
+    EVOMERGE="$bin" "$here/run-all.sh" $seeds \
+    > "$out/world$w/runs.log" 2>&1 || { echo "world $w: a run failed, see $out/world$w/runs.log" >&2; exit 1; }
+  echo "   searched in $(($(date +%s) - t0))s"
+done
+
+# The summary, from each world's compare_runs.csv (a run's strategy and folder) and each run's
+# results.csv (its best recipe and the sources and untuned baselines of its world).
+python3 - "$out" "$seeds" "${WORLD_ARGS:-}" "${worlds[@]}" > "$out/summary.md" <<'PY'
+import csv, statistics as st, sys
+out, seeds, world_args, worlds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+per = {}    # (name, kind) -> world -> [test fitness %, one per run]
+best = {}   # world -> best source's test fitness %
+for w in worlds:
+    with open(f"{out}/world{w}/runs/compare/compare_runs.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    for run in runs:
+        with open(f"{run['dir']}/results.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                if row["split"] != "test" or not row["fitness"]:
+                    continue
+                name = run["strategy"] if row["kind"] == "best" else row["name"]
+                per.setdefault((name, row["kind"]), {}).setdefault(w, []).append(100 * float(row["fitness"]))
+    best[w] = max(st.mean(v[w]) for (n, k), v in per.items() if k == "source" and w in v)
+print(f"# The mini reproduction over worlds {' '.join(worlds)} x search seeds {seeds}\n")
+print("Test fitness (strict JA-math accuracy, %). Per world: the mean over its runs; then the mean")
+print("and sd of those over worlds, and the mean within-world sd over search seeds. Gain: over that")
+print("world's best source (mean over worlds, and the smallest of any world). Command:")
+print(f"`WORLD_ARGS=\"{world_args}\" SEEDS=\"{seeds}\" experiments/mini-evollm-jp/multi-world.sh {' '.join(worlds)}`.\n")
+print("| strategy / model | kind | mean over worlds | sd over worlds | sd over seeds | gain over best source | smallest gain |")
+print("|---|---|---:|---:|---:|---:|---:|")
+order = {"best": 0, "baseline": 1, "source": 2, "base": 3}
+rows = []
+for (name, kind), by_world in per.items():
+    means = {w: st.mean(v) for w, v in by_world.items()}
+    sds = [st.stdev(v) for v in by_world.values() if len(v) > 1]
+    gains = [means[w] - best[w] for w in means]
+    rows.append((order.get(kind, 9), -st.mean(means.values()), name, kind, st.mean(means.values()),
+                 st.stdev(means.values()) if len(means) > 1 else 0.0,
+                 st.mean(sds) if sds else 0.0, st.mean(gains), min(gains)))
+for r in sorted(rows):
+    print(f"| {r[2]} | {r[3]} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:+.1f} | {r[8]:+.1f} |")
+print()
+for w in worlds:
+    print(f"World {w}: best source {best[w]:.1f}; every strategy: `{out}/world{w}/runs/compare/compare.md`.")
+PY
+cat "$out/summary.md"
+echo "all done in $(($(date +%s) - start))s"
