@@ -326,3 +326,36 @@ if [ "$SLURM_ARRAY_TASK_ID" = 2 ]; then scancel "${SLURM_ARRAY_JOB_ID}_2"; sleep
     assert_eq!(by[&(1, "failed")], 2, "{by:?}");
     assert_eq!(by[&(2, "failed")], 2, "{by:?}");
 }
+
+#[test]
+fn bad_execution_settings_are_named_before_the_run_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = toy(tmp.path(), "");
+    let text = std::fs::read_to_string(&base).unwrap();
+    for (i, (top, table, needle)) in [
+        (
+            "parallelism = 2\n",
+            "[execution]\ndevices = 4\n",
+            "parallelism = 2",
+        ),
+        ("", "[execution]\ndevices = 0\n", "devices = 0"),
+        ("", "[execution]\ndevices = [\"tpu:0\"]\n", "\"tpu:0\""),
+        (
+            "",
+            "[execution]\nkind = \"slurm\"\n[execution.slurm]\nworker = \"no/such/evomerge\"\n",
+            "no/such/evomerge",
+        ),
+        ("", "[execution]\nkind = \"slurm\"\ndevices = 2\n", "gres"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let exp = tmp.path().join(format!("bad{i}.toml"));
+        std::fs::write(&exp, format!("{top}{text}\n{table}")).unwrap();
+        let (out, dir) = run(&exp, &format!("bad{i}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{table}: {stderr}");
+        assert!(stderr.contains(needle), "{table}: {stderr}");
+        assert!(!dir.exists(), "{table}: no run folder is left");
+    }
+}
