@@ -39,6 +39,10 @@
 //! ([`Score::failed`]) with the exit status and the tail of stderr — never an error that would
 //! stop the search.
 //!
+//! With `persistent = true` the command instead starts once (per parallel slot) and gets one
+//! JSON request line per candidate on stdin, answering one JSON score line on stdout: see
+//! [`persistent`] for the protocol, and `scripts/lm_eval_server.py` for lm-evaluation-harness.
+//!
 //! ```no_run
 //! use evomerge_eval_command::{CommandConfig, CommandEvaluator};
 //! let cfg: CommandConfig = toml::from_str(r#"
@@ -50,6 +54,7 @@
 //! ```
 
 mod config;
+pub mod persistent;
 pub use config::CommandKind;
 
 use evomerge_eval::{Candidate, EvalError, EvalRequest, Evaluator, ItemResult, Score};
@@ -96,6 +101,10 @@ pub struct CommandConfig {
     /// Where temporary model folders go (default: the system temp dir; point it at a fast
     /// disk for big models).
     pub temp_dir: Option<PathBuf>,
+    /// Start the command once (per parallel slot) and send it one JSON request line per
+    /// candidate on stdin; it answers one JSON score line on stdout (see [`persistent`]).
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 fn default_name() -> String {
@@ -113,6 +122,9 @@ pub struct CommandEvaluator {
     /// The run whose candidates this evaluator scores (written into each temporary folder's
     /// owner file, so a later process of the run can remove what a dead one left).
     owner: Option<PathBuf>,
+    /// The running scorers of a persistent command (shared by clones; stopped when the last
+    /// clone goes).
+    servers: std::sync::Arc<persistent::Servers>,
 }
 
 /// The file in every temporary candidate folder that says who made it.
@@ -200,6 +212,13 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// A candidate's temporary folder (see [`CommandEvaluator::folder`]); removed when dropped.
+struct Folder {
+    _tmp: tempfile::TempDir,
+    model_dir: PathBuf,
+    work_dir: PathBuf,
+}
+
 /// What a finished (or killed) command left.
 struct Outcome {
     status: Option<std::process::ExitStatus>,
@@ -260,6 +279,7 @@ impl CommandEvaluator {
             "devices",
             "device",
         ];
+        let per_candidate = &known[..6];
         let mut rest = config.command.as_str();
         while let Some(i) = rest.find('{') {
             let after = &rest[i + 1..];
@@ -274,6 +294,12 @@ impl CommandEvaluator {
                         known.map(|k| format!("{{{k}}}")).join(", ")
                     )));
                 }
+                if config.persistent && per_candidate.contains(&key) {
+                    return Err(EvalError::Config(format!(
+                        "command evaluator `{}`: a persistent command starts once, so it cannot use {{{key}}}; it gets each candidate's {key} in the JSON request line on stdin (only {{devices}} and {{device}} are filled in at start)",
+                        config.name
+                    )));
+                }
                 rest = &after[end + 1..];
             } else {
                 break;
@@ -282,6 +308,7 @@ impl CommandEvaluator {
         Ok(CommandEvaluator {
             config,
             owner: None,
+            servers: Default::default(),
         })
     }
 
@@ -289,6 +316,13 @@ impl CommandEvaluator {
     pub fn with_owner(mut self, run_dir: &Path) -> CommandEvaluator {
         self.owner = Some(std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()));
         self
+    }
+
+    /// Stop the idle scorers of a persistent command now (stdin closed, then SIGTERM, then
+    /// SIGKILL; see [`persistent`]); the next candidate starts a fresh one. Dropping the
+    /// evaluator does the same.
+    pub fn shutdown(&self) {
+        self.servers.shutdown();
     }
 
     /// Where the temporary folders go (`temp_dir`, or the system's).
@@ -355,12 +389,9 @@ impl CommandEvaluator {
         out
     }
 
-    fn run(
-        &self,
-        command: &str,
-        values: &[(&str, &str, String)],
-        held: &str,
-    ) -> Result<Outcome, std::io::Error> {
+    /// `sh -c command` in its own process group, with the configured cwd and env, the values'
+    /// variables and the held devices; stdout and stderr piped, stdin closed.
+    fn command(&self, command: &str, values: &[(&str, &str, String)], held: &str) -> Command {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(command)
@@ -383,7 +414,104 @@ impl CommandEvaluator {
             cmd.env("CUDA_VISIBLE_DEVICES", held);
             cmd.env("HIP_VISIBLE_DEVICES", held);
         }
-        let mut child = cmd.spawn()?;
+        cmd
+    }
+
+    /// The held devices (`CUDA_VISIBLE_DEVICES` for the command; empty when none) and the
+    /// devices `{devices}` names (the held ones, else the inherited `CUDA_VISIBLE_DEVICES`).
+    fn devices(&self, request: &EvalRequest) -> Result<(String, String), EvalError> {
+        let held = request.visible_devices();
+        let devices = if held.is_empty() {
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default()
+        } else {
+            held.clone()
+        };
+        if devices.is_empty() && self.uses_devices() {
+            return Err(EvalError::Config(format!(
+                "command evaluator `{}` uses {{device}} / {{devices}} but this evaluation holds no device: list them in [execution] devices = [\"cuda:0\", ...] (or a count), or on Slurm ask for GPUs with [execution.slurm] gres",
+                self.config.name
+            )));
+        }
+        Ok((held, devices))
+    }
+
+    /// A fresh temporary folder (with its owner file) holding the candidate as `model/` and
+    /// an empty `work/`; `Ok(Err(score))` when the candidate cannot be written (a failed
+    /// score, not an error). The folder goes when the [`Folder`] is dropped.
+    fn folder(&self, candidate: &dyn Candidate) -> Result<Result<Folder, Score>, EvalError> {
+        let prefix = format!("{PREFIX}{}-", std::process::id());
+        let tmp = match &self.config.temp_dir {
+            Some(d) => tempfile::Builder::new().prefix(&prefix).tempdir_in(d),
+            None => tempfile::Builder::new().prefix(&prefix).tempdir(),
+        }
+        .map_err(|e| EvalError::Io {
+            path: "temporary directory".into(),
+            source: e,
+        })?;
+        let owner = serde_json::json!({
+            "pid": std::process::id(),
+            "host": host_name(),
+            "run": self.owner.as_ref().map(|p| p.display().to_string()),
+        });
+        std::fs::write(tmp.path().join(OWNER_FILE), owner.to_string()).map_err(|e| {
+            EvalError::Io {
+                path: tmp.path().join(OWNER_FILE).display().to_string(),
+                source: e,
+            }
+        })?;
+        let model_dir = tmp.path().join("model");
+        let work_dir = tmp.path().join("work");
+        std::fs::create_dir_all(&work_dir).map_err(|e| EvalError::Io {
+            path: work_dir.display().to_string(),
+            source: e,
+        })?;
+        if let Err(e) = candidate.write_hf_folder(&model_dir) {
+            return Ok(Err(Score::failed(format!(
+                "could not write {} as a model folder: {e}",
+                candidate.label()
+            ))));
+        }
+        Ok(Ok(Folder {
+            _tmp: tmp,
+            model_dir,
+            work_dir,
+        }))
+    }
+
+    /// The score a command left in its work folder: the newest lm-evaluation-harness results
+    /// file (with `lm_eval`), or `{score_file}`; `None` when there is no score file.
+    fn score_in(&self, work_dir: &Path) -> Option<Result<Score, String>> {
+        if let Some(spec) = &self.config.lm_eval {
+            return Some(match newest_results(work_dir) {
+                Some(p) => score_from_lm_eval(&p, spec).map_err(|e| e.to_string()),
+                None => Err(
+                    "no lm-evaluation-harness results_*.json under {work_dir}; pass `--output_path {work_dir}` to lm_eval"
+                        .to_string(),
+                ),
+            });
+        }
+        let score_file = work_dir.join("score.json");
+        if !score_file.exists() {
+            return None;
+        }
+        Some(
+            std::fs::read_to_string(&score_file)
+                .map_err(|e| format!("{{score_file}}: {e}"))
+                .and_then(|t| {
+                    serde_json::from_str::<Value>(&t)
+                        .map_err(|e| format!("{{score_file}} is not JSON: {e}"))
+                })
+                .and_then(|v| parse_score(&v).map_err(|e| e.to_string())),
+        )
+    }
+
+    fn run(
+        &self,
+        command: &str,
+        values: &[(&str, &str, String)],
+        held: &str,
+    ) -> Result<Outcome, std::io::Error> {
+        let mut child = self.command(command, values, held).spawn()?;
         let pid = child.id() as i32;
         let read_all = |mut r: Box<dyn Read + Send>| {
             std::thread::spawn(move || {
@@ -649,54 +777,19 @@ impl Evaluator for CommandEvaluator {
         if let Some(signal) = evomerge_eval::interrupt::requested() {
             return Err(EvalError::Interrupted(signal));
         }
-        let held = request.visible_devices();
-        let devices = if held.is_empty() {
-            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default()
-        } else {
-            held.clone()
+        let (held, devices) = self.devices(request)?;
+        if self.config.persistent {
+            return persistent::evaluate(self, candidate, request, &held, &devices);
+        }
+        let folder = match self.folder(candidate)? {
+            Ok(f) => f,
+            Err(score) => return Ok(score),
         };
-        if devices.is_empty() && self.uses_devices() {
-            return Err(EvalError::Config(format!(
-                "command evaluator `{}` uses {{device}} / {{devices}} but this evaluation holds no device: list them in [execution] devices = [\"cuda:0\", ...] (or a count), or on Slurm ask for GPUs with [execution.slurm] gres",
-                self.config.name
-            )));
-        }
-        let prefix = format!("{PREFIX}{}-", std::process::id());
-        let tmp = match &self.config.temp_dir {
-            Some(d) => tempfile::Builder::new().prefix(&prefix).tempdir_in(d),
-            None => tempfile::Builder::new().prefix(&prefix).tempdir(),
-        }
-        .map_err(|e| EvalError::Io {
-            path: "temporary directory".into(),
-            source: e,
-        })?;
-        let owner = serde_json::json!({
-            "pid": std::process::id(),
-            "host": host_name(),
-            "run": self.owner.as_ref().map(|p| p.display().to_string()),
-        });
-        std::fs::write(tmp.path().join(OWNER_FILE), owner.to_string()).map_err(|e| {
-            EvalError::Io {
-                path: tmp.path().join(OWNER_FILE).display().to_string(),
-                source: e,
-            }
-        })?;
-        let model_dir = tmp.path().join("model");
-        let work_dir = tmp.path().join("work");
-        std::fs::create_dir_all(&work_dir).map_err(|e| EvalError::Io {
-            path: work_dir.display().to_string(),
-            source: e,
-        })?;
-        if let Err(e) = candidate.write_hf_folder(&model_dir) {
-            return Ok(Score::failed(format!(
-                "could not write {} as a model folder: {e}",
-                candidate.label()
-            )));
-        }
+        let (model_dir, work_dir) = (&folder.model_dir, &folder.work_dir);
         if let Some(signal) = evomerge_eval::interrupt::requested() {
             return Err(EvalError::Interrupted(signal));
         }
-        let values = self.values(&model_dir, &work_dir, request, &devices);
+        let values = self.values(model_dir, work_dir, request, &devices);
         let command = self.fill(&values);
         let outcome = self
             .run(&command, &values, &held)
@@ -708,7 +801,7 @@ impl Evaluator for CommandEvaluator {
                 source: e,
             })?;
         if let Some(signal) = outcome.interrupted {
-            // The temporary folder goes with `tmp` on the way out.
+            // The temporary folder goes with `folder` on the way out.
             return Err(EvalError::Interrupted(signal));
         }
         if outcome.timed_out {
@@ -721,28 +814,9 @@ impl Evaluator for CommandEvaluator {
         if !status.success() {
             return Ok(self.failure(format!("`{command}` failed ({status})"), &outcome));
         }
-        let parsed = if let Some(spec) = &self.config.lm_eval {
-            match newest_results(&work_dir) {
-                Some(p) => score_from_lm_eval(&p, spec).map_err(|e| e.to_string()),
-                None => Err(
-                    "no lm-evaluation-harness results_*.json under {work_dir}; pass `--output_path {work_dir}` to lm_eval"
-                        .to_string(),
-                ),
-            }
-        } else {
-            let score_file = work_dir.join("score.json");
-            if score_file.exists() {
-                std::fs::read_to_string(&score_file)
-                    .map_err(|e| format!("{{score_file}}: {e}"))
-                    .and_then(|t| {
-                        serde_json::from_str::<Value>(&t)
-                            .map_err(|e| format!("{{score_file}} is not JSON: {e}"))
-                    })
-                    .and_then(|v| parse_score(&v).map_err(|e| e.to_string()))
-            } else {
-                score_from_stdout(&outcome.stdout)
-            }
-        };
+        let parsed = self
+            .score_in(work_dir)
+            .unwrap_or_else(|| score_from_stdout(&outcome.stdout));
         Ok(match parsed {
             Ok(score) => score,
             Err(e) => self.failure(format!("`{command}`: unparsable score: {e}"), &outcome),
@@ -779,6 +853,7 @@ mod tests {
             env: BTreeMap::new(),
             lm_eval: None,
             temp_dir: None,
+            persistent: false,
         };
         let e = CommandEvaluator::new(cfg("run {modeldir}", 1.0))
             .unwrap_err()

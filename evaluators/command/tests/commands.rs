@@ -304,3 +304,242 @@ fn held_devices_fill_the_placeholders_and_the_visible_devices() {
         );
     }
 }
+
+/// A persistent scorer in `sh`: logs each request line, answers `{"fitness": n}` (n counting
+/// its requests, so a restart shows), with progress lines on stdout and stderr in between;
+/// `MODE` makes its second request die, hang or answer an error. Writes `BYE` on a clean exit.
+const SCORER: &str = r#"n=0
+echo $$ >> "$PIDS"
+while IFS= read -r line; do
+  n=$((n+1))
+  printf '%s\n' "$line" >> "$LOG"
+  dir=$(printf '%s' "$line" | sed 's/.*"model_dir":"\([^"]*\)".*/\1/')
+  ok=0; test -f "$dir/config.json" && ok=1
+  echo "progress: scoring $n"
+  echo "stderr line $n" >&2
+  if [ "$n" -eq 2 ]; then
+    case "$MODE" in
+      die) echo "scorer crashed on purpose" >&2; exit 7;;
+      hang) sleep 300 & echo $! >> "$PIDS"; wait;;
+      error) echo '{"error": "no GPU memory"}'; continue;;
+    esac
+  fi
+  echo "{\"fitness\": $n, \"metrics\": {\"pid\": $$, \"ok\": $ok}}"
+done
+echo bye > "$BYE"
+"#;
+
+struct Scorer {
+    dir: tempfile::TempDir,
+    ev: Option<CommandEvaluator>,
+}
+
+impl Scorer {
+    fn new(mode: &str, timeout_s: f64) -> Scorer {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("scorer.sh");
+        std::fs::write(&script, SCORER).unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let text = format!(
+            "name = \"server\"\npersistent = true\ntimeout_s = {timeout_s}\ncommand = '''exec sh {}'''\nenv = {{ LOG = '{}', PIDS = '{}', BYE = '{}', MODE = '{mode}' }}\n",
+            script.display(),
+            p("requests.log"),
+            p("pids"),
+            p("bye")
+        );
+        let ev = CommandEvaluator::new(toml::from_str::<CommandConfig>(&text).unwrap()).unwrap();
+        Scorer { dir, ev: Some(ev) }
+    }
+
+    fn ev(&self) -> &CommandEvaluator {
+        self.ev.as_ref().unwrap()
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.dir.path().join("pids"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    }
+
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_persistent_scorer_gets_the_requests_in_order_and_exits_cleanly_at_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    let s = Scorer::new("", 60.0);
+    let reqs = [
+        EvalRequest::new(Split::Search, 0, 9),
+        EvalRequest::new(Split::Search, 1, 9),
+        EvalRequest::new(Split::Test, 2, 9),
+    ];
+    let mut pids = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        let score = s.ev().evaluate(&cand, r).unwrap();
+        assert!(!score.is_failed(), "{:?}", score.failure);
+        assert_eq!(
+            score.fitness,
+            (i + 1) as f64,
+            "one process answers them all"
+        );
+        assert_eq!(score.metrics["ok"], 1.0, "the model folder was there");
+        pids.push(score.metrics["pid"] as i32);
+    }
+    assert!(pids.iter().all(|p| *p == pids[0]), "{pids:?}");
+    assert_eq!(s.pids(), [pids[0]], "started once");
+    let seen = s.requests();
+    assert_eq!(seen.len(), 3);
+    for (r, (want, split)) in seen
+        .iter()
+        .zip(reqs.iter().zip(["search", "search", "test"]))
+    {
+        assert_eq!(r["split"], split);
+        assert_eq!(r["generation"], want.generation);
+        assert_eq!(r["seed"], 9);
+        assert_eq!(r["label"], "cand-1");
+        assert_eq!(r["devices"], serde_json::json!([]));
+        let model_dir = r["model_dir"].as_str().unwrap();
+        assert!(model_dir.ends_with("/model"));
+        assert_eq!(
+            r["score_file"].as_str().unwrap(),
+            format!("{}/score.json", r["work_dir"].as_str().unwrap())
+        );
+        assert!(
+            !Path::new(model_dir).exists(),
+            "{model_dir} was not removed"
+        );
+    }
+    assert!(alive(pids[0]));
+    // The end of the run: stdin closed, the scorer leaves its loop and exits by itself.
+    let mut s = s;
+    drop(s.ev.take());
+    assert!(!alive(pids[0]), "the scorer outlived its evaluator");
+    assert!(s.dir.path().join("bye").exists(), "not a clean exit");
+}
+
+#[test]
+fn a_persistent_scorer_that_dies_gives_a_failed_row_and_is_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    let s = Scorer::new("die", 60.0);
+    assert_eq!(s.ev().evaluate(&cand, &req()).unwrap().fitness, 1.0);
+    let dead = s.ev().evaluate(&cand, &req()).unwrap();
+    let why = dead.failure.expect("a failed row");
+    assert!(
+        why.contains("exit status: 7")
+            && why.contains("scorer crashed on purpose")
+            && why.contains("progress: scoring 2")
+            && why.contains("scorer.sh")
+            && why.contains("cand-1"),
+        "{why}"
+    );
+    let again = s.ev().evaluate(&cand, &req()).unwrap();
+    assert!(!again.is_failed(), "{:?}", again.failure);
+    assert_eq!(again.fitness, 1.0, "a fresh process");
+    let pids = s.pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(!alive(pids[0]) && alive(pids[1]));
+    assert_eq!(again.metrics["pid"] as i32, pids[1]);
+}
+
+#[test]
+fn a_persistent_scorer_that_hangs_is_killed_at_the_timeout_and_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    let s = Scorer::new("hang", 1.0);
+    assert_eq!(s.ev().evaluate(&cand, &req()).unwrap().fitness, 1.0);
+    let start = std::time::Instant::now();
+    let hung = s.ev().evaluate(&cand, &req()).unwrap();
+    assert!(start.elapsed().as_secs() < 20, "not stopped at the timeout");
+    let why = hung.failure.expect("a failed row");
+    assert!(why.contains("timed out after 1 s"), "{why}");
+    let pids = s.pids();
+    assert_eq!(pids.len(), 2, "the scorer and its sleep: {pids:?}");
+    for p in &pids {
+        assert!(
+            !alive(*p),
+            "process {p} of the hung scorer is still running"
+        );
+    }
+    let again = s.ev().evaluate(&cand, &req()).unwrap();
+    assert_eq!(again.fitness, 1.0, "{:?}", again.failure);
+    assert!(s.pids().len() == 3 && alive(s.pids()[2]));
+}
+
+#[test]
+fn a_persistent_scorer_can_answer_an_error_or_point_at_its_score_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    let s = Scorer::new("error", 60.0);
+    assert_eq!(s.ev().evaluate(&cand, &req()).unwrap().fitness, 1.0);
+    let e = s.ev().evaluate(&cand, &req()).unwrap();
+    assert!(e.failure.unwrap().contains("no GPU memory"));
+    let third = s.ev().evaluate(&cand, &req()).unwrap();
+    assert_eq!(third.fitness, 3.0, "the same process goes on");
+    assert_eq!(s.pids().len(), 1);
+
+    let text = r#"persistent = true
+command = '''while IFS= read -r l; do f=$(printf '%s' "$l" | sed 's/.*"score_file":"\([^"]*\)".*/\1/'); echo '{"fitness": 0.75}' > "$f"; echo '{"done": true}'; done'''
+"#;
+    let ev = CommandEvaluator::new(toml::from_str::<CommandConfig>(text).unwrap()).unwrap();
+    assert_eq!(ev.evaluate(&cand, &req()).unwrap().fitness, 0.75);
+}
+
+#[test]
+fn persistent_scorers_run_one_per_device_set_and_reject_per_candidate_placeholders() {
+    use evomerge_eval::HeldDevice;
+    let tmp = tempfile::tempdir().unwrap();
+    let cand = candidate(&tmp.path().join("src"));
+    let s = Scorer::new("", 60.0);
+    let on = |ids: &[usize]| {
+        req().with_devices(
+            ids.iter()
+                .map(|&i| HeldDevice {
+                    name: format!("cuda:{i}"),
+                    index: i,
+                })
+                .collect(),
+        )
+    };
+    let a = s.ev().evaluate(&cand, &on(&[0])).unwrap();
+    let b = s.ev().evaluate(&cand, &on(&[1])).unwrap();
+    let a2 = s.ev().evaluate(&cand, &on(&[0])).unwrap();
+    assert_eq!((a.fitness, b.fitness, a2.fitness), (1.0, 1.0, 2.0));
+    assert_ne!(a.metrics["pid"], b.metrics["pid"]);
+    assert_eq!(a.metrics["pid"], a2.metrics["pid"]);
+    assert_eq!(s.requests()[1]["devices"], serde_json::json!([1]));
+    // A slot holding both devices: the scorers on them make way.
+    let both = s.ev().evaluate(&cand, &on(&[0, 1])).unwrap();
+    assert_eq!(both.fitness, 1.0);
+    let pids = s.pids();
+    assert_eq!(pids.len(), 3);
+    assert!(!alive(pids[0]) && !alive(pids[1]) && alive(pids[2]));
+
+    for key in ["model_dir", "split", "score_file"] {
+        let text = format!("persistent = true\ncommand = 'score --model {{{key}}}'\n");
+        let e = CommandEvaluator::new(toml::from_str::<CommandConfig>(&text).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("{{{key}}}")) && e.contains("request line"),
+            "{e}"
+        );
+    }
+    let ok = "persistent = true\ncommand = 'score --device {device}'\n";
+    assert!(CommandEvaluator::new(toml::from_str::<CommandConfig>(ok).unwrap()).is_ok());
+}
