@@ -66,7 +66,12 @@ fn bench_spec(gb: f64) -> TinyLlama {
 
 /// Write one synthetic checkpoint tensor by tensor (never the whole model in memory): the base
 /// draws U(-0.05, 0.05) per tensor; a fine-tune adds U(-0.005, 0.005).
-fn write_synthetic(dir: &Path, spec: &TinyLlama, dtype: Dtype, finetune: Option<u64>) -> Result<()> {
+fn write_synthetic(
+    dir: &Path,
+    spec: &TinyLlama,
+    dtype: Dtype,
+    finetune: Option<u64>,
+) -> Result<()> {
     let shapes = spec.shapes();
     let plan = shapes
         .iter()
@@ -157,7 +162,10 @@ fn copy_baseline(sources: &Sources, plan: &Plan, out: &Path, jobs: usize) -> Res
         .iter()
         .map(|t| {
             let i = &t.inputs[0];
-            let dtype = sources.models[i.model].checkpoint.info(&i.tensor).map(|x| x.dtype);
+            let dtype = sources.models[i.model]
+                .checkpoint
+                .info(&i.tensor)
+                .map(|x| x.dtype);
             OutputTensor::new(t.name.clone(), dtype.unwrap_or(t.dtype), t.shape.clone())
         })
         .collect();
@@ -211,7 +219,8 @@ pub fn run(args: &MergeBench) -> Result<()> {
     let recipe_for = |m: &MethodSpec| -> Result<Recipe> {
         Ok(Recipe::from_yaml(&bench_recipe(m, &paths, out_dtype))?)
     };
-    let first = recipe_for(evomerge_merge::method::lookup("task_arithmetic").map_err(anyhow::Error::msg)?)?;
+    let first =
+        recipe_for(evomerge_merge::method::lookup("task_arithmetic").map_err(anyhow::Error::msg)?)?;
     let sources = Sources::open(&first, None)?;
     let plan = Plan::build(&first, &sources, &PlanOptions::default())?;
     let input_bytes: u64 = plan
@@ -246,7 +255,12 @@ pub fn run(args: &MergeBench) -> Result<()> {
         };
         reset_peak_rss();
         let report = merge_to_disk(&plan, &sources, &out, &options, &[])?;
-        let n_inputs = plan.tensors.iter().map(|t| t.inputs.len()).max().unwrap_or(0);
+        let n_inputs = plan
+            .tensors
+            .iter()
+            .map(|t| t.inputs.len())
+            .max()
+            .unwrap_or(0);
         let fused = if m.host.is_some() && evomerge_merge::runs_fused(&device) {
             "fused"
         } else {
@@ -256,7 +270,13 @@ pub fn run(args: &MergeBench) -> Result<()> {
     }
     reset_peak_rss();
     let base2 = copy_baseline(&sources, &plan, &out, args.jobs)?;
-    rows.push(("copy baseline (again)".to_string(), 3, "-", base2, peak_rss()));
+    rows.push((
+        "copy baseline (again)".to_string(),
+        3,
+        "-",
+        base2,
+        peak_rss(),
+    ));
     let floor = base1.min(base2);
     let largest = plan
         .tensors
@@ -323,7 +343,11 @@ pub fn bench_recipe(m: &MethodSpec, paths: &[PathBuf], out_dtype: &str) -> Strin
                 format!("{}: {}", s.name, value(v))
             })
             .collect();
-        text += &format!("  - model: {}\n    parameters: {{{}}}\n", p.display(), params.join(", "));
+        text += &format!(
+            "  - model: {}\n    parameters: {{{}}}\n",
+            p.display(),
+            params.join(", ")
+        );
     }
     if m.base == BaseUse::Ignored && m.name != "passthrough" {
         // a method without a base still reads three models, like the others
@@ -336,7 +360,11 @@ pub fn bench_recipe(m: &MethodSpec, paths: &[PathBuf], out_dtype: &str) -> Strin
                     n => format!("{n}: {}", value(s.example_value())),
                 })
                 .collect();
-            text += &format!("  - model: {}\n    parameters: {{{}}}\n", paths[0].display(), extra.join(", "));
+            text += &format!(
+                "  - model: {}\n    parameters: {{{}}}\n",
+                paths[0].display(),
+                extra.join(", ")
+            );
         }
     }
     let globals: Vec<String> = m
