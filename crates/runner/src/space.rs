@@ -15,7 +15,7 @@ use crate::experiment::{EvaluatorSpec, GenomeKind};
 use crate::log::Params;
 use evomerge_checkpoint::Checkpoint;
 use evomerge_eval::{
-    Candidate, MergedCandidate, MlpCandidate, ModelFamily, PathCandidate, PathExporter,
+    Candidate, ExportError, MergedCandidate, MlpCandidate, ModelFamily, PathCandidate, PathExporter,
 };
 use evomerge_genome::{DfsGenome, PsGenome, export_path};
 use evomerge_kernels::{Device, T2, tensor_from_vec};
@@ -364,18 +364,17 @@ impl DfsSpace {
     /// checkpoint with its transformers modeling file, which needs `trust_remote_code=True`.
     pub fn build(&self, path: &LayerPath, label: &str) -> Result<PathCandidate, String> {
         let dirs = self.model_dirs.clone();
-        let exporter: Arc<dyn PathExporter> =
-            Arc::new(move |p: &LayerPath, out: &Path| -> Result<(), String> {
+        let exporter: Arc<dyn PathExporter> = Arc::new(
+            move |p: &LayerPath, out: &Path| -> Result<(), ExportError> {
                 let ckpts: Vec<Checkpoint> = dirs
                     .iter()
                     .map(Checkpoint::open)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| e.to_string())?;
+                    .collect::<Result<_, _>>()?;
                 let refs: Vec<&Checkpoint> = ckpts.iter().collect();
-                export_path(p, &refs, out, false)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            });
+                export_path(p, &refs, out, false)?;
+                Ok(())
+            },
+        );
         PathCandidate::new(
             label,
             self.models.clone(),

@@ -168,13 +168,16 @@ impl Candidate for MergedCandidate {
 
 /// Writes a layer-path candidate as a model folder (the runner implements it with the
 /// genome's DFS export format: `input_layers` / `input_scales` in the config, like Sakana's
-/// EvoMistral). Any `Fn(&LayerPath, &Path) -> Result<(), String>` is one.
+/// EvoMistral). Any `Fn(&LayerPath, &Path) -> Result<(), ExportError>` is one.
 pub trait PathExporter: Send + Sync {
-    fn export(&self, path: &LayerPath, dir: &Path) -> Result<(), String>;
+    fn export(&self, path: &LayerPath, dir: &Path) -> Result<(), ExportError>;
 }
 
-impl<F: Fn(&LayerPath, &Path) -> Result<(), String> + Send + Sync> PathExporter for F {
-    fn export(&self, path: &LayerPath, dir: &Path) -> Result<(), String> {
+/// Why a path could not be exported (the exporter's own error, kept as the source).
+pub type ExportError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<F: Fn(&LayerPath, &Path) -> Result<(), ExportError> + Send + Sync> PathExporter for F {
+    fn export(&self, path: &LayerPath, dir: &Path) -> Result<(), ExportError> {
         self(path, dir)
     }
 }

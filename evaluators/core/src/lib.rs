@@ -42,7 +42,9 @@ mod candidate;
 pub mod interrupt;
 pub mod kind;
 
-pub use candidate::{Candidate, MergedCandidate, MlpCandidate, PathCandidate, PathExporter};
+pub use candidate::{
+    Candidate, ExportError, MergedCandidate, MlpCandidate, PathCandidate, PathExporter,
+};
 pub use kind::{BuildContext, EvaluatorConfig, EvaluatorKind, ModelFamily};
 
 use serde::{Deserialize, Serialize};
