@@ -1,5 +1,5 @@
 //! Executors end to end: a toy search spread over 4 fake devices, and through real Slurm job
-//! arrays on the one-node cluster `.ci/run` starts (`../shared/notes/slurm-one-node.md`).
+//! arrays on the one-node cluster `.ci/run` starts (its `start_slurm`).
 //!
 //! The Slurm tests skip with a printed reason when `sbatch` is not on PATH, and fail when
 //! `CI=true` (CI must run them).
@@ -28,7 +28,7 @@ fn slurm_or_skip(test: &str) -> bool {
         );
     }
     eprintln!(
-        "skipping {test}: no sbatch on PATH (.ci/run or ../shared/notes/slurm-one-node.md starts a one-node cluster)"
+        "skipping {test}: no sbatch on PATH (.ci/run installs Slurm and starts a one-node cluster)"
     );
     false
 }

@@ -697,7 +697,7 @@ mod tests {
             );
         }
         eprintln!(
-            "skipping {test}: no sbatch on PATH (see ../shared/notes/slurm-one-node.md or .ci/run)"
+            "skipping {test}: no sbatch on PATH (.ci/run installs Slurm and starts a one-node cluster)"
         );
         false
     }
