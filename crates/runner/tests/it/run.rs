@@ -247,3 +247,94 @@ fn an_evaluator_kind_added_as_one_file_parses_and_runs() {
         "metrics name the kind's metric"
     );
 }
+
+/// A command evaluator sees each candidate in the sources' storage dtype (bf16 here, not the
+/// f32 of the in-memory merge), its folder is removed after scoring, and a persistent scorer
+/// serves the whole run from one process that is gone when the run returns.
+#[test]
+fn command_evaluators_get_candidates_in_the_sources_dtype_and_the_folders_go() {
+    use evomerge_checkpoint::Dtype;
+    let tmp = tempfile::tempdir().unwrap();
+    let exp_path = toy_experiment(tmp.path(), 6, "").unwrap();
+    let spec = evomerge_zoo::TinyLlama {
+        layers: 4,
+        ..Default::default()
+    };
+    let base = spec.random(11);
+    let models = tmp.path().join("models");
+    for name in ["base", "a", "b"] {
+        std::fs::remove_dir_all(models.join(name)).unwrap();
+    }
+    base.save(models.join("base"), Dtype::BF16, u64::MAX)
+        .unwrap();
+    base.perturbed(1, 0.05)
+        .save(models.join("a"), Dtype::BF16, u64::MAX)
+        .unwrap();
+    base.perturbed(2, 0.05)
+        .save(models.join("b"), Dtype::BF16, u64::MAX)
+        .unwrap();
+    let log = tmp.path().join("seen.log");
+    let pids = tmp.path().join("pids");
+    let bye = tmp.path().join("bye");
+    let scorer = tmp.path().join("scorer.sh");
+    std::fs::write(
+        &scorer,
+        r#"echo $$ >> "$PIDS"
+while IFS= read -r line; do
+  dir=$(printf '%s' "$line" | sed 's/.*"model_dir":"\([^"]*\)".*/\1/')
+  st=$(for f in "$dir"/*.safetensors; do dd if="$f" bs=1 skip=8 count=20000 2>/dev/null; done | grep -a -o '"dtype":"[A-Z0-9]*"' | sort -u | tr '\n' ' ')
+  cf=$(grep -o '"torch_dtype": *"[a-z0-9]*"' "$dir/config.json")
+  echo "$dir|$st|$cf" >> "$LOG"
+  echo '{"fitness": 0.5}'
+done
+echo bye > "$BYE"
+"#,
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&exp_path).unwrap().replace(
+        "[[evaluators]]\nkind = \"lm\"\ntask = \"task.toml\"\n",
+        &format!(
+            "[[evaluators]]\nkind = \"command\"\npersistent = true\ncommand = '''exec sh {}'''\nenv = {{ LOG = '{}', PIDS = '{}', BYE = '{}' }}\n",
+            scorer.display(),
+            log.display(),
+            pids.display(),
+            bye.display()
+        ),
+    );
+    assert!(text.contains("persistent"), "{text}");
+    std::fs::write(&exp_path, text).unwrap();
+    let dir = start(&exp_path, &RunOptions::default()).unwrap();
+    let seen = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert!(lines.len() >= 6, "{seen}");
+    for l in &lines {
+        let parts: Vec<&str> = l.split('|').collect();
+        assert_eq!(parts.len(), 3, "{l}");
+        assert_eq!(parts[1].trim(), "\"dtype\":\"BF16\"", "{l}");
+        assert!(parts[2].contains("bfloat16"), "{l}");
+        assert!(
+            !Path::new(parts[0]).exists(),
+            "{} was not removed",
+            parts[0]
+        );
+    }
+    let started = std::fs::read_to_string(&pids).unwrap();
+    assert_eq!(
+        started.lines().count(),
+        1,
+        "one scorer for the run: {started}"
+    );
+    let pid: i32 = started.trim().parse().unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+                .unwrap_or(true),
+        "the scorer outlived the run"
+    );
+    assert!(bye.exists(), "the scorer did not exit cleanly");
+    assert_eq!(
+        rows(&dir.join("candidates.csv")).len(),
+        RunState::load(&dir.join("state.json")).unwrap().stages[0].evaluations as usize
+    );
+}
