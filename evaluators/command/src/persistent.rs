@@ -156,6 +156,8 @@ struct Server {
     stdin: Option<ChildStdin>,
     lines: Receiver<Event>,
     log: Arc<Mutex<Log>>,
+    /// Signalled when stderr reaches its end.
+    stderr_done: Receiver<()>,
     /// Reaped: nothing of its process group is left to stop.
     done: bool,
 }
@@ -208,10 +210,12 @@ impl Server {
             let _ = tx.send(Event::Eof);
         });
         let err_log = log.clone();
+        let (done_tx, stderr_done) = channel();
         std::thread::spawn(move || {
             read_lines(stderr, |l| {
                 err_log.lock().unwrap_or_else(|e| e.into_inner()).push(&l);
             });
+            let _ = done_tx.send(());
         });
         Ok(Server {
             child,
@@ -221,6 +225,7 @@ impl Server {
             stdin,
             lines,
             log,
+            stderr_done,
             done: false,
         })
     }
@@ -426,18 +431,17 @@ pub(crate) fn evaluate(
     let label = candidate.label();
     let line = request_line(&folder, request, devices, &label);
     let mut server = match ev.servers.take(held) {
-        Some(s) => s,
+        Some(s) => {
+            // A failure message shows what this request printed (a fresh scorer's start-up
+            // output is kept).
+            s.log.lock().unwrap_or_else(|e| e.into_inner()).text.clear();
+            s
+        }
         None => {
             ev.servers.release_devices(held);
             Server::start(ev, held, devices)?
         }
     };
-    server
-        .log
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .text
-        .clear();
     let fail = |server: &Server, what: String| {
         let out = server.output_tail();
         let what = format!(
@@ -465,6 +469,8 @@ pub(crate) fn evaluate(
             },
             Ok(Event::Eof) | Err(RecvTimeoutError::Disconnected) => {
                 let status = server.exit_status();
+                // What it wrote to stderr last (why it died) belongs in the message.
+                let _ = server.stderr_done.recv_timeout(Duration::from_secs(1));
                 server.kill();
                 let what = match (status, &sent) {
                     (Some(s), _) => format!("exited ({s}) before answering"),

@@ -461,13 +461,13 @@ fn a_persistent_scorer_that_dies_gives_a_failed_row_and_is_restarted() {
 fn a_persistent_scorer_that_hangs_is_killed_at_the_timeout_and_restarted() {
     let tmp = tempfile::tempdir().unwrap();
     let cand = candidate(&tmp.path().join("src"));
-    let s = Scorer::new("hang", 1.0);
+    let s = Scorer::new("hang", 3.0);
     assert_eq!(s.ev().evaluate(&cand, &req()).unwrap().fitness, 1.0);
     let start = std::time::Instant::now();
     let hung = s.ev().evaluate(&cand, &req()).unwrap();
     assert!(start.elapsed().as_secs() < 20, "not stopped at the timeout");
     let why = hung.failure.expect("a failed row");
-    assert!(why.contains("timed out after 1 s"), "{why}");
+    assert!(why.contains("timed out after 3 s"), "{why}");
     let pids = s.pids();
     assert_eq!(pids.len(), 2, "the scorer and its sleep: {pids:?}");
     for p in &pids {
