@@ -413,6 +413,77 @@ impl Llama {
         })
     }
 
+    /// Build the model from a merged candidate's tensors, taking each tensor it uses out of
+    /// `map` as it goes (what it does not use stays there). The merged tensors and the model's
+    /// own layout (fused, transposed) so never both exist whole: the peak is the model plus one
+    /// layer, not twice the model. `map` is checked against the config first, so on a missing
+    /// or misshapen tensor the error is [`Llama::load`]'s and `map` is untouched.
+    pub fn load_taking(
+        config: LlamaConfig,
+        map: &mut crate::TensorMap,
+        device: &Device,
+    ) -> Result<Llama, ModelError> {
+        let check = Loader {
+            source: &*map,
+            device,
+        };
+        for (name, shape) in config.tensor_shapes() {
+            check.get(&name, &shape)?;
+        }
+        let taking = crate::weights::Taking::new(map);
+        Llama::load(config, &taking, device)
+    }
+
+    /// The model's parameters under their Hugging Face names as 2-D views (1-D tensors as
+    /// `[1, n]`): the inverse of [`Llama::load`], bit for bit. A tied head is not listed (it is
+    /// the embedding).
+    pub fn hf_tensors(&self) -> Vec<(String, Tensor<2>)> {
+        let c = &self.config;
+        let (q, kv, i) = (
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        // rows [start, start + n) of a [rows, cols] matrix
+        let rows = |t: &Tensor<2>, start: usize, n: usize| t.clone().narrow(0, start, n);
+        let cols = |t: &Tensor<2>, start: usize, n: usize| t.clone().narrow(1, start, n);
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("model.layers.{l}.{s}");
+            out.push((n("input_layernorm.weight"), layer.attn_norm.clone()));
+            let wqkv = layer.wqkv.clone().transpose();
+            out.push((n("self_attn.q_proj.weight"), rows(&wqkv, 0, q)));
+            out.push((n("self_attn.k_proj.weight"), rows(&wqkv, q, kv)));
+            out.push((n("self_attn.v_proj.weight"), rows(&wqkv, q + kv, kv)));
+            if let Some(b) = &layer.bqkv {
+                out.push((n("self_attn.q_proj.bias"), cols(b, 0, q)));
+                out.push((n("self_attn.k_proj.bias"), cols(b, q, kv)));
+                out.push((n("self_attn.v_proj.bias"), cols(b, q + kv, kv)));
+            }
+            out.push((n("self_attn.o_proj.weight"), layer.wo.clone().transpose()));
+            if let Some(b) = &layer.bo {
+                out.push((n("self_attn.o_proj.bias"), b.clone()));
+            }
+            out.push((n("post_attention_layernorm.weight"), layer.mlp_norm.clone()));
+            let wgu = layer.wgu.clone().transpose();
+            out.push((n("mlp.gate_proj.weight"), rows(&wgu, 0, i)));
+            out.push((n("mlp.up_proj.weight"), rows(&wgu, i, i)));
+            if let Some(b) = &layer.bgu {
+                out.push((n("mlp.gate_proj.bias"), cols(b, 0, i)));
+                out.push((n("mlp.up_proj.bias"), cols(b, i, i)));
+            }
+            out.push((n("mlp.down_proj.weight"), layer.wdown.clone().transpose()));
+            if let Some(b) = &layer.bdown {
+                out.push((n("mlp.down_proj.bias"), b.clone()));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if !c.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.head.clone().transpose()));
+        }
+        out
+    }
+
     /// The model's config.
     pub fn config(&self) -> &LlamaConfig {
         &self.config

@@ -104,6 +104,11 @@ impl TensorMap {
         self.tensors.get(name)
     }
 
+    /// Take the tensor under `name` out of the map.
+    pub fn remove(&mut self, name: &str) -> Option<Tensor<2>> {
+        self.tensors.remove(name)
+    }
+
     /// Number of tensors.
     pub fn len(&self) -> usize {
         self.tensors.len()
@@ -137,5 +142,38 @@ impl WeightSource for TensorMap {
 
     fn names(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()
+    }
+}
+
+/// A [`TensorMap`] that hands each tensor out once, removing it ([`crate::Llama::load_taking`]).
+pub(crate) struct Taking<'a> {
+    map: std::cell::RefCell<&'a mut TensorMap>,
+}
+
+impl<'a> Taking<'a> {
+    pub(crate) fn new(map: &'a mut TensorMap) -> Taking<'a> {
+        Taking {
+            map: std::cell::RefCell::new(map),
+        }
+    }
+}
+
+impl WeightSource for Taking<'_> {
+    fn source_name(&self) -> String {
+        self.map.borrow().name.clone()
+    }
+
+    fn tensor(&self, name: &str, device: &Device) -> Result<Option<Tensor<2>>, ModelError> {
+        Ok(self.map.borrow_mut().tensors.remove(name).map(|t| {
+            if &t.device() == device {
+                t
+            } else {
+                t.to_device(device)
+            }
+        }))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.map.borrow().names()
     }
 }

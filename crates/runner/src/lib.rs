@@ -86,7 +86,7 @@ pub use report::{
     recipe_candidate,
 };
 pub use run::{RunOptions, resume, start, stop_on_signals};
-pub use space::{Decoded, Resident, key_of, path_text};
+pub use space::{Decoded, key_of, path_text};
 pub use stage::{StageKind, stage_files};
 pub use state::{RunState, Scored, Snapshot, StageState};
 pub use worker::run_worker;

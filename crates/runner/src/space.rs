@@ -1,9 +1,12 @@
 //! The search spaces of a run: turning an optimizer vector into a candidate to score.
 //!
-//! A parameter-space stage keeps every source tensor resident on the device ([`Resident`]),
-//! decodes each vector into a recipe, plans it (headers only) and merges it in memory; a
-//! data-flow stage keeps the source models loaded and builds a layer-path decoder over them.
-//! Nothing is written to disk per candidate.
+//! A parameter-space stage keeps its sources where they are — memory-mapped files in their
+//! storage dtype, nothing copied to f32 — decodes each vector into a recipe, plans it (headers
+//! only) and merges it in memory tensor by tensor, reading each source tensor from its map and
+//! releasing its pages after use; what is held is the candidate (once: the model build takes
+//! the merged tensors over) plus one tensor of each source. A data-flow stage keeps the source
+//! models loaded and builds a layer-path decoder over them. Nothing is written to disk per
+//! candidate.
 //!
 //! What a merge becomes depends on the sources ([`Family`]): Llama-family decoders give a
 //! [`MergedCandidate`] (a language model with the sources' tokenizer), `EvomergeMlp`
@@ -18,53 +21,11 @@ use evomerge_eval::{
     Candidate, ExportError, MergedCandidate, MlpCandidate, ModelFamily, PathCandidate, PathExporter,
 };
 use evomerge_genome::{DfsGenome, PsGenome, export_path};
-use evomerge_kernels::{Device, T2, tensor_from_vec};
-use evomerge_merge::{
-    MergeError, Plan, PlanOptions, Recipe, Sources, TensorSource, merge_in_memory,
-};
+use evomerge_kernels::Device;
+use evomerge_merge::{Plan, PlanOptions, Recipe, Sources, merge_in_memory};
 use evomerge_models::{LayerPath, Llama, MLP_ARCHITECTURE, TensorMap, Tokenizer};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Every float tensor of every source model, uploaded once to the run's device.
-pub struct Resident {
-    tensors: HashMap<(usize, String), T2>,
-}
-
-impl Resident {
-    /// Upload all float tensors of `sources`.
-    pub fn load(sources: &Sources, device: &Device) -> Result<Resident, RunError> {
-        let mut tensors = HashMap::new();
-        for (m, model) in sources.models.iter().enumerate() {
-            let c = &model.checkpoint;
-            let names: Vec<String> = c.names().map(str::to_string).collect();
-            for name in names {
-                let info = c.info(&name).expect("listed");
-                if !info.dtype.is_float() {
-                    continue;
-                }
-                let values = c.read_f32(&name).map_err(MergeError::from)?;
-                let shape = info.shape.clone();
-                c.release(&name);
-                tensors.insert((m, name), tensor_from_vec(values, &shape, device));
-            }
-        }
-        Ok(Resident { tensors })
-    }
-}
-
-impl TensorSource for Resident {
-    fn tensor(&self, model: usize, name: &str, _device: &Device) -> Result<T2, MergeError> {
-        self.tensors
-            .get(&(model, name.to_string()))
-            .cloned()
-            .ok_or_else(|| MergeError::Model {
-                model: model.to_string(),
-                message: format!("tensor '{name}' is not resident"),
-            })
-    }
-}
 
 /// What the source models are, which decides what a merge of them becomes and which
 /// evaluators and search spaces apply.
@@ -222,8 +183,8 @@ pub fn path_text(path: &LayerPath) -> String {
 /// A parameter-space stage.
 pub struct PsSpace {
     pub genome: PsGenome,
+    /// The source checkpoints (memory maps): every candidate is merged straight from them.
     pub sources: Sources,
-    resident: Resident,
     /// The tokenizer of decoder merges (and the folder an export copies it from); `None` for
     /// MLP classifiers.
     tokenizer: Option<(Arc<Tokenizer>, PathBuf)>,
@@ -284,11 +245,9 @@ impl PsSpace {
             }
             Family::Mlp => None,
         };
-        let resident = Resident::load(&sources, device)?;
         Ok(PsSpace {
             genome,
             sources,
-            resident,
             tokenizer,
             device: device.clone(),
             merge_seed,
@@ -304,7 +263,7 @@ impl PsSpace {
     pub fn build(&self, recipe: &Recipe, label: &str) -> Result<Box<dyn Candidate>, String> {
         let plan = Plan::build(recipe, &self.sources, &PlanOptions::default())
             .map_err(|e| e.to_string())?;
-        let merged = merge_in_memory(&plan, &self.resident, &self.device, self.merge_seed)
+        let merged = merge_in_memory(&plan, &self.sources, &self.device, self.merge_seed)
             .map_err(|e| e.to_string())?;
         for (name, t) in &merged {
             let finite: bool = t.clone().is_finite().all().into_scalar();

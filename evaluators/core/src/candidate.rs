@@ -12,7 +12,7 @@ use evomerge_models::{
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A model to score.
 pub trait Candidate: Send + Sync {
@@ -41,23 +41,30 @@ pub trait Candidate: Send + Sync {
 /// A parameter-space merge held in memory: the merge engine's tensors (Hugging Face names,
 /// 2-D views), the output `config.json` and the tokenizer. Nothing touches the disk unless an
 /// evaluator asks for [`Candidate::write_hf_folder`].
+///
+/// The candidate is held once: building the language model takes the merged tensors it uses
+/// out of the map ([`Llama::load_taking`]), and a later [`Candidate::write_hf_folder`] reads
+/// them back from the model ([`Llama::hf_tensors`], the same values bit for bit).
 pub struct MergedCandidate {
     label: String,
     config_json: Value,
     config: LlamaConfig,
-    tensors: TensorMap,
+    /// The merged tensors the model has not taken (all of them until it is built).
+    tensors: Mutex<TensorMap>,
+    /// Every merged tensor's name and 2-D view dims, in name order.
+    names: Vec<(String, Vec<usize>)>,
     tokenizer: Arc<Tokenizer>,
     tokenizer_dir: Option<PathBuf>,
     dtype: Dtype,
     device: Device,
-    lm: OnceLock<LanguageModel>,
+    lm: OnceLock<(Arc<Llama>, LanguageModel)>,
 }
 
 impl std::fmt::Debug for MergedCandidate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MergedCandidate")
             .field("label", &self.label)
-            .field("tensors", &self.tensors.len())
+            .field("tensors", &self.names.len())
             .finish()
     }
 }
@@ -76,12 +83,18 @@ impl MergedCandidate {
     ) -> Result<MergedCandidate, EvalError> {
         let label = label.into();
         let parsed = LlamaConfig::from_json(&config, &label)?;
+        let mut names: Vec<(String, Vec<usize>)> = tensors
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.dims().to_vec()))
+            .collect();
+        names.sort_unstable();
         Ok(MergedCandidate {
             dtype: config_dtype_name(&config).unwrap_or(Dtype::F32),
             label,
             config_json: config,
             config: parsed,
-            tensors,
+            tensors: Mutex::new(tensors),
+            names,
             tokenizer,
             tokenizer_dir,
             device: device.clone(),
@@ -95,9 +108,25 @@ impl MergedCandidate {
         self
     }
 
-    /// The merged tensors.
-    pub fn tensors(&self) -> &TensorMap {
-        &self.tensors
+    /// The merged tensors (from the built model once it is built), by name.
+    pub fn tensors(&self) -> TensorMap {
+        let left = self.tensors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = TensorMap::new(self.label.clone());
+        for (n, t) in left.iter() {
+            map.insert(n, t.clone());
+        }
+        if let Some((model, _)) = self.lm.get() {
+            for (n, t) in model.hf_tensors() {
+                if self
+                    .names
+                    .binary_search_by(|(m, _)| m.as_str().cmp(&n))
+                    .is_ok()
+                {
+                    map.insert(n, t);
+                }
+            }
+        }
+        map
     }
 
     /// The parsed config.
@@ -112,31 +141,39 @@ impl Candidate for MergedCandidate {
     }
 
     fn language_model(&self) -> Result<&LanguageModel, EvalError> {
-        if let Some(lm) = self.lm.get() {
+        if let Some((_, lm)) = self.lm.get() {
             return Ok(lm);
         }
-        let model = Llama::load(self.config.clone(), &self.tensors, &self.device)?;
-        let lm = LanguageModel::new(Decoder::plain(Arc::new(model)), self.tokenizer.clone());
-        Ok(self.lm.get_or_init(|| lm))
+        // One build at a time: a second caller waits and finds the model built.
+        let mut left = self.tensors.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, lm)) = self.lm.get() {
+            return Ok(lm);
+        }
+        let model = Arc::new(Llama::load_taking(
+            self.config.clone(),
+            &mut left,
+            &self.device,
+        )?);
+        let lm = LanguageModel::new(Decoder::plain(model.clone()), self.tokenizer.clone());
+        Ok(&self.lm.get_or_init(|| (model, lm)).1)
     }
 
     fn write_hf_folder(&self, dir: &Path) -> Result<(), EvalError> {
         let known: std::collections::HashMap<String, Vec<usize>> =
             self.config.tensor_shapes().into_iter().collect();
-        let mut names: Vec<&str> = self.tensors.iter().map(|(n, _)| n).collect();
-        names.sort_unstable();
-        let plan: Vec<OutputTensor> = names
+        let tensors = self.tensors();
+        let plan: Vec<OutputTensor> = self
+            .names
             .iter()
-            .map(|n| {
-                let view = self.tensors.get(n).expect("listed").dims();
-                let shape = known.get(*n).cloned().unwrap_or_else(|| {
+            .map(|(n, view)| {
+                let shape = known.get(n).cloned().unwrap_or_else(|| {
                     if view[0] == 1 && (n.ends_with(".bias") || n.ends_with("norm.weight")) {
                         vec![view[1]]
                     } else {
                         view.to_vec()
                     }
                 });
-                OutputTensor::new(*n, self.dtype, shape)
+                OutputTensor::new(n.as_str(), self.dtype, shape)
             })
             .collect();
         let candidate_err = |e: evomerge_checkpoint::CheckpointError| {
@@ -148,8 +185,14 @@ impl Candidate for MergedCandidate {
         };
         let writer =
             CheckpointWriter::create(dir, plan, WriterOptions::default()).map_err(candidate_err)?;
-        for n in &names {
-            let values = values_of(self.tensors.get(n).expect("listed").clone());
+        for (n, _) in &self.names {
+            let t = tensors.get(n).ok_or_else(|| {
+                EvalError::Candidate(format!(
+                    "{}: tensor '{n}' is neither merged nor in the built model",
+                    self.label
+                ))
+            })?;
+            let values = values_of(t.clone());
             writer.write_f32(n, &values).map_err(candidate_err)?;
         }
         if self.tokenizer_dir.is_none() {
@@ -370,5 +413,107 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(e.contains("layers.0.weight"), "{e}");
+    }
+
+    /// The candidate is held once: building its model takes the merged tensors over, and a
+    /// folder written afterwards (from the model) is byte for byte the one written before;
+    /// tensors the model does not use stay and are written too. Untied and tied heads, with and
+    /// without q/k/v biases.
+    #[test]
+    fn merged_candidate_writes_the_same_folder_before_and_after_its_model_is_built() {
+        use evomerge_zoo::TinyLlama;
+        let device = Device::flex();
+        for spec in [
+            TinyLlama::default(),
+            TinyLlama {
+                qkv_bias: true,
+                tie_embeddings: true,
+                kv_heads: 1,
+                ..TinyLlama::default()
+            },
+        ] {
+            let w = spec.random(4);
+            let mut views: Vec<(String, evomerge_kernels::T2)> = w
+                .tensors
+                .iter()
+                .map(|(n, shape, v)| (n.clone(), evomerge_kernels::tensor_from(v, shape, &device)))
+                .collect();
+            // a tensor the model does not read (e.g. a rotary buffer some checkpoints carry)
+            views.push((
+                "model.layers.0.self_attn.rotary_emb.inv_freq".into(),
+                evomerge_kernels::tensor_from(&[1.0, 0.5, 0.25, 0.125], &[4], &device),
+            ));
+            let tok = Arc::new(
+                Tokenizer::from_json(&evomerge_zoo::word_level_tokenizer(spec.vocab).to_string())
+                    .unwrap(),
+            );
+            let make = || {
+                MergedCandidate::new(
+                    "c",
+                    w.config.clone(),
+                    TensorMap::from_views("c", views.clone()),
+                    tok.clone(),
+                    None,
+                    &device,
+                )
+                .unwrap()
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let before = make();
+            before.write_hf_folder(&dir.path().join("before")).unwrap();
+            let after = make();
+            let ids = [1u32, 5, 9, 2];
+            let logits = after
+                .language_model()
+                .unwrap()
+                .decoder()
+                .logits(&ids)
+                .unwrap();
+            // the build left only what the model does not use
+            assert_eq!(after.tensors.lock().unwrap().len(), 1);
+            after.write_hf_folder(&dir.path().join("after")).unwrap();
+            for f in ["model.safetensors", "config.json"] {
+                assert_eq!(
+                    std::fs::read(dir.path().join("before").join(f)).unwrap(),
+                    std::fs::read(dir.path().join("after").join(f)).unwrap(),
+                    "{f} differs"
+                );
+            }
+            // and the model built by taking computes what one built from a copy does
+            let copy = Llama::load(
+                LlamaConfig::from_json(&w.config, "c").unwrap(),
+                &TensorMap::from_views("c", views.clone()),
+                &device,
+            )
+            .unwrap();
+            let reference = Decoder::plain(Arc::new(copy)).logits(&ids).unwrap();
+            assert_eq!(logits, reference);
+        }
+    }
+
+    /// A map the config does not fit is an error naming the tensor, and the map is untouched
+    /// (a later export still has every tensor).
+    #[test]
+    fn taking_load_checks_first_and_leaves_a_bad_map_whole() {
+        use evomerge_zoo::TinyLlama;
+        let device = Device::flex();
+        let w = TinyLlama::default().random(4);
+        let views: Vec<(String, evomerge_kernels::T2)> = w
+            .tensors
+            .iter()
+            .filter(|(n, _, _)| n != "model.norm.weight")
+            .map(|(n, shape, v)| (n.clone(), evomerge_kernels::tensor_from(v, shape, &device)))
+            .collect();
+        let n = views.len();
+        let mut map = TensorMap::from_views("c", views);
+        let e = Llama::load_taking(
+            LlamaConfig::from_json(&w.config, "c").unwrap(),
+            &mut map,
+            &device,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("model.norm.weight"), "{e}");
+        assert_eq!(map.len(), n);
     }
 }
