@@ -8,7 +8,7 @@ use evomerge_search::OptimizerConfig;
 use evomerge_search::bench::{
     BenchOptions, Function, default_max_evaluations, run_bench, write_csv,
 };
-use evomerge_studies::bench::{lm, merge};
+use evomerge_studies::bench::{lm, merge, pipeline};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -22,6 +22,11 @@ pub enum BenchCommand {
     /// Tiny-model generation tokens/s (KV cache vs recompute, flex vs wgpu) and in-memory
     /// candidate turnaround vs merging to disk and loading.
     Lm(LmBenchArgs),
+    /// A parameter-space search at a given model size (random-weight Llama checkpoints, e.g.
+    /// 0.1B, 0.25B, 0.5B): peak RSS and bytes per parameter of `evomerge run`, merge and eval
+    /// ms per candidate, and a candidate's turnaround in memory against the one-shot merge and
+    /// against merging to disk and loading it back.
+    SearchPipeline(PipelineBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -45,6 +50,18 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             device: a.device,
         }),
         BenchCommand::Search(a) => search_bench(a),
+        BenchCommand::SearchPipeline(a) => pipeline::run(&pipeline::PipelineBench {
+            dir: a.dir,
+            sizes: a.sizes,
+            dtype: a.dtype,
+            candidates: a.candidates,
+            texts: a.texts,
+            tokens: a.tokens,
+            repeats: a.repeats,
+            method: a.method,
+            device: a.device,
+            exe: None,
+        }),
         BenchCommand::Lm(a) => lm::run(&lm::LmBench {
             dir: a.dir,
             batch: a.batch,
@@ -158,4 +175,35 @@ pub struct LmBenchArgs {
     /// Repetitions of each turnaround measurement (the median is reported).
     #[arg(long, default_value_t = 7)]
     pub repeats: usize,
+}
+
+#[derive(Args)]
+pub struct PipelineBenchArgs {
+    /// Folder for the checkpoints, tasks and runs (checkpoints are reused when they fit).
+    #[arg(long, default_value = "results/bench-pipeline")]
+    pub dir: PathBuf,
+    /// Model sizes in billions of parameters, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.1, 0.25, 0.5])]
+    pub sizes: Vec<f64>,
+    /// Storage dtype of the sources: bfloat16, float16 or float32.
+    #[arg(long, default_value = "bfloat16")]
+    pub dtype: evomerge_checkpoint::Dtype,
+    /// Candidates the search scores (population 4).
+    #[arg(long, default_value_t = 4)]
+    pub candidates: u64,
+    /// Texts scored per candidate (perplexity).
+    #[arg(long, default_value_t = 16)]
+    pub texts: usize,
+    /// Tokens per text.
+    #[arg(long, default_value_t = 32)]
+    pub tokens: usize,
+    /// Repetitions of each turnaround measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// The merge method searched.
+    #[arg(long, default_value = "dare_ties")]
+    pub method: String,
+    /// cpu, wgpu or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
 }

@@ -3,3 +3,4 @@
 
 pub mod lm;
 pub mod merge;
+pub mod pipeline;
