@@ -121,11 +121,14 @@ pub fn for_experiment(exp: &Experiment) -> Result<Box<dyn Executor>, RunError> {
         ExecKind::Local => {
             let devices = exp.execution.devices().map_err(config)?;
             if devices.is_empty() {
-                return Ok(Box::new(LocalPool::new(exp.parallelism)));
+                return Ok(Box::new(LocalPool::new(
+                    exp.parallelism,
+                    exp.prefetch.unwrap_or(0),
+                )));
             }
             let pool =
                 DevicePool::new(devices, exp.execution.devices_per_candidate).map_err(config)?;
-            Ok(Box::new(devices::DevicesExecutor::new(pool)))
+            Ok(Box::new(devices::DevicesExecutor::new(pool, exp.prefetch)))
         }
     }
 }
@@ -217,15 +220,62 @@ pub(crate) fn check_interrupt() -> Result<(), RunError> {
 }
 
 /// In this process: one thread builds candidates in job order, `workers` threads score them.
+/// At most `workers + prefetch` candidates exist at once (scored, built and waiting, or being
+/// built): with `prefetch = 0` the next merge starts when a worker is free, so memory holds one
+/// candidate per worker; `prefetch = 1` overlaps the next merge with the evaluations.
 pub struct LocalPool {
     workers: usize,
+    prefetch: usize,
 }
 
 impl LocalPool {
-    pub fn new(workers: usize) -> LocalPool {
+    pub fn new(workers: usize, prefetch: usize) -> LocalPool {
         LocalPool {
             workers: workers.max(1),
+            prefetch,
         }
+    }
+}
+
+/// A counting semaphore over the candidates alive at once; `close` wakes and refuses every
+/// waiter (the scorers stopped).
+struct Alive {
+    held: Mutex<(usize, bool)>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+impl Alive {
+    fn new(max: usize) -> Alive {
+        Alive {
+            held: Mutex::new((0, false)),
+            freed: std::sync::Condvar::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Wait for room for one more candidate; `false` once closed.
+    fn enter(&self) -> bool {
+        let mut g = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        while g.0 >= self.max && !g.1 {
+            g = self.freed.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        if g.1 {
+            return false;
+        }
+        g.0 += 1;
+        true
+    }
+
+    fn leave(&self) {
+        let mut g = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 = g.0.saturating_sub(1);
+        self.freed.notify_all();
+    }
+
+    fn close(&self) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.freed.notify_all();
     }
 }
 
@@ -242,13 +292,18 @@ impl Executor for LocalPool {
     ) -> Result<(), RunError> {
         let workers = self.workers;
         let request = batch.request;
+        let alive = Alive::new(workers + self.prefetch);
+        let alive = &alive;
         std::thread::scope(|s| -> Result<(), RunError> {
             type Built = (usize, Result<Box<dyn Candidate>, String>, f64);
-            let (job_tx, job_rx) = mpsc::sync_channel::<Built>(workers);
+            let (job_tx, job_rx) = mpsc::channel::<Built>();
             let job_rx = Arc::new(Mutex::new(job_rx));
             let (res_tx, res_rx) = mpsc::channel::<Result<Finished, RunError>>();
             s.spawn(move || {
                 for job in &batch.jobs {
+                    if !alive.enter() {
+                        break;
+                    }
                     let t0 = Instant::now();
                     let built = scorer.build(job.decoded, &job.label);
                     if job_tx
@@ -267,6 +322,8 @@ impl Executor for LocalPool {
                         let job = job_rx.lock().expect("job queue").recv();
                         let Ok((i, built, merge_ms)) = job else { break };
                         if let Err(e) = check_interrupt() {
+                            drop(built);
+                            alive.close();
                             let _ = res_tx.send(Err(e));
                             break;
                         }
@@ -274,8 +331,11 @@ impl Executor for LocalPool {
                             Err(e) => Ok(Finished::failed(i, format!("build: {e}"), merge_ms)),
                             Ok(candidate) => scorer.score(i, candidate.as_ref(), request, merge_ms),
                         };
+                        // the candidate is dropped: room for the next one
+                        alive.leave();
                         let fatal = result.is_err();
                         if res_tx.send(result).is_err() || fatal {
+                            alive.close();
                             break;
                         }
                     }

@@ -297,6 +297,10 @@ pub struct Experiment {
     /// Candidates evaluated at the same time.
     #[serde(default = "default_parallelism")]
     pub parallelism: usize,
+    /// Candidates merged ahead of a free evaluation slot (default 0 in one process: memory
+    /// holds one candidate per slot; one per slot with `[execution] devices`).
+    #[serde(default)]
+    pub prefetch: Option<usize>,
     /// Root folder of the results (relative to the working directory).
     #[serde(default = "default_output")]
     pub output: PathBuf,

@@ -40,14 +40,15 @@ pub(crate) fn read_run_toml(dir: &Path) -> Result<toml::Value, RunError> {
     toml::from_str(&text).map_err(|e| RunError::Config(format!("{}: {e}", path.display())))
 }
 
-/// What makes two runs the same experiment: everything but the `[run]` table, `parallelism`
-/// and `[execution]` (where and how many candidates are scored at once change the row order
-/// of candidates.csv, not a single result).
+/// What makes two runs the same experiment: everything but the `[run]` table, `parallelism`,
+/// `prefetch` and `[execution]` (where and how many candidates are scored at once change the
+/// row order of candidates.csv, not a single result).
 fn identity(v: &toml::Value) -> toml::Value {
     let mut v = v.clone();
     if let Some(t) = v.as_table_mut() {
         t.remove("run");
         t.remove("parallelism");
+        t.remove("prefetch");
         t.remove("execution");
     }
     v

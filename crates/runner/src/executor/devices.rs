@@ -19,11 +19,15 @@ use std::time::{Duration, Instant};
 /// Candidates spread over the devices of this box.
 pub struct DevicesExecutor {
     pool: DevicePool,
+    /// Candidates built ahead of a free slot.
+    prefetch: usize,
 }
 
 impl DevicesExecutor {
-    pub fn new(pool: DevicePool) -> DevicesExecutor {
-        DevicesExecutor { pool }
+    /// `prefetch`: candidates built ahead of a free slot (default: one per slot).
+    pub fn new(pool: DevicePool, prefetch: Option<usize>) -> DevicesExecutor {
+        let prefetch = prefetch.unwrap_or_else(|| pool.slots());
+        DevicesExecutor { pool, prefetch }
     }
 }
 
@@ -53,9 +57,9 @@ impl Executor for DevicesExecutor {
         let stopping = AtomicBool::new(false);
         let mut first_err: Option<RunError> = None;
         // The next candidates are built (merged on the run's device) while the devices score
-        // others: up to one slot's worth ahead, at most half the cores merging at once (a
-        // merge uses several threads itself).
-        let ahead = self.pool.slots();
+        // others: `prefetch` ahead (default one slot's worth), at most half the cores merging
+        // at once (a merge uses several threads itself).
+        let ahead = self.prefetch;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let builds = Builds::new((cores / 2).clamp(1, self.pool.slots()));
         self.pool.run_prepared(
