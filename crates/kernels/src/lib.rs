@@ -112,6 +112,53 @@ pub fn tensor_from_vec(values: Vec<f32>, shape: &[usize], device: &Device) -> T2
     Tensor::from_data(TensorData::new(values, [r, c]), device)
 }
 
+/// `cat(parts, 0)` transposed into one contiguous `[cols, rows]` matrix: the layout a model
+/// keeps its projections in (`x @ Wt`). Every part is `[rows_i, cols]` with the same `cols`.
+/// On the CPU device a blocked transposition over all cores on the host (burn's copy of a
+/// transposed view walks memory with a stride and is several times slower); elsewhere burn's
+/// own ops.
+pub fn cat_transposed(parts: Vec<T2>) -> T2 {
+    use rayon::prelude::*;
+    let device = parts[0].device();
+    let cols = parts[0].dims()[1];
+    if device != Device::flex() {
+        let cat = if parts.len() == 1 {
+            parts.into_iter().next().expect("one part")
+        } else {
+            Tensor::cat(parts, 0)
+        };
+        // `transpose` is a view; adding zero materialises it once.
+        return cat.transpose().add_scalar(0.0);
+    }
+    let rows: usize = parts.iter().map(|p| p.dims()[0]).sum();
+    let mut out = vec![0.0f32; rows * cols];
+    const TILE: usize = 32;
+    let mut offset = 0;
+    for part in parts {
+        let [n, c] = part.dims();
+        assert_eq!(c, cols, "cat_transposed: parts of {c} and {cols} columns");
+        let v = values_of(part);
+        // output rows are input columns: TILE of them per task, filled tile by tile
+        out.par_chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(block, chunk)| {
+                let c0 = block * TILE;
+                let nc = chunk.len() / rows;
+                for r0 in (0..n).step_by(TILE) {
+                    let r1 = (r0 + TILE).min(n);
+                    for j in 0..nc {
+                        let dst = &mut chunk[j * rows + offset + r0..j * rows + offset + r1];
+                        for (d, r) in dst.iter_mut().zip(r0..r1) {
+                            *d = v[r * cols + c0 + j];
+                        }
+                    }
+                }
+            });
+        offset += n;
+    }
+    Tensor::from_data(TensorData::new(out, [cols, rows]), &device)
+}
+
 /// Download a tensor's values (row-major).
 pub fn values_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()

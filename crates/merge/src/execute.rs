@@ -156,16 +156,34 @@ pub fn merge_in_memory(
     device: &Device,
     seed: u64,
 ) -> Result<Vec<(String, T2)>, MergeError> {
-    plan.tensors
+    // Fused CPU merges run several tensors at once (a tensor's own chunks do not keep every
+    // core busy: small tensors, the sign-election pass); each output buffer is part of the
+    // candidate anyway, so this holds no more memory than the candidate plus the inputs'
+    // pages of the tensors in flight. Burn merges (the GPU) go one tensor at a time.
+    let merged: Vec<&TensorPlan> = plan
+        .tensors
         .iter()
         .filter(|tp| tp.action == Action::Merge)
-        .map(|tp| {
-            let t = if fused_applies(plan, tp, device) {
-                let mut values = vec![0.0f32; tp.shape.iter().product()];
-                merge_tensor_host(plan, tp, source, HostOut::F32(&mut values), seed)?;
-                tensor_from_vec(values, &tp.shape, device)
-            } else {
-                merge_tensor(plan, tp, source, device, seed)?
+        .collect();
+    let fused: Vec<Option<T2>> = merged
+        .par_iter()
+        .with_max_len(1)
+        .map(|tp| -> Result<Option<T2>, MergeError> {
+            if !fused_applies(plan, tp, device) {
+                return Ok(None);
+            }
+            let mut values = vec![0.0f32; tp.shape.iter().product()];
+            merge_tensor_host(plan, tp, source, HostOut::F32(&mut values), seed)?;
+            Ok(Some(tensor_from_vec(values, &tp.shape, device)))
+        })
+        .collect::<Result<_, _>>()?;
+    merged
+        .into_iter()
+        .zip(fused)
+        .map(|(tp, t)| {
+            let t = match t {
+                Some(t) => t,
+                None => merge_tensor(plan, tp, source, device, seed)?,
             };
             Ok((tp.name.clone(), t))
         })

@@ -12,7 +12,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 use evomerge_checkpoint::Checkpoint;
-use evomerge_kernels::{Device, view_shape};
+use evomerge_kernels::{Device, cat_transposed, view_shape};
 use std::path::Path;
 
 /// One decoder layer's parameters (transposed and fused, see the module docs).
@@ -380,12 +380,12 @@ impl Llama {
             };
             layers.push(DecoderLayer {
                 attn_norm: ld.get(&n("input_layernorm.weight"), &[h])?,
-                wqkv: contiguous_t(Tensor::cat(vec![wq, wk, wv], 0)),
+                wqkv: cat_transposed(vec![wq, wk, wv]),
                 bqkv,
                 wo: contiguous_t(ld.get(&n("self_attn.o_proj.weight"), &[h, q])?),
                 bo: ld.maybe(c.o_bias, &n("self_attn.o_proj.bias"), &[h])?,
                 mlp_norm: ld.get(&n("post_attention_layernorm.weight"), &[h])?,
-                wgu: contiguous_t(Tensor::cat(vec![wg, wu], 0)),
+                wgu: cat_transposed(vec![wg, wu]),
                 bgu,
                 wdown: contiguous_t(ld.get(&n("mlp.down_proj.weight"), &[h, i])?),
                 bdown: ld.maybe(c.mlp_bias, &n("mlp.down_proj.bias"), &[h])?,
@@ -507,6 +507,5 @@ impl Llama {
 
 /// Transpose a matrix into a contiguous buffer (so every later matmul reads it row-major).
 fn contiguous_t(w: Tensor<2>) -> Tensor<2> {
-    // `transpose` is a view; adding zero materialises it once instead of on every matmul.
-    w.transpose().add_scalar(0.0)
+    cat_transposed(vec![w])
 }

@@ -172,8 +172,9 @@ fn prepare(args: &PipelineBench, root: &Path, spec: &TinyLlama) -> Result<(PathB
         ),
     )?;
     let exp = format!(
-        "name = \"pipeline\"\nseed = 1\ndevice = \"{device}\"\noutput = \"runs\"\n\n[sources]\nbase = \"models/base\"\nmodels = [\"models/ft1\", \"models/ft2\"]\n\n[genome]\nkind = \"ps\"\n\n[genome.ps]\npreset = \"sakana\"\nmerge_method = \"{method}\"\n\n[optimizer]\noptimizer = \"cma\"\npopulation_size = 4\n\n[budget]\nevaluations = {n}\n\n[[evaluators]]\nkind = \"lm\"\ntask = \"task.toml\"\n\n[validation]\nevery = 0\n\n[report]\ntest = false\n",
+        "name = \"pipeline\"\nseed = 1\ndevice = \"{device}\"\noutput = \"{output}\"\n\n[sources]\nbase = \"models/base\"\nmodels = [\"models/ft1\", \"models/ft2\"]\n\n[genome]\nkind = \"ps\"\n\n[genome.ps]\npreset = \"sakana\"\nmerge_method = \"{method}\"\n\n[optimizer]\noptimizer = \"cma\"\npopulation_size = 4\n\n[budget]\nevaluations = {n}\n\n[[evaluators]]\nkind = \"lm\"\ntask = \"task.toml\"\n\n[validation]\nevery = 0\n\n[report]\ntest = false\n",
         device = args.device,
+        output = root.join("runs").display(),
         method = args.method,
         n = args.candidates.max(1),
     );
@@ -279,6 +280,9 @@ pub fn run(args: &PipelineBench) -> Result<()> {
         let params = params_of(&spec);
         let root = args.dir.join(format!("{b}B"));
         std::fs::create_dir_all(&root)?;
+        let root = root
+            .canonicalize()
+            .with_context(|| format!("resolving {}", root.display()))?;
         let (exp, paths) = prepare(args, &root, &spec)?;
         let run_dir = root.join("runs/pipeline/bench");
         if run_dir.exists() {
