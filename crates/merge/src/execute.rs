@@ -148,8 +148,19 @@ pub fn merge_tensor(
     })
 }
 
+/// A merged tensor with NaN or infinite values (`bad`, one of them; NaN when unknown).
+fn non_finite(tp: &TensorPlan, bad: f32) -> MergeError {
+    MergeError::Kernel {
+        tensor: tp.name.clone(),
+        message: format!(
+            "the merged values contain {bad} (NaN or infinite); check the weights (a zero weight sum with normalize?) and the inputs"
+        ),
+    }
+}
+
 /// Merge every tensor of a plan in memory, returning `(output name, tensor)` pairs in plan
-/// order. Non-float tensors (copies) are skipped; the caller keeps its own.
+/// order. Non-float tensors (copies) are skipped; the caller keeps its own. A merged tensor
+/// with NaN or infinite values is an error naming it, as in [`merge_to_disk`].
 pub fn merge_in_memory(
     plan: &Plan,
     source: &dyn TensorSource,
@@ -174,6 +185,9 @@ pub fn merge_in_memory(
             }
             let mut values = vec![0.0f32; tp.shape.iter().product()];
             merge_tensor_host(plan, tp, source, HostOut::F32(&mut values), seed)?;
+            if let Some(bad) = values.par_iter().find_any(|v| !v.is_finite()) {
+                return Err(non_finite(tp, *bad));
+            }
             Ok(Some(tensor_from_vec(values, &tp.shape, device)))
         })
         .collect::<Result<_, _>>()?;
@@ -183,7 +197,14 @@ pub fn merge_in_memory(
         .map(|(tp, t)| {
             let t = match t {
                 Some(t) => t,
-                None => merge_tensor(plan, tp, source, device, seed)?,
+                None => {
+                    let t = merge_tensor(plan, tp, source, device, seed)?;
+                    let finite: bool = t.clone().is_finite().all().into_scalar();
+                    if !finite {
+                        return Err(non_finite(tp, f32::NAN));
+                    }
+                    t
+                }
             };
             Ok((tp.name.clone(), t))
         })
@@ -248,12 +269,7 @@ pub fn merge_to_disk(
                 let merged = merge_tensor(plan, tp, sources, &options.device, options.seed)?;
                 let values = values_of(merged);
                 if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-                    return Err(MergeError::Kernel {
-                        tensor: tp.name.clone(),
-                        message: format!(
-                            "the merged values contain {bad}; check the weights (a zero weight sum with normalize?) and the inputs"
-                        ),
-                    });
+                    return Err(non_finite(tp, *bad));
                 }
                 writer.write_f32(&tp.name, &values)?;
             }

@@ -5,16 +5,14 @@
 
 use anyhow::{Context, Result};
 use evomerge_checkpoint::Dtype;
-use evomerge_kernels::{Device, DeviceChoice, T2, tensor_from};
+use evomerge_kernels::{Device, DeviceChoice};
 use evomerge_merge::{
-    MergeError, MergeOptions, Plan, PlanOptions, Recipe, Sources, TensorSource, merge_in_memory,
-    merge_to_disk,
+    MergeOptions, Plan, PlanOptions, Recipe, Sources, merge_in_memory, merge_to_disk,
 };
 use evomerge_models::{
     Decoder, LanguageModel, Llama, LlamaConfig, TensorMap, TokenGenerateOptions,
 };
 use evomerge_zoo::TinyLlama;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,21 +64,6 @@ fn spec() -> TinyLlama {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// Every source tensor uploaded once (what a search keeps resident).
-struct Resident(HashMap<(usize, String), T2>);
-
-impl TensorSource for Resident {
-    fn tensor(&self, model: usize, name: &str, _device: &Device) -> Result<T2, MergeError> {
-        self.0
-            .get(&(model, name.to_string()))
-            .cloned()
-            .ok_or_else(|| MergeError::Model {
-                model: model.to_string(),
-                message: format!("no resident tensor '{name}'"),
-            })
-    }
 }
 
 /// Tokens per second of greedy generation, with and without the KV cache.
@@ -153,13 +136,6 @@ pub fn run(args: &LmBench) -> Result<()> {
     ))?;
     let sources = Sources::open(&recipe, None)?;
     let plan = Plan::build(&recipe, &sources, &PlanOptions::default())?;
-    let mut resident = HashMap::new();
-    for (m, w) in models.iter().enumerate() {
-        for (name, shape, values) in &w.tensors {
-            resident.insert((m, name.clone()), tensor_from(values, shape, &flex));
-        }
-    }
-    let resident = Resident(resident);
     let config = LlamaConfig::from_json(plan.config.as_ref().context("no config")?, "merged")?;
     let out = dir.join("merged");
     let mut in_memory = Vec::new();
@@ -167,7 +143,7 @@ pub fn run(args: &LmBench) -> Result<()> {
     let mut merge_only = Vec::new();
     for i in 0..args.repeats + 1 {
         let start = Instant::now();
-        let merged = merge_in_memory(&plan, &resident, &flex, i as u64)?;
+        let merged = merge_in_memory(&plan, &sources, &flex, i as u64)?;
         let t_merge = start.elapsed().as_secs_f64();
         let model = Llama::load(
             config.clone(),
