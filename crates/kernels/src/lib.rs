@@ -115,13 +115,14 @@ pub fn tensor_from_vec(values: Vec<f32>, shape: &[usize], device: &Device) -> T2
 /// `cat(parts, 0)` transposed into one contiguous `[cols, rows]` matrix: the layout a model
 /// keeps its projections in (`x @ Wt`). Every part is `[rows_i, cols]` with the same `cols`.
 /// On the CPU device a blocked transposition over all cores on the host (burn's copy of a
-/// transposed view walks memory with a stride and is several times slower); elsewhere burn's
-/// own ops.
+/// transposed view walks memory with a stride and is several times slower); elsewhere, and
+/// on an autodiff device, burn's own ops.
 pub fn cat_transposed(parts: Vec<T2>) -> T2 {
     use rayon::prelude::*;
     let device = parts[0].device();
     let cols = parts[0].dims()[1];
-    if device != Device::flex() {
+    // autodiff tensors (the mini world's trainer) keep burn's ops, which gradients flow through
+    if device != Device::flex() || device.is_autodiff() {
         let cat = if parts.len() == 1 {
             parts.into_iter().next().expect("one part")
         } else {

@@ -357,3 +357,46 @@ impl Executor for LocalPool {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Alive;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Never more than `max` candidates alive: the builder waits for a scorer to finish one;
+    /// closing wakes a waiting builder and refuses it.
+    #[test]
+    fn alive_bounds_the_candidates_in_memory_and_close_wakes_the_builder() {
+        let alive = Alive::new(2);
+        let held = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel::<usize>();
+            s.spawn(|| {
+                for i in 0..20 {
+                    assert!(alive.enter());
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tx.send(i).unwrap();
+                }
+                drop(tx);
+            });
+            for _ in rx {
+                std::thread::sleep(Duration::from_millis(2));
+                held.fetch_sub(1, Ordering::SeqCst);
+                alive.leave();
+            }
+        });
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+
+        let full = Alive::new(1);
+        assert!(full.enter());
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| full.enter());
+            std::thread::sleep(Duration::from_millis(20));
+            full.close();
+            assert!(!waiter.join().unwrap(), "a closed pool refuses the builder");
+        });
+    }
+}
