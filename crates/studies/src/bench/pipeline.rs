@@ -267,7 +267,7 @@ fn turnaround(args: &PipelineBench, root: &Path, paths: &[PathBuf]) -> Result<(f
 
 /// Run the benchmark at every size and print a markdown table.
 pub fn run(args: &PipelineBench) -> Result<()> {
-    if args.sizes.is_empty() || args.sizes.iter().any(|s| !(*s > 0.0)) {
+    if args.sizes.is_empty() || args.sizes.iter().any(|s| s.is_nan() || *s <= 0.0) {
         bail!("--sizes takes positive sizes in billions of parameters, e.g. 0.1,0.25,0.5");
     }
     let exe = match &args.exe {
