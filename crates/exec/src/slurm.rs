@@ -52,6 +52,17 @@ impl Jobs {
     }
 }
 
+/// `pending.json`: a submission whose job id is not in `jobs.json` yet. It is written before
+/// `sbatch` runs and removed once `jobs.json` has the id, so a process killed in between leaves
+/// the array's unique job name behind, and the next one finds the array in the queue by that
+/// name instead of submitting the same candidates again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Pending {
+    job_name: String,
+    indices: Vec<usize>,
+    submitted_unix: u64,
+}
+
 /// A Slurm job state as `scontrol` / `squeue` write it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskState {
@@ -217,6 +228,20 @@ pub fn cancel(job: &str, index: Option<usize>) {
     let _ = Command::new("scancel").arg(&id).output();
 }
 
+/// The array job id of the queued or running job named `name`, if there is one.
+fn find_by_name(name: &str) -> Option<String> {
+    let out = run_cmd("squeue", &["-h", "--name", name, "-o", "%F"]).ok()?;
+    out.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_string)
+}
+
+/// Forget a pending submission (its id is in `jobs.json`, or it never reached Slurm).
+fn clear_pending(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("pending.json"));
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -342,6 +367,17 @@ impl SlurmExecutor {
         lines.join("\n") + "\n"
     }
 
+    /// The job name of a generation folder's arrays.
+    fn job_name(&self, dir: &Path) -> String {
+        let label = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{}-{label}", self.name)
+    }
+
+    /// Submit one array of `indices`. Until the caller records the id in `jobs.json` (and
+    /// calls [`clear_pending`]), `pending.json` names the array by a unique job name.
     fn submit(&self, dir: &Path, indices: &[usize]) -> Result<String, ExecError> {
         let list = indices
             .iter()
@@ -349,14 +385,35 @@ impl SlurmExecutor {
             .collect::<Vec<_>>()
             .join(",");
         let script = dir.join("job.sh");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let job_name = format!("{}.{}.{nanos}", self.job_name(dir), std::process::id());
+        task::write_json(
+            &dir.join("pending.json"),
+            &Pending {
+                job_name: job_name.clone(),
+                indices: indices.to_vec(),
+                submitted_unix: unix_now(),
+            },
+        )?;
         let out = run_cmd(
             "sbatch",
             &[
                 "--parsable",
+                &format!("--job-name={job_name}"),
                 &format!("--array={list}"),
                 &script.display().to_string(),
             ],
-        )?;
+        );
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                clear_pending(dir);
+                return Err(e);
+            }
+        };
         let id = out
             .trim()
             .split(';')
@@ -387,11 +444,7 @@ impl SlurmExecutor {
         let mut stats = RunStats::default();
         std::fs::create_dir_all(dir)
             .map_err(|e| ExecError::Io(format!("{}: {e}", dir.display())))?;
-        let label = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let script = self.script(dir, &format!("{}-{label}", self.name));
+        let script = self.script(dir, &self.job_name(dir));
         task::write_atomic(&dir.join("job.sh"), script.as_bytes())?;
         let by_index: BTreeMap<usize, &TaskFile> = tasks.iter().map(|t| (t.index, t)).collect();
         let mut waiting: BTreeMap<usize, Watch> = BTreeMap::new();
@@ -432,6 +485,21 @@ impl SlurmExecutor {
         } else {
             Jobs::default()
         };
+        // An array an earlier process submitted but did not record (killed between sbatch and
+        // jobs.json): still in the queue under its unique name, it is recorded now.
+        if let Ok(p) = task::read_json::<Pending>(&dir.join("pending.json")) {
+            if let Some(id) = find_by_name(&p.job_name)
+                && !jobs.submissions.iter().any(|s| s.job_id == id)
+            {
+                jobs.submissions.push(Submission {
+                    job_id: id,
+                    indices: p.indices,
+                    submitted_unix: p.submitted_unix,
+                });
+                task::write_json(&jobs_path, &jobs)?;
+            }
+            clear_pending(dir);
+        }
         // Re-attach to what an earlier process submitted and is still queued or running.
         let earlier: BTreeSet<String> = waiting
             .keys()
@@ -516,6 +584,7 @@ impl SlurmExecutor {
                     submitted_unix: unix_now(),
                 });
                 task::write_json(&jobs_path, &jobs)?;
+                clear_pending(dir);
                 stats.submitted_arrays += 1;
                 stats.submitted_tasks += submit.len();
                 for i in &submit {
@@ -836,5 +905,46 @@ mv "$dir/.score-$i.tmp" "$dir/score-$i.json"
         assert_eq!(stats.reattached_tasks + stats.collected, 2, "{stats:?}");
         got.sort_by_key(|g| g.0);
         assert_eq!(got[1].1, Some(0.1));
+
+        // Killed between sbatch and jobs.json: the array is found by its pending name and
+        // adopted, nothing is submitted twice.
+        let dir = crate::task::generation_dir(tmp.path(), "ps", 2);
+        let some: Vec<TaskFile> = tasks(tmp.path(), 2)
+            .into_iter()
+            .map(|mut t| {
+                t.generation = 2;
+                t
+            })
+            .collect();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("job.sh"), ex.script(&dir, "exec-test-pending")).unwrap();
+        for t in &some {
+            crate::task::write_json(&crate::task::task_path(&dir, t.index), t).unwrap();
+        }
+        let id = ex.submit(&dir, &[0, 1]).unwrap();
+        assert!(dir.join("pending.json").exists() && !dir.join("jobs.json").exists());
+        // held, so it is surely still queued when the next process looks; released soon after
+        run_cmd("scontrol", &["hold", &id]).unwrap();
+        let release = {
+            let id = id.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                run_cmd("scontrol", &["release", &id]).unwrap();
+            })
+        };
+        let mut got = Vec::new();
+        let stats = ex
+            .run(&dir, &some, &|| None, |t, s, _| {
+                got.push((t.index, s.fitness))
+            })
+            .unwrap();
+        release.join().unwrap();
+        assert_eq!(stats.submitted_tasks, 0, "{stats:?}");
+        got.sort_by_key(|g| g.0);
+        assert_eq!(got, [(0, Some(0.0)), (1, Some(0.1))]);
+        let jobs: Jobs = crate::task::read_json(&dir.join("jobs.json")).unwrap();
+        assert_eq!(jobs.submissions.len(), 1);
+        assert_eq!(jobs.submissions[0].job_id, id);
+        assert!(!dir.join("pending.json").exists());
     }
 }
