@@ -947,4 +947,50 @@ mv "$dir/.score-$i.tmp" "$dir/score-$i.json"
         assert_eq!(jobs.submissions[0].job_id, id);
         assert!(!dir.join("pending.json").exists());
     }
+
+    /// A stop request (Ctrl-C) while an array runs cancels it: the run returns `Interrupted`
+    /// with the signal at once, and the task still running (it would sleep 30 s) leaves the
+    /// queue.
+    #[test]
+    fn a_stop_request_cancels_the_arrays_in_flight() {
+        if !slurm_or_skip("a_stop_request_cancels_the_arrays_in_flight") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = SlurmSpec {
+            worker: Some(fake_worker(tmp.path())),
+            poll_s: 0.2,
+            ..Default::default()
+        };
+        let ex = SlurmExecutor::new(spec, "exec-test-stop").unwrap();
+        let dir = crate::task::generation_dir(tmp.path(), "ps", 0);
+        // task 1 scores at once, task 3 sleeps 30 s
+        let all: Vec<TaskFile> = tasks(tmp.path(), 4)
+            .into_iter()
+            .filter(|t| t.index == 1 || t.index == 3)
+            .collect();
+        let started = Instant::now();
+        // stop once the array runs (task 1 has scored), or after 10 s in any case
+        let stop = || {
+            (dir.join("score-1.json").exists() || started.elapsed() > Duration::from_secs(10))
+                .then_some(2)
+        };
+        let e = ex.run(&dir, &all, &stop, |_, _, _| {}).unwrap_err();
+        assert!(matches!(e, ExecError::Interrupted(2)), "{e}");
+        let jobs: Jobs = crate::task::read_json(&dir.join("jobs.json")).unwrap();
+        let job = &jobs.submissions[0].job_id;
+        // scancel is asynchronous: the task leaves the queue within a few seconds
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            query(job).values().all(|st| !st.active())
+        });
+        assert!(
+            gone,
+            "task {job}_3 is still queued or running after the stop"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "the stop waited for the task"
+        );
+    }
 }
