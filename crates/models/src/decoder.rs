@@ -4,7 +4,7 @@
 use crate::llama::{LayerCache, LayerInput, LinearSite, LinearTap, NoTap, rms_norm, tapped};
 use crate::{Hop, LayerPath, Llama, LlamaConfig, ModelError};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use evomerge_kernels::Device;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -253,9 +253,13 @@ impl Decoder {
                 .entry(hop.model)
                 .or_insert_with(|| m.rope.gather(&positions, b, s));
             let key = (layer.group_size(), m.config().sliding_window);
-            masks
-                .entry(key)
-                .or_insert_with(|| attention_mask(&state.pads, start, s, key.0, key.1, device));
+            masks.entry(key).or_insert_with(|| {
+                let mask = attention_mask(&state.pads, start, s, key.0, key.1, device);
+                match a.dtype() {
+                    FloatDType::F32 => mask,
+                    dtype => mask.cast(dtype),
+                }
+            });
             let (cos, sin) = &ropes[&hop.model];
             let input = LayerInput {
                 batch: b,
@@ -287,7 +291,12 @@ impl Decoder {
         let a = &self.models[0];
         let h = rms_norm(x, &a.norm, a.config().rms_norm_eps);
         let logits = h.clone().matmul(a.head.clone());
-        tapped(tap, self.hops.len(), LinearSite::Head, &h, logits)
+        let logits = tapped(tap, self.hops.len(), LinearSite::Head, &h, logits);
+        // log-softmax, argmax and the scores are f32 whatever the model's dtype
+        match a.dtype() {
+            FloatDType::F32 => logits,
+            _ => logits.cast(FloatDType::F32),
+        }
     }
 
     /// Logits `[B*S, V]` of several sequences run as one left-padded batch (row `r * S + i` is

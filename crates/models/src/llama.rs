@@ -10,7 +10,7 @@ use crate::{LlamaConfig, ModelError, WeightSource};
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use evomerge_checkpoint::Checkpoint;
 use evomerge_kernels::{Device, cat_transposed, view_shape};
 use std::path::Path;
@@ -80,6 +80,19 @@ impl Rope {
 
 /// RMSNorm over the last dimension with weight `w` (`[1, H]`), in f32 like transformers.
 pub(crate) fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
+    let dtype: FloatDType = x.dtype().into();
+    if dtype != FloatDType::F32 {
+        // reduced precision: the statistics in f32 (a sum of squares overflows f16), then
+        // back, as transformers' LlamaRMSNorm does
+        let x = x.cast(FloatDType::F32);
+        let inv = x
+            .clone()
+            .square()
+            .mean_dim(1)
+            .add_scalar(eps)
+            .powf_scalar(-0.5);
+        return x.mul(inv).cast(dtype).mul(w.clone());
+    }
     let inv = x
         .clone()
         .square()
@@ -482,6 +495,44 @@ impl Llama {
             out.push(("lm_head.weight".to_string(), self.head.clone().transpose()));
         }
         out
+    }
+
+    /// The model with every parameter (and its rotary tables) in `dtype`: evaluation in
+    /// reduced precision (`F16` on GPU backends that have it, `BF16` where the backend has it,
+    /// e.g. the CPU). The forward pass keeps RMSNorm's statistics, the attention softmax's
+    /// mask and the logits in f32 terms: norms are computed in f32 (as transformers does) and
+    /// the LM head's output is cast to f32. Each tensor is cast in turn, so the peak is the
+    /// model plus one tensor.
+    pub fn to_dtype(mut self, dtype: FloatDType) -> Llama {
+        let c = |t: Tensor<2>| t.cast(dtype);
+        let co = |t: Option<Tensor<2>>| t.map(|t| t.cast(dtype));
+        self.embed = c(self.embed);
+        self.norm = c(self.norm);
+        self.head = c(self.head);
+        self.rope.cos = c(self.rope.cos);
+        self.rope.sin = c(self.rope.sin);
+        self.layers = std::mem::take(&mut self.layers)
+            .into_iter()
+            .map(|l| DecoderLayer {
+                attn_norm: c(l.attn_norm),
+                wqkv: c(l.wqkv),
+                bqkv: co(l.bqkv),
+                wo: c(l.wo),
+                bo: co(l.bo),
+                mlp_norm: c(l.mlp_norm),
+                wgu: c(l.wgu),
+                bgu: co(l.bgu),
+                wdown: c(l.wdown),
+                bdown: co(l.bdown),
+                ..l
+            })
+            .collect();
+        self
+    }
+
+    /// The dtype the parameters are held and computed in.
+    pub fn dtype(&self) -> FloatDType {
+        self.head.dtype().into()
     }
 
     /// The model's config.

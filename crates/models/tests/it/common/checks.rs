@@ -239,3 +239,58 @@ pub fn mistral_window_matches(device: &Device) {
         d.generate(&prompts, &opts, &mut |_, _| false).unwrap()
     );
 }
+
+/// The model cast to `dtype` (reduced-precision evaluation) against the f64 reference:
+/// returns the largest logit difference (relative to the sequence's largest logit) over a
+/// few sequences, batched and padded, and checks it is within `tol`, that the logits come back in f32 and that cached greedy
+/// generation still equals uncached.
+pub fn reduced_precision_matches(
+    spec: &TinyLlama,
+    dtype: burn::tensor::FloatDType,
+    tol: f64,
+    device: &Device,
+) -> f64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = weights(spec, 5);
+    save(&w, tmp.path());
+    let r = RefModel::new(&w);
+    let model = Llama::from_dir(tmp.path(), device).unwrap().to_dtype(dtype);
+    assert_eq!(model.dtype(), dtype);
+    let d = Decoder::plain(Arc::new(model));
+    let seqs: Vec<Vec<u32>> = vec![
+        vec![1, 5, 9, 33, 7, 60, 2, 41, 12],
+        vec![1, 17],
+        vec![3, 4, 5, 6, 7],
+    ];
+    let mut worst = 0f64;
+    for (ids, got) in seqs.iter().zip(d.logits_batch(&seqs).unwrap()) {
+        let want = reference_logits(&[&r], &plain(&r), ids, None);
+        // relative to the largest logit of the sequence
+        let scale = want
+            .iter()
+            .flatten()
+            .fold(0f64, |m, v| m.max(v.abs() as f64));
+        let diff = max_abs_diff(&got, &want) / scale;
+        assert!(
+            diff < tol,
+            "{dtype:?}, {ids:?}: max abs diff {diff} of the largest logit"
+        );
+        worst = worst.max(diff);
+    }
+    let prompts: Vec<Vec<u32>> = vec![vec![1, 8, 9, 10, 11, 12], vec![1, 30]];
+    let mut opts = TokenGenerateOptions {
+        max_new_tokens: 6,
+        eos_token_ids: vec![],
+        batch_size: 2,
+        use_cache: true,
+    };
+    let cached = d.generate(&prompts, &opts, &mut |_, _| false).unwrap();
+    opts.use_cache = false;
+    let uncached = d.generate(&prompts, &opts, &mut |_, _| false).unwrap();
+    assert_eq!(
+        cached.iter().map(|g| &g.ids).collect::<Vec<_>>(),
+        uncached.iter().map(|g| &g.ids).collect::<Vec<_>>(),
+        "{dtype:?}"
+    );
+    worst
+}
