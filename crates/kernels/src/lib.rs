@@ -41,7 +41,7 @@ mod model_stock;
 mod rng;
 mod task_arithmetic;
 
-pub use burn::tensor::Device;
+pub use burn::tensor::{Device, FloatDType};
 pub use device::{DeviceChoice, wgpu_available};
 pub use interpolate::{karcher, linear, multislerp, nuslerp, passthrough, slerp};
 pub use model_stock::model_stock;

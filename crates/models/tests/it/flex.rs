@@ -45,7 +45,7 @@ fn mistral_sliding_window_matches_reference() {
 /// within 1e-4 absolute). bf16 keeps 8 bits of mantissa, f16 11.
 #[test]
 fn reduced_precision_logits_stay_close_to_f32() {
-    use burn::tensor::FloatDType;
+    use evomerge_kernels::FloatDType;
     for (dtype, tol) in [(FloatDType::BF16, 0.06), (FloatDType::F16, 0.01)] {
         let llama = checks::reduced_precision_matches(&llama_spec(), dtype, tol, &Device::flex());
         let qwen = checks::reduced_precision_matches(&qwen_spec(), dtype, tol, &Device::flex());

@@ -27,7 +27,11 @@ fn wgpu_logits_generation_paths_and_memory_weights() {
     checks::loglik_matches_reference(&d);
     checks::mistral_window_matches(&d);
     // f16 evaluation (WGSL has f16 where the adapter has SHADER_F16; no bf16)
-    let f16 =
-        checks::reduced_precision_matches(&llama_spec(), burn::tensor::FloatDType::F16, 0.01, &d);
+    let f16 = checks::reduced_precision_matches(
+        &llama_spec(),
+        evomerge_kernels::FloatDType::F16,
+        0.01,
+        &d,
+    );
     eprintln!("wgpu F16: max |logit - reference| / largest logit {f16:.2e}");
 }

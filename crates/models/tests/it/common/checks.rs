@@ -246,7 +246,7 @@ pub fn mistral_window_matches(device: &Device) {
 /// generation still equals uncached.
 pub fn reduced_precision_matches(
     spec: &TinyLlama,
-    dtype: burn::tensor::FloatDType,
+    dtype: evomerge_kernels::FloatDType,
     tol: f64,
     device: &Device,
 ) -> f64 {
