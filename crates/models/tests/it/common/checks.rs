@@ -266,10 +266,7 @@ pub fn reduced_precision_matches(
     for (ids, got) in seqs.iter().zip(d.logits_batch(&seqs).unwrap()) {
         let want = reference_logits(&[&r], &plain(&r), ids, None);
         // relative to the largest logit of the sequence
-        let scale = want
-            .iter()
-            .flatten()
-            .fold(0f64, |m, v| m.max(v.abs() as f64));
+        let scale = want.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
         let diff = max_abs_diff(&got, &want) / scale;
         assert!(
             diff < tol,
