@@ -80,26 +80,20 @@ impl Rope {
 
 /// RMSNorm over the last dimension with weight `w` (`[1, H]`), in f32 like transformers.
 pub(crate) fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
+    // In reduced precision the statistics are taken in f32 (a sum of squares overflows f16)
+    // and the result cast back before the weight, as transformers' LlamaRMSNorm does.
     let dtype: FloatDType = x.dtype().into();
-    if dtype != FloatDType::F32 {
-        // reduced precision: the statistics in f32 (a sum of squares overflows f16), then
-        // back, as transformers' LlamaRMSNorm does
-        let x = x.cast(FloatDType::F32);
-        let inv = x
-            .clone()
-            .square()
-            .mean_dim(1)
-            .add_scalar(eps)
-            .powf_scalar(-0.5);
-        return x.mul(inv).cast(dtype).mul(w.clone());
-    }
+    let reduced = dtype != FloatDType::F32;
+    let x = if reduced { x.cast(FloatDType::F32) } else { x };
     let inv = x
         .clone()
         .square()
         .mean_dim(1)
         .add_scalar(eps)
         .powf_scalar(-0.5);
-    x.mul(inv).mul(w.clone())
+    let y = x.mul(inv);
+    let y = if reduced { y.cast(dtype) } else { y };
+    y.mul(w.clone())
 }
 
 fn add_bias(x: Tensor<2>, b: &Option<Tensor<2>>) -> Tensor<2> {
