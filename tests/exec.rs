@@ -193,6 +193,66 @@ command = '''s=$(date +%s%N); n=$(od -An -N1 -tu1 /dev/urandom | tr -d ' '); sle
     );
 }
 
+/// With `device = "wgpu"` every `[execution] devices` entry is a wgpu adapter: candidates are
+/// merged and scored in-process on the adapter they hold (lavapipe's `wgpu:0` here), with the
+/// fitness of the same run without devices; an entry that is no adapter is named before the
+/// run starts. Skipped without an adapter, except under CI=true.
+#[test]
+fn wgpu_devices_merge_and_score_on_their_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = toy(tmp.path(), "");
+    let text = std::fs::read_to_string(&exp).unwrap();
+    let write = |name: &str, table: &str| {
+        let path = exp.with_file_name(name);
+        std::fs::write(&path, format!("device = \"wgpu\"\n{text}\n{table}")).unwrap();
+        path
+    };
+    let (out, plain) = run(&write("plain.toml", ""), "plain");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success()
+        && stderr.contains("wgpu")
+        && std::env::var("CI").as_deref() != Ok("true")
+    {
+        eprintln!("skipping: {stderr}");
+        return;
+    }
+    ok(&out, "the wgpu run");
+    let (out, placed) = run(
+        &write("placed.toml", "[execution]\ndevices = [\"wgpu:0\"]\n"),
+        "placed",
+    );
+    ok(&out, "the wgpu run over devices = [\"wgpu:0\"]");
+    let fitness = |dir: &Path| -> Vec<f64> {
+        column(dir, "candidates.csv", "fitness")
+            .iter()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let (a, b) = (fitness(&plain), fitness(&placed));
+    assert_eq!(a.len(), 16);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{a:?} vs {b:?}");
+    }
+    let util = column(&placed, "generations.csv", "device_util");
+    assert!(
+        util.iter().all(|u| u.parse::<f64>().unwrap() > 0.0),
+        "{util:?}"
+    );
+
+    let (out, dir) = run(
+        &write("bad.toml", "[execution]\ndevices = [\"wgpu:9\"]\n"),
+        "bad",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("wgpu:9") && stderr.contains("adapter"),
+        "{stderr}"
+    );
+    assert!(!dir.exists(), "no run folder is left");
+}
+
 #[test]
 fn job_arrays_give_the_local_result() {
     if !slurm_or_skip("job_arrays_give_the_local_result") {

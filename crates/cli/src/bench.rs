@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use evomerge_kernels::DeviceChoice;
+use evomerge_kernels::{DeviceChoice, EvalDtype};
 use evomerge_search::OptimizerConfig;
 use evomerge_search::bench::{
     BenchOptions, Function, default_max_evaluations, run_bench, write_csv,
@@ -60,6 +60,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             repeats: a.repeats,
             method: a.method,
             device: a.device,
+            eval_dtype: a.eval_dtype,
             exe: None,
         }),
         BenchCommand::Lm(a) => lm::run(&lm::LmBench {
@@ -153,6 +154,10 @@ pub struct MergeBenchArgs {
     /// cpu, wgpu or auto.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// The search's evaluation precision (the experiment's `eval_dtype`): auto, float32,
+    /// float16 or bfloat16.
+    #[arg(long, default_value = "auto")]
+    pub eval_dtype: EvalDtype,
 }
 
 #[derive(Args)]
@@ -206,4 +211,8 @@ pub struct PipelineBenchArgs {
     /// cpu, wgpu or auto.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// The search's evaluation precision (the experiment's `eval_dtype`): auto, float32,
+    /// float16 or bfloat16.
+    #[arg(long, default_value = "auto")]
+    pub eval_dtype: EvalDtype,
 }

@@ -39,9 +39,11 @@ impl Device {
         }
     }
 
-    /// The wgpu adapter this device stands for (`wgpu:N`, else its index: one adapter per GPU).
-    pub fn wgpu_adapter(&self) -> usize {
-        self.index
+    /// The kind its name gives: `cuda`, `gpu`, `rocm`, `hip` or `wgpu` (`gpu` for a bare
+    /// index). With `device = "wgpu"` it says which wgpu adapter the device is
+    /// (`evomerge_kernels::wgpu_device_for`).
+    pub fn kind(&self) -> &str {
+        self.name.split_once(':').map_or("gpu", |(k, _)| k.trim())
     }
 }
 
@@ -316,6 +318,9 @@ mod tests {
     #[test]
     fn device_names() {
         assert_eq!(Device::parse("rocm:3").unwrap().index, 3);
+        assert_eq!(Device::parse("rocm:3").unwrap().kind(), "rocm");
+        assert_eq!(Device::parse("wgpu:1").unwrap().kind(), "wgpu");
+        assert_eq!(Device::parse("2").unwrap().kind(), "gpu");
         assert_eq!(Device::parse("7").unwrap().index, 7);
         assert!(Device::parse("cuda").is_err());
         assert!(Device::parse("cuda:x").is_err());

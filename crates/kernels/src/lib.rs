@@ -42,7 +42,7 @@ mod rng;
 mod task_arithmetic;
 
 pub use burn::tensor::{Device, FloatDType};
-pub use device::{DeviceChoice, wgpu_available};
+pub use device::{DeviceChoice, EvalDtype, is_gpu, wgpu_available, wgpu_device_for};
 pub use interpolate::{karcher, linear, multislerp, nuslerp, passthrough, slerp};
 pub use model_stock::model_stock;
 pub use rng::MaskRng;

@@ -21,6 +21,7 @@ use crate::stage::StageKind;
 use crate::state::Scored;
 use evomerge_eval::{Candidate, EvalError, EvalRequest};
 use evomerge_exec::{DevicePool, ExecKind, SlurmExecutor};
+use evomerge_kernels::Device;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
@@ -110,8 +111,10 @@ pub trait Executor: Send + Sync {
 
 /// The executor an experiment asks for: `[execution] kind = "slurm"` ([`slurm::SlurmArrays`]),
 /// `[execution] devices` ([`devices::DevicesExecutor`]), else the local pool with
-/// `parallelism` workers. A new executor kind is one arm here.
-pub fn for_experiment(exp: &Experiment) -> Result<Box<dyn Executor>, RunError> {
+/// `parallelism` workers. A new executor kind is one arm here. `device` is the run's device:
+/// on a GPU (`device = "wgpu"`), each `[execution] devices` entry is resolved to its wgpu
+/// adapter here, so a candidate is merged and scored in-process on the GPU it holds.
+pub fn for_experiment(exp: &Experiment, device: &Device) -> Result<Box<dyn Executor>, RunError> {
     let config = |e: evomerge_exec::ExecError| RunError::Config(e.to_string());
     match exp.execution.kind {
         ExecKind::Slurm => {
@@ -126,9 +129,23 @@ pub fn for_experiment(exp: &Experiment) -> Result<Box<dyn Executor>, RunError> {
                     exp.prefetch.unwrap_or(0),
                 )));
             }
+            let placed = if evomerge_kernels::is_gpu(device) {
+                let on = devices
+                    .iter()
+                    .map(|d| evomerge_kernels::wgpu_device_for(d.kind(), d.index))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| RunError::Config(format!("[execution] devices: {e}")))?;
+                Some(on)
+            } else {
+                None
+            };
             let pool =
                 DevicePool::new(devices, exp.execution.devices_per_candidate).map_err(config)?;
-            Ok(Box::new(devices::DevicesExecutor::new(pool, exp.prefetch)))
+            Ok(Box::new(devices::DevicesExecutor::new(
+                pool,
+                exp.prefetch,
+                placed,
+            )))
         }
     }
 }
@@ -149,7 +166,18 @@ impl Scorer<'_> {
     /// Build the candidate (merge in memory, or a layer path over the loaded models); the
     /// error is the candidate's (it is logged as `build: ...`).
     pub fn build(&self, decoded: &Decoded, label: &str) -> Result<Box<dyn Candidate>, String> {
-        self.space.build(decoded, label)
+        self.space.build(decoded, label, None)
+    }
+
+    /// Build the candidate on `device` (the GPU it holds): merged there, and its model and
+    /// the in-process evaluators run there.
+    pub fn build_on(
+        &self,
+        decoded: &Decoded,
+        label: &str,
+        device: &Device,
+    ) -> Result<Box<dyn Candidate>, String> {
+        self.space.build(decoded, label, Some(device))
     }
 
     /// Score a built candidate: `Ok` with a failed status when the candidate is at fault,

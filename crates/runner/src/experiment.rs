@@ -5,7 +5,7 @@ use crate::evaluators::{KINDS, kind_named};
 use evomerge_eval::EvaluatorConfig;
 use evomerge_exec::{ExecKind, ExecutionSpec};
 use evomerge_genome::{DfsSpec, PsSpec};
-use evomerge_kernels::DeviceChoice;
+use evomerge_kernels::{DeviceChoice, EvalDtype};
 use evomerge_search::OptimizerConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -294,6 +294,10 @@ pub struct Experiment {
     /// cpu, wgpu or auto.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// The precision in-process evaluators compute in: auto (the sources' dtype where the
+    /// device computes in it, else f32), float32, float16, bfloat16.
+    #[serde(default)]
+    pub eval_dtype: EvalDtype,
     /// Candidates evaluated at the same time.
     #[serde(default = "default_parallelism")]
     pub parallelism: usize,

@@ -11,11 +11,11 @@ use crate::stage::StageKind;
 use crate::state::{RunState, Snapshot};
 use evomerge_checkpoint::write_atomic;
 use evomerge_eval::{Candidate, EvalRequest, MergedCandidate, MlpCandidate, PathCandidate, Split};
-use evomerge_kernels::Device;
+use evomerge_kernels::{Device, FloatDType};
 use evomerge_merge::{
     InputModel, ModelRef, ParamSetting, Params, Plan, PlanOptions, Recipe, Sources, merge_in_memory,
 };
-use evomerge_models::{LayerPath, Llama, MlpWeights, TensorMap, Tokenizer};
+use evomerge_models::{LayerPath, MlpWeights, TensorMap, Tokenizer};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,11 +94,14 @@ fn family_recipe_candidate(
     family: Family,
     recipe: &Recipe,
     label: &str,
-    device: &Device,
+    setup: &Setup,
     seed: u64,
 ) -> Result<Box<dyn Candidate>, RunError> {
+    let device = &setup.device;
     Ok(match family {
-        Family::Decoder => Box::new(recipe_candidate(recipe, label, device, seed)?),
+        Family::Decoder => Box::new(
+            recipe_candidate(recipe, label, device, seed)?.with_eval_dtype(setup.eval_dtype),
+        ),
         Family::Mlp => Box::new(mlp_recipe_candidate(recipe, label, device, seed)?),
     })
 }
@@ -127,15 +130,17 @@ pub fn checkpoint_candidate(
 }
 
 /// A layer path over checkpoint folders as a candidate.
+/// `eval_dtype`: the precision the models compute in (`None`: f32).
 pub fn path_candidate(
     dirs: &[PathBuf],
     path: &LayerPath,
     label: &str,
     device: &Device,
+    eval_dtype: Option<FloatDType>,
 ) -> Result<PathCandidate, RunError> {
     let models = dirs
         .iter()
-        .map(|d| Llama::from_dir(d, device).map(Arc::new))
+        .map(|d| crate::setup::load_model(d, device, eval_dtype))
         .collect::<Result<Vec<_>, _>>()?;
     let (tok, _) = tokenizer_for(dirs)?;
     Ok(PathCandidate::new(label, models, path.clone(), tok)?)
@@ -196,7 +201,7 @@ fn snapshot_candidate(
     match kind {
         StageKind::Ps => {
             let recipe = Recipe::from_toml(&snap.decoded)?;
-            family_recipe_candidate(setup.family, &recipe, &label, device, exp.merge_seed())
+            family_recipe_candidate(setup.family, &recipe, &label, setup, exp.merge_seed())
         }
         StageKind::Dfs => {
             let path: LayerPath = serde_json::from_str(&snap.decoded)?;
@@ -205,6 +210,7 @@ fn snapshot_candidate(
                 &path,
                 &label,
                 device,
+                setup.eval_dtype,
             )?))
         }
     }
@@ -362,7 +368,10 @@ fn test_table(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or(d.clone());
         let c: Box<dyn Candidate> = match setup.family {
-            Family::Decoder => Box::new(checkpoint_candidate(Path::new(&d), &name, device)?),
+            Family::Decoder => Box::new(
+                checkpoint_candidate(Path::new(&d), &name, device)?
+                    .with_eval_dtype(setup.eval_dtype),
+            ),
             Family::Mlp => Box::new(mlp_checkpoint_candidate(Path::new(&d), &name)?),
         };
         let kind = if exp.sources.base.as_deref() == Some(d.as_str()) {
@@ -383,7 +392,7 @@ fn test_table(
                 .map(|d| format!(", density {d}"))
                 .unwrap_or_default()
         );
-        match family_recipe_candidate(setup.family, &recipe, &name, device, exp.merge_seed()) {
+        match family_recipe_candidate(setup.family, &recipe, &name, setup, exp.merge_seed()) {
             Ok(c) => rows.push(score_row(setup, c.as_ref(), name, "baseline", exp.seed)?),
             Err(e) => rows.push(ResultRow {
                 name,

@@ -218,7 +218,7 @@ fn execute_stages(
         }
     };
     let kinds = StageKind::of(exp.genome.kind);
-    let executor = for_experiment(exp)?;
+    let executor = for_experiment(exp, &setup.device)?;
     let writes = AtomicU64::new(0);
     for (stage, &kind) in kinds.iter().enumerate() {
         if state.stages.get(stage).is_some_and(|s| s.done) {

@@ -10,7 +10,7 @@ use crate::stage::StageKind;
 use crate::state::RunState;
 use evomerge_checkpoint::Dtype;
 use evomerge_genome::{PsGenome, PsSpec};
-use evomerge_kernels::Device;
+use evomerge_kernels::{Device, FloatDType};
 use evomerge_merge::{MergeOptions, Plan, PlanOptions, Recipe, Sources, merge_to_disk};
 use evomerge_models::{Llama, Tokenizer};
 use evomerge_search::Bounds;
@@ -21,6 +21,9 @@ use std::sync::Arc;
 /// the source models are.
 pub(crate) struct Setup {
     pub device: Device,
+    /// The precision in-process evaluators compute in (`None`: f32), `eval_dtype` resolved
+    /// for the device and the sources' storage dtype.
+    pub eval_dtype: Option<FloatDType>,
     pub evaluators: Evaluators,
     pub ps_genome: Option<PsGenome>,
     pub family: Family,
@@ -44,6 +47,10 @@ impl Setup {
             }
         }
         let family = Family::of_models(&dirs)?;
+        let eval_dtype = exp
+            .eval_dtype
+            .resolve(storage_dtype(dirs[0])?, &device)
+            .map_err(RunError::Config)?;
         family.check(&exp.evaluators, exp.genome.kind, &exp.sources.models[0])?;
         // Validation and the test table (between generations) hold the first slot's devices.
         let first_slot = exp
@@ -80,6 +87,7 @@ impl Setup {
         };
         let setup = Setup {
             device,
+            eval_dtype,
             evaluators,
             ps_genome,
             family,
@@ -173,13 +181,16 @@ pub(crate) fn build_space(
 ) -> Result<Space, RunError> {
     if kind == StageKind::Ps {
         let genome = setup.ps_genome.clone().expect("ps stages have a genome");
-        return Ok(Space::Ps(Box::new(PsSpace::new(
-            genome,
-            exp.sources.base.as_deref(),
-            setup.family,
-            &setup.device,
-            exp.merge_seed(),
-        )?)));
+        return Ok(Space::Ps(Box::new(
+            PsSpace::new(
+                genome,
+                exp.sources.base.as_deref(),
+                setup.family,
+                &setup.device,
+                exp.merge_seed(),
+            )?
+            .with_eval_dtype(setup.eval_dtype),
+        )));
     }
     // DFS: model A is the first DFS model, or in a ps+dfs run the PS stage's result.
     let a_dir = ps_best_model(dir);
@@ -222,7 +233,7 @@ pub(crate) fn build_space(
     let dirs = dfs_model_dirs(exp, stage, a_dir);
     let models = dirs
         .iter()
-        .map(|d| Llama::from_dir(d, &setup.device).map(Arc::new))
+        .map(|d| load_model(d, &setup.device, setup.eval_dtype))
         .collect::<Result<Vec<_>, _>>()?;
     let tok_dir = dirs
         .iter()
@@ -230,7 +241,44 @@ pub(crate) fn build_space(
         .ok_or_else(|| RunError::Config("no DFS model has a tokenizer.json".into()))?;
     let tokenizer = Arc::new(Tokenizer::from_dir(tok_dir)?);
     let spec = exp.genome.dfs.clone().unwrap_or_default();
-    Ok(Space::Dfs(Box::new(DfsSpace::new(
-        spec, models, dirs, tokenizer,
-    )?)))
+    Ok(Space::Dfs(Box::new(
+        DfsSpace::new(spec, models, dirs, tokenizer)?.with_eval_dtype(setup.eval_dtype),
+    )))
+}
+
+/// A model folder loaded on `device`, computing in `eval_dtype` (`None`: f32).
+pub(crate) fn load_model(
+    dir: &Path,
+    device: &Device,
+    eval_dtype: Option<FloatDType>,
+) -> Result<Arc<Llama>, evomerge_models::ModelError> {
+    let model = Llama::from_dir(dir, device)?;
+    Ok(Arc::new(match eval_dtype {
+        Some(d) => model.to_dtype(d),
+        None => model,
+    }))
+}
+
+/// The storage dtype of a model folder's float tensors (the one most of its parameters have).
+fn storage_dtype(dir: &str) -> Result<FloatDType, RunError> {
+    let ckpt = evomerge_checkpoint::Checkpoint::open(dir)?;
+    let mut by: Vec<(Dtype, usize)> = Vec::new();
+    for name in ckpt.names() {
+        let Some(info) = ckpt.info(name) else {
+            continue;
+        };
+        if !info.dtype.is_float() {
+            continue;
+        }
+        match by.iter_mut().find(|(d, _)| *d == info.dtype) {
+            Some((_, n)) => *n += info.numel(),
+            None => by.push((info.dtype, info.numel())),
+        }
+    }
+    Ok(match by.iter().max_by_key(|(_, n)| *n).map(|(d, _)| *d) {
+        Some(Dtype::F16) => FloatDType::F16,
+        Some(Dtype::BF16) => FloatDType::BF16,
+        Some(Dtype::F64) => FloatDType::F64,
+        _ => FloatDType::F32,
+    })
 }

@@ -21,11 +21,11 @@ use evomerge_eval::{
     Candidate, ExportError, MergedCandidate, MlpCandidate, ModelFamily, PathCandidate, PathExporter,
 };
 use evomerge_genome::{DfsGenome, PsGenome, export_path};
-use evomerge_kernels::Device;
+use evomerge_kernels::{Device, FloatDType};
 use evomerge_merge::{Plan, PlanOptions, Recipe, Sources, merge_in_memory};
 use evomerge_models::{LayerPath, Llama, MLP_ARCHITECTURE, TensorMap, Tokenizer};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What the source models are, which decides what a merge of them becomes and which
 /// evaluators and search spaces apply.
@@ -190,6 +190,8 @@ pub struct PsSpace {
     tokenizer: Option<(Arc<Tokenizer>, PathBuf)>,
     device: Device,
     merge_seed: u64,
+    /// The precision candidates are evaluated in (`None`: f32).
+    eval_dtype: Option<FloatDType>,
 }
 
 /// A data-flow stage.
@@ -199,6 +201,11 @@ pub struct DfsSpace {
     /// Where each model's checkpoint is (A may be a merged model written to `a_dir`).
     pub model_dirs: Vec<PathBuf>,
     tokenizer: Arc<Tokenizer>,
+    /// The models loaded again on the other devices candidates hold (`[execution] devices`
+    /// with a GPU run device): one copy per GPU, loaded on first use.
+    placed: Mutex<Vec<(Device, Vec<Arc<Llama>>)>>,
+    /// The precision the models compute in (`None`: f32).
+    eval_dtype: Option<FloatDType>,
 }
 
 /// One stage's space.
@@ -251,7 +258,14 @@ impl PsSpace {
             tokenizer,
             device: device.clone(),
             merge_seed,
+            eval_dtype: None,
         })
+    }
+
+    /// Evaluate candidates in `dtype` (`None`: f32).
+    pub fn with_eval_dtype(mut self, dtype: Option<FloatDType>) -> PsSpace {
+        self.eval_dtype = dtype;
+        self
     }
 
     /// Decode a vector.
@@ -259,11 +273,18 @@ impl PsSpace {
         Ok(Decoded::Recipe(Box::new(self.genome.decode(x)?)))
     }
 
-    /// Merge a recipe in memory into a candidate: a language model, or an MLP classifier.
-    pub fn build(&self, recipe: &Recipe, label: &str) -> Result<Box<dyn Candidate>, String> {
+    /// Merge a recipe in memory into a candidate: a language model, or an MLP classifier;
+    /// on `device` (the GPU the candidate holds), else on the run's device.
+    pub fn build(
+        &self,
+        recipe: &Recipe,
+        label: &str,
+        device: Option<&Device>,
+    ) -> Result<Box<dyn Candidate>, String> {
+        let device = device.unwrap_or(&self.device);
         let plan = Plan::build(recipe, &self.sources, &PlanOptions::default())
             .map_err(|e| e.to_string())?;
-        let merged = merge_in_memory(&plan, &self.sources, &self.device, self.merge_seed)
+        let merged = merge_in_memory(&plan, &self.sources, device, self.merge_seed)
             .map_err(|e| e.to_string())?;
         let config = plan
             .config
@@ -278,9 +299,10 @@ impl PsSpace {
                     tensors,
                     tokenizer.clone(),
                     Some(dir.clone()),
-                    &self.device,
+                    device,
                 )
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| e.to_string())?
+                .with_eval_dtype(self.eval_dtype),
             )),
             None => Ok(Box::new(
                 MlpCandidate::from_tensors(label, &config, &tensors).map_err(|e| e.to_string())?,
@@ -304,7 +326,16 @@ impl DfsSpace {
             models,
             model_dirs,
             tokenizer,
+            placed: Mutex::new(Vec::new()),
+            eval_dtype: None,
         })
+    }
+
+    /// The precision `models` compute in (they are cast by the caller), and the models loaded
+    /// on other devices will.
+    pub fn with_eval_dtype(mut self, dtype: Option<FloatDType>) -> DfsSpace {
+        self.eval_dtype = dtype;
+        self
     }
 
     pub fn decode(&self, x: &[f64]) -> Result<Decoded, RunError> {
@@ -315,7 +346,16 @@ impl DfsSpace {
     /// [`export_path`] writes: the plain frankenmerge (layers duplicated along the path) when no
     /// hop is scaled, which lm-eval and vLLM load as an ordinary model; otherwise the path
     /// checkpoint with its transformers modeling file, which needs `trust_remote_code=True`.
-    pub fn build(&self, path: &LayerPath, label: &str) -> Result<PathCandidate, String> {
+    pub fn build(
+        &self,
+        path: &LayerPath,
+        label: &str,
+        device: Option<&Device>,
+    ) -> Result<PathCandidate, String> {
+        let models = match device {
+            Some(d) if !same_device(d, self.models[0].device()) => self.models_on(d)?,
+            _ => self.models.clone(),
+        };
         let dirs = self.model_dirs.clone();
         let exporter: Arc<dyn PathExporter> = Arc::new(
             move |p: &LayerPath, out: &Path| -> Result<(), ExportError> {
@@ -328,14 +368,34 @@ impl DfsSpace {
                 Ok(())
             },
         );
-        PathCandidate::new(
-            label,
-            self.models.clone(),
-            path.clone(),
-            self.tokenizer.clone(),
-        )
-        .map(|c| c.with_exporter(exporter))
-        .map_err(|e| e.to_string())
+        PathCandidate::new(label, models, path.clone(), self.tokenizer.clone())
+            .map(|c| c.with_exporter(exporter))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Whether two devices are one (burn's equality does not tell a device from its autodiff
+/// wrapper).
+fn same_device(a: &Device, b: &Device) -> bool {
+    a == b && a.is_autodiff() == b.is_autodiff()
+}
+
+impl DfsSpace {
+    /// The models on `device`, loaded from their folders the first time a candidate there
+    /// needs them (a candidate waits while another loads them).
+    fn models_on(&self, device: &Device) -> Result<Vec<Arc<Llama>>, String> {
+        let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = placed.iter().find(|(d, _)| same_device(d, device)) {
+            return Ok(m.clone());
+        }
+        let models = self
+            .model_dirs
+            .iter()
+            .map(|d| crate::setup::load_model(d, device, self.eval_dtype))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("loading the models on {device:?}: {e}"))?;
+        placed.push((device.clone(), models.clone()));
+        Ok(models)
     }
 }
 
@@ -347,11 +407,17 @@ impl Space {
         }
     }
 
-    /// Build the candidate a decoded vector describes.
-    pub fn build(&self, decoded: &Decoded, label: &str) -> Result<Box<dyn Candidate>, String> {
+    /// Build the candidate a decoded vector describes, on `device` (the GPU the candidate
+    /// holds) or else on the run's device.
+    pub fn build(
+        &self,
+        decoded: &Decoded,
+        label: &str,
+        device: Option<&Device>,
+    ) -> Result<Box<dyn Candidate>, String> {
         match (self, decoded) {
-            (Space::Ps(s), Decoded::Recipe(r)) => s.build(r, label),
-            (Space::Dfs(s), Decoded::Path(p)) => Ok(Box::new(s.build(p, label)?)),
+            (Space::Ps(s), Decoded::Recipe(r)) => s.build(r, label, device),
+            (Space::Dfs(s), Decoded::Path(p)) => Ok(Box::new(s.build(p, label, device)?)),
             _ => Err("internal: decoded value does not match the stage".into()),
         }
     }
@@ -475,7 +541,7 @@ mod tests {
 
         let plain = tmp.path().join("plain");
         space
-            .build(&path(1.0), "c0")
+            .build(&path(1.0), "c0", None)
             .unwrap()
             .write_hf_folder(&plain)
             .unwrap();
@@ -487,7 +553,7 @@ mod tests {
 
         let scaled = tmp.path().join("scaled");
         space
-            .build(&path(0.5), "c1")
+            .build(&path(0.5), "c1", None)
             .unwrap()
             .write_hf_folder(&scaled)
             .unwrap();
@@ -497,5 +563,83 @@ mod tests {
         assert!(c["auto_map"]["AutoModelForCausalLM"].is_string());
         assert!(scaled.join(PATH_MODELING_PY.0).exists());
         assert!(scaled.join("tokenizer_config.json").exists());
+
+        // On another device (the GPU a candidate holds; the autodiff device stands for one
+        // here) the path runs over the models loaded there once, with the same logits.
+        let other = Device::flex().autodiff();
+        let tokens = [1u32, 5, 9, 3];
+        let logits = |c: &dyn Candidate| {
+            let lm = c.language_model().unwrap();
+            lm.decoder().logits(&tokens).unwrap().concat()
+        };
+        let here = space.build(&path(0.5), "c2", None).unwrap();
+        for _ in 0..2 {
+            let there = space.build(&path(0.5), "c3", Some(&other)).unwrap();
+            assert!(
+                there
+                    .language_model()
+                    .unwrap()
+                    .decoder()
+                    .device()
+                    .is_autodiff()
+            );
+            let (x, y) = (logits(&here), logits(&there));
+            assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-5));
+        }
+        assert_eq!(
+            space.placed.lock().unwrap().len(),
+            1,
+            "loaded once per device"
+        );
+    }
+
+    /// A parameter-space candidate built for a device is merged there and its model runs
+    /// there, with the logits of the run's device.
+    #[test]
+    fn a_ps_candidate_is_merged_on_the_device_it_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = TinyLlama {
+            layers: 2,
+            ..Default::default()
+        };
+        let dirs: Vec<String> = ["base", "a", "b"]
+            .iter()
+            .map(|n| tmp.path().join(n).display().to_string())
+            .collect();
+        let base = spec.random(1);
+        base.save(Path::new(&dirs[0]), Dtype::F32, u64::MAX)
+            .unwrap();
+        for (i, d) in dirs[1..].iter().enumerate() {
+            base.perturbed(2 + i as u64, 0.05)
+                .save(Path::new(d), Dtype::F32, u64::MAX)
+                .unwrap();
+        }
+        let genome = PsGenome::new(
+            evomerge_genome::PsSpec::sakana(),
+            dirs[1..].to_vec(),
+            Some(dirs[0].clone()),
+            2,
+        )
+        .unwrap();
+        let space =
+            PsSpace::new(genome, Some(&dirs[0]), Family::Decoder, &Device::flex(), 7).unwrap();
+        let Decoded::Recipe(recipe) = space.decode(&space.genome.initial()).unwrap() else {
+            panic!("a PS space decodes to a recipe")
+        };
+        let tokens = [1u32, 5, 9, 3];
+        let logits = |c: &dyn Candidate| {
+            let lm = c.language_model().unwrap();
+            (
+                lm.decoder().device().is_autodiff(),
+                lm.decoder().logits(&tokens).unwrap().concat(),
+            )
+        };
+        let (on_autodiff, here) = logits(space.build(&recipe, "c0", None).unwrap().as_ref());
+        assert!(!on_autodiff);
+        let other = Device::flex().autodiff();
+        let (on_autodiff, there) =
+            logits(space.build(&recipe, "c1", Some(&other)).unwrap().as_ref());
+        assert!(on_autodiff);
+        assert!(here.iter().zip(&there).all(|(a, b)| (a - b).abs() < 1e-5));
     }
 }

@@ -5,7 +5,7 @@ use crate::EvalError;
 use evomerge_checkpoint::{
     CheckpointWriter, Dtype, OutputTensor, WriterOptions, config_dtype_name,
 };
-use evomerge_kernels::{Device, values_of};
+use evomerge_kernels::{Device, FloatDType, values_of};
 use evomerge_models::{
     Decoder, LanguageModel, LayerPath, Llama, LlamaConfig, MLP_ARCHITECTURE, MlpWeights, TensorMap,
     Tokenizer,
@@ -57,6 +57,8 @@ pub struct MergedCandidate {
     tokenizer_dir: Option<PathBuf>,
     dtype: Dtype,
     device: Device,
+    /// The precision the model computes in (`None`: f32).
+    eval_dtype: Option<FloatDType>,
     lm: OnceLock<(Arc<Llama>, LanguageModel)>,
 }
 
@@ -98,8 +100,17 @@ impl MergedCandidate {
             tokenizer,
             tokenizer_dir,
             device: device.clone(),
+            eval_dtype: None,
             lm: OnceLock::new(),
         })
+    }
+
+    /// Evaluate in `dtype` (`None`: f32): the model is cast layer by layer once built
+    /// ([`Llama::to_dtype`]). An export after that writes the weights as evaluated, so ask for a
+    /// precision no finer than the storage dtype's (what `eval_dtype = "auto"` does).
+    pub fn with_eval_dtype(mut self, dtype: Option<FloatDType>) -> MergedCandidate {
+        self.eval_dtype = dtype;
+        self
     }
 
     /// Storage dtype of an export (default: the config's `torch_dtype`, else f32).
@@ -149,11 +160,11 @@ impl Candidate for MergedCandidate {
         if let Some((_, lm)) = self.lm.get() {
             return Ok(lm);
         }
-        let model = Arc::new(Llama::load_taking(
-            self.config.clone(),
-            &mut left,
-            &self.device,
-        )?);
+        let mut model = Llama::load_taking(self.config.clone(), &mut left, &self.device)?;
+        if let Some(dtype) = self.eval_dtype {
+            model = model.to_dtype(dtype);
+        }
+        let model = Arc::new(model);
         let lm = LanguageModel::new(Decoder::plain(model.clone()), self.tokenizer.clone());
         Ok(&self.lm.get_or_init(|| (model, lm)).1)
     }

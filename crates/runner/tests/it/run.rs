@@ -128,6 +128,11 @@ fn bad_experiments_fail_before_any_work() {
         )
         .unwrap();
     check("shapes", text.replace("models/b\"", "models/wide\""), "mlp");
+    check(
+        "eval-dtype",
+        text.replace("seed = 3", "seed = 3\neval_dtype = \"int8\""),
+        "int8",
+    );
     // an output folder of a different experiment
     let dir = start(&exp_path, &RunOptions::default()).unwrap();
     let other = text.replace("seed = 3", "seed = 3\nmerge_seed = 9");
@@ -146,6 +151,52 @@ fn bad_experiments_fail_before_any_work() {
     let err = start(&p, &RunOptions::default()).unwrap_err().to_string();
     assert!(err.contains("evomerge resume"), "{err}");
     assert!(dir.join("state.json").exists());
+}
+
+/// `eval_dtype = "bfloat16"` evaluates every candidate (and the test table) in bf16 on the
+/// CPU: the scores move by rounding only; `auto` on the CPU is f32, the default's numbers.
+#[test]
+fn candidates_are_evaluated_in_the_precision_asked_for() {
+    let run = |extra: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        let exp_path = toy_experiment(tmp.path(), 8, "").unwrap();
+        let text = std::fs::read_to_string(&exp_path).unwrap();
+        std::fs::write(
+            &exp_path,
+            text.replace("seed = 3", &format!("seed = 3\n{extra}")),
+        )
+        .unwrap();
+        let dir = start(&exp_path, &RunOptions::default()).unwrap();
+        // The first generation (the same candidates whatever the scores) and the test table
+        // without its first row (the best, which the scores choose).
+        let all = rows(&dir.join("candidates.csv"));
+        let cands: Vec<f64> = all
+            .iter()
+            .filter(|r| r[1] == all[0][1])
+            .map(|r| r[4].parse().unwrap())
+            .collect();
+        let results: Vec<f64> = rows(&dir.join("results.csv"))
+            .iter()
+            .skip(1)
+            .map(|r| r[3].parse().unwrap())
+            .collect();
+        (cands, results, tmp)
+    };
+    let (f32_cands, f32_results, _a) = run("");
+    let (auto_cands, auto_results, _b) = run("eval_dtype = \"auto\"");
+    assert_eq!(f32_cands, auto_cands, "auto is f32 on the CPU");
+    assert_eq!(f32_results, auto_results);
+    let (bf16_cands, bf16_results, _c) = run("eval_dtype = \"bf16\"");
+    assert_eq!(f32_cands.len(), bf16_cands.len());
+    for (all_f32, all_bf16) in [(&f32_cands, &bf16_cands), (&f32_results, &bf16_results)] {
+        assert!(all_f32 != all_bf16, "bf16 was really used");
+        for (a, b) in all_f32.iter().zip(all_bf16.iter()) {
+            assert!(
+                (a - b).abs() <= 0.05 * a.abs().max(1e-3),
+                "{all_f32:?} vs {all_bf16:?}"
+            );
+        }
+    }
 }
 
 #[test]

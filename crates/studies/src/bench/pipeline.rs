@@ -11,7 +11,7 @@ use crate::bench::merge::ensure_models;
 use anyhow::{Context, Result, bail};
 use evomerge_checkpoint::{Checkpoint, Dtype};
 use evomerge_eval::Candidate;
-use evomerge_kernels::DeviceChoice;
+use evomerge_kernels::{DeviceChoice, EvalDtype};
 use evomerge_merge::{MergeOptions, Plan, PlanOptions, Recipe, Sources, merge_to_disk};
 use evomerge_models::LanguageModel;
 use evomerge_runner::log::CandidateTable;
@@ -42,6 +42,8 @@ pub struct PipelineBench {
     pub method: String,
     /// Where the search runs.
     pub device: DeviceChoice,
+    /// The search's evaluation precision (`eval_dtype`).
+    pub eval_dtype: EvalDtype,
     /// The `evomerge` executable that runs the search (default: this one).
     pub exe: Option<PathBuf>,
 }
@@ -58,6 +60,7 @@ impl Default for PipelineBench {
             repeats: 3,
             method: "dare_ties".into(),
             device: DeviceChoice::Cpu,
+            eval_dtype: EvalDtype::Auto,
             exe: None,
         }
     }
@@ -172,8 +175,9 @@ fn prepare(args: &PipelineBench, root: &Path, spec: &TinyLlama) -> Result<(PathB
         ),
     )?;
     let exp = format!(
-        "name = \"pipeline\"\nseed = 1\ndevice = \"{device}\"\noutput = \"{output}\"\n\n[sources]\nbase = \"models/base\"\nmodels = [\"models/ft1\", \"models/ft2\"]\n\n[genome]\nkind = \"ps\"\n\n[genome.ps]\npreset = \"sakana\"\nmerge_method = \"{method}\"\n\n[optimizer]\noptimizer = \"cma\"\npopulation_size = 4\n\n[budget]\nevaluations = {n}\n\n[[evaluators]]\nkind = \"lm\"\ntask = \"task.toml\"\n\n[validation]\nevery = 0\n\n[report]\ntest = false\n",
+        "name = \"pipeline\"\nseed = 1\ndevice = \"{device}\"\neval_dtype = \"{eval_dtype}\"\noutput = \"{output}\"\n\n[sources]\nbase = \"models/base\"\nmodels = [\"models/ft1\", \"models/ft2\"]\n\n[genome]\nkind = \"ps\"\n\n[genome.ps]\npreset = \"sakana\"\nmerge_method = \"{method}\"\n\n[optimizer]\noptimizer = \"cma\"\npopulation_size = 4\n\n[budget]\nevaluations = {n}\n\n[[evaluators]]\nkind = \"lm\"\ntask = \"task.toml\"\n\n[validation]\nevery = 0\n\n[report]\ntest = false\n",
         device = args.device,
+        eval_dtype = args.eval_dtype,
         output = root.join("runs").display(),
         method = args.method,
         n = args.candidates.max(1),
@@ -320,8 +324,14 @@ pub fn run(args: &PipelineBench) -> Result<()> {
         });
     }
     println!(
-        "PS search, {} over base + 2 fine-tunes ({} files), population 4, {} candidates, perplexity of {} texts x {} tokens, device {}",
-        args.method, args.dtype, args.candidates, args.texts, args.tokens, args.device
+        "PS search, {} over base + 2 fine-tunes ({} files), population 4, {} candidates, perplexity of {} texts x {} tokens, device {}, eval_dtype {}",
+        args.method,
+        args.dtype,
+        args.candidates,
+        args.texts,
+        args.tokens,
+        args.device,
+        args.eval_dtype
     );
     println!(
         "| size | parameters | layers | sources' files (GB) | peak RSS (GB) | bytes / parameter | target: files + 1.1 x candidate (GB) | candidates scored | merge ms / candidate | eval ms / candidate | in memory, ready (ms) | one-shot merge (ms) | merge + reload (ms) | one-shot / in memory | reload / in memory |"
