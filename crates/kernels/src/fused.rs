@@ -4,8 +4,10 @@
 //! tensor per step. Chunks run in parallel (rayon), so a 131 MB embedding uses every core.
 //!
 //! - [`gta`]: generalized task arithmetic (task_arithmetic, TIES, DARE, DARE-TIES,
-//!   breadcrumbs, breadcrumbs-TIES): the same math as [`crate::sparsify`] and
-//!   [`crate::generalized_task_arithmetic`], in the same f32 operation order.
+//!   breadcrumbs, breadcrumbs-TIES, DELLA, DELLA-linear): the same math as
+//!   [`crate::sparsify`] and [`crate::generalized_task_arithmetic`], in the same f32 operation
+//!   order. DELLA ranks each row's |delta| ([`row_ranks`], ties by position, the ranks the burn
+//!   path uses too) inside the chunk; a row that crosses the chunk's edge is decoded whole.
 //! - [`linear`]: the weighted average.
 //! - [`slerp`]: SLERP over the flattened tensors (one reduction pass for the norms and the
 //!   dot product, one interpolation pass).
@@ -148,6 +150,10 @@ struct Scratch {
     tv: Vec<Vec<f32>>,
     u: Vec<f32>,
     div: Vec<f32>,
+    /// DELLA: the ranks of one row, and a row crossing the chunk's edge (base, delta).
+    ranks: Vec<u32>,
+    row_b: Vec<f32>,
+    row_d: Vec<f32>,
 }
 
 impl Scratch {
@@ -159,6 +165,9 @@ impl Scratch {
             tv: (0..tvs).map(|_| vec![0.0; CHUNK]).collect(),
             u: vec![0.0; CHUNK],
             div: vec![0.0; CHUNK],
+            ranks: Vec::new(),
+            row_b: Vec::new(),
+            row_d: Vec::new(),
         }
     }
 }
@@ -344,6 +353,8 @@ pub struct HostTaskVector<'a> {
     pub weight: f32,
     pub density: f64,
     pub gamma: f64,
+    /// DELLA's spread of keep probabilities around `density`.
+    pub epsilon: f64,
     pub rng: MaskRng,
 }
 
@@ -356,6 +367,32 @@ enum Keep {
     Random(f32),
     /// Keep the entries whose rank by |delta| lies in the window.
     Ranks(RankWindow),
+    /// DELLA: keep where the draw is below `p = rank / (cols - 1) * span + low` (rank of
+    /// |delta| in its row), dividing the kept entries by `p` when `inverse`.
+    Della {
+        low: f32,
+        span: f32,
+        cols: usize,
+        inverse: bool,
+    },
+}
+
+/// The rank of each entry of `row` by |value| (0 = smallest; equal magnitudes by position),
+/// into `ranks` (resized to the row): what DELLA's keep probabilities are built from, on the
+/// host for every device so a merge draws the same mask everywhere.
+pub fn row_ranks(row: &[f32], ranks: &mut Vec<u32>) {
+    let mut keys: Vec<u64> = row
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((key(*v) as u64) << 32) | i as u64)
+        .collect();
+    // the keys are distinct (positions), so the unstable sort gives the stable order
+    keys.sort_unstable();
+    ranks.clear();
+    ranks.resize(row.len(), 0);
+    for (r, k) in keys.iter().enumerate() {
+        ranks[(*k & 0xffff_ffff) as usize] = r as u32;
+    }
 }
 
 /// A rank window `lo..hi` of the ascending order of |delta| (ties by position), resolved into
@@ -625,9 +662,9 @@ fn resolve_windows(
 }
 
 /// Generalized task arithmetic fused over chunks: `base + lambda * combine(weight_i *
-/// sparsify(input_i - base))`, with the semantics of [`crate::sparsify`] (`Sparsify::None`,
-/// `Magnitude`, `Random`, `MagnitudeOutliers`; DELLA's row ranks are not fused) and
-/// [`crate::generalized_task_arithmetic`].
+/// sparsify(input_i - base))`, with the semantics of [`crate::sparsify`] and
+/// [`crate::generalized_task_arithmetic`]. `cols` is the row length of the tensor's 2-D view
+/// (`crate::view_shape`), which only DELLA's row ranks read.
 #[allow(clippy::too_many_arguments)]
 pub fn gta(
     base: HostTensor,
@@ -637,16 +674,17 @@ pub fn gta(
     consensus: Consensus,
     normalize: bool,
     lambda: f32,
+    cols: usize,
     out: HostOut,
 ) -> Result<()> {
     let n = base.len();
     let mut all = vec![base];
     all.extend(tvs.iter().map(|t| t.input));
     check_lengths("task_arithmetic", n, &all, &out)?;
-    if method == Sparsify::Della {
+    if method == Sparsify::Della && (cols == 0 || n % cols != 0) {
         return Err(KernelError::BadParameter {
             method: "della",
-            what: "DELLA's row-wise ranks are not fused; use the burn path".into(),
+            what: format!("rows of {cols} do not tile a tensor of {n} values"),
         });
     }
     // How each task vector is thinned (the checks of `sparsify`).
@@ -656,6 +694,8 @@ pub fn gta(
         let density = tv.density;
         let keep = if method == Sparsify::None || density >= 1.0 || n == 0 {
             Keep::All
+        } else if method == Sparsify::Della && (density.is_nan() || density <= 0.0) {
+            Keep::None
         } else if density.is_nan() || density <= 0.0 {
             return Err(KernelError::BadParameter {
                 method: "sparsify",
@@ -686,7 +726,24 @@ pub fn gta(
                     }
                     Keep::None
                 }
-                Sparsify::None | Sparsify::Della => unreachable!(),
+                Sparsify::Della => {
+                    let epsilon = tv.epsilon;
+                    if !(density - epsilon > 0.0 && density + epsilon < 1.0) {
+                        return Err(KernelError::BadParameter {
+                            method: "della",
+                            what: format!(
+                                "density - epsilon and density + epsilon must lie in (0, 1); got density {density}, epsilon {epsilon}"
+                            ),
+                        });
+                    }
+                    Keep::Della {
+                        low: (density - epsilon) as f32,
+                        span: (2.0 * epsilon) as f32,
+                        cols,
+                        inverse: rescale == Rescale::InverseDensity,
+                    }
+                }
+                Sparsify::None => unreachable!(),
             }
         };
         keeps.push(keep);
@@ -702,6 +759,8 @@ pub fn gta(
         .zip(tvs)
         .map(|(k, tv)| match (rescale, k) {
             (_, Keep::All) | (Rescale::None, _) | (Rescale::L1, _) => Factor::One,
+            // DELLA divides each kept entry by its own probability (in the mask)
+            (_, Keep::Della { .. }) => Factor::One,
             (Rescale::InverseDensity, _) => Factor::Div(tv.density as f32),
         })
         .collect();
@@ -721,7 +780,7 @@ pub fn gta(
                     deltas(&base, tvs, &l1, start, len, s);
                     l1.iter()
                         .map(|&j| {
-                            mask_chunk(&keeps[j], &tvs[j], ci, start, len, s, j);
+                            mask_chunk(&keeps[j], &base, &tvs[j], ci, start, len, s, j);
                             let before: f64 = s.tv[j][..len].iter().map(|d| d.abs() as f64).sum();
                             let after: f64 = s.x[..len].iter().map(|d| d.abs() as f64).sum();
                             (before, after)
@@ -761,7 +820,7 @@ pub fn gta(
         // thin, rescale and weight each task vector in place
         for (j, tv) in tvs.iter().enumerate() {
             if !matches!(keeps[j], Keep::All) {
-                mask_chunk(&keeps[j], tv, ci, start, len, s, j);
+                mask_chunk(&keeps[j], &base, tv, ci, start, len, s, j);
                 std::mem::swap(&mut s.tv[j], &mut s.x);
             }
             let w = tv.weight;
@@ -796,8 +855,10 @@ enum Factor {
 }
 
 /// Input `j`'s thinned delta of this chunk into `s.x` (from `s.tv[j]`).
+#[allow(clippy::too_many_arguments)]
 fn mask_chunk(
     keep: &Keep,
+    base: &HostTensor,
     tv: &HostTaskVector,
     ci: usize,
     start: usize,
@@ -805,6 +866,16 @@ fn mask_chunk(
     s: &mut Scratch,
     j: usize,
 ) {
+    if let Keep::Della {
+        low,
+        span,
+        cols,
+        inverse,
+    } = *keep
+    {
+        della_chunk(low, span, cols, inverse, base, tv, start, len, s, j);
+        return;
+    }
     let (d, x) = (&s.tv[j][..len], &mut s.x[..len]);
     match keep {
         Keep::All => x.copy_from_slice(d),
@@ -816,6 +887,56 @@ fn mask_chunk(
             }
         }
         Keep::Ranks(w) => w.apply(ci, d, x),
+        Keep::Della { .. } => unreachable!("handled above"),
+    }
+}
+
+/// DELLA's mask of one chunk of input `j`'s delta (`s.tv[j]`) into `s.x`: per row, the rank of
+/// each |delta| gives its keep probability `p` (the f32 operation order of
+/// [`crate::sparsify`]), the draw at its position decides, and with `inverse` a kept entry is
+/// divided by `p`. Rows crossing the chunk's edges are decoded whole from the inputs.
+#[allow(clippy::too_many_arguments)]
+fn della_chunk(
+    low: f32,
+    span: f32,
+    cols: usize,
+    inverse: bool,
+    base: &HostTensor,
+    tv: &HostTaskVector,
+    start: usize,
+    len: usize,
+    s: &mut Scratch,
+    j: usize,
+) {
+    tv.rng.uniform_at(start as u64, &mut s.u[..len]);
+    let end = start + len;
+    let denom = cols.saturating_sub(1) as f32;
+    let mut row = start / cols * cols;
+    while row < end {
+        let row_end = row + cols;
+        let (from, to) = (row.max(start), row_end.min(end));
+        if row >= start && row_end <= end {
+            row_ranks(&s.tv[j][row - start..row_end - start], &mut s.ranks);
+        } else {
+            // the whole row, decoded apart
+            s.row_b.resize(cols, 0.0);
+            s.row_d.resize(cols, 0.0);
+            base.decode(row, &mut s.row_b);
+            tv.input.decode(row, &mut s.row_d);
+            for (d, b) in s.row_d.iter_mut().zip(&s.row_b) {
+                *d -= b;
+            }
+            row_ranks(&s.row_d, &mut s.ranks);
+        }
+        for i in from..to {
+            let rank = s.ranks[i - row] as f32;
+            let norm = if cols > 1 { rank / denom } else { rank + 0.5 };
+            let p = norm * span + low;
+            let d = s.tv[j][i - start];
+            let kept = d * ((s.u[i - start] < p) as u32 as f32);
+            s.x[i - start] = if inverse { kept / p } else { kept };
+        }
+        row = row_end;
     }
 }
 
@@ -842,6 +963,7 @@ fn combine(
         tv,
         u,
         div,
+        ..
     } = s;
     let (base, res) = (&base[..len], &mut res[..len]);
     if tvs.is_empty() {

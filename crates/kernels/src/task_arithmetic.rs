@@ -200,8 +200,23 @@ pub fn sparsify(
                     ),
                 });
             }
-            // Rank of each |x| within its row, 0 = smallest, normalised to [0, 1].
-            let ranks = x.clone().abs().argsort(1).argsort(1).float();
+            // Rank of each |x| within its row, 0 = smallest (ties by position, on every
+            // device: the ranks are computed on the host), normalised to [0, 1].
+            let ranks = {
+                use rayon::prelude::*;
+                let values = crate::values_of(x.clone());
+                let mut ranks = vec![0f32; n];
+                values
+                    .par_chunks(c)
+                    .zip(ranks.par_chunks_mut(c))
+                    .for_each_init(Vec::new, |keys, (row, out)| {
+                        crate::fused::row_ranks(row, keys);
+                        for (o, k) in out.iter_mut().zip(keys.iter()) {
+                            *o = *k as f32;
+                        }
+                    });
+                Tensor::<2>::from_data(TensorData::new(ranks, [r, c]), &x.device())
+            };
             let rank_norm = if c > 1 {
                 ranks.div_scalar((c - 1) as f32)
             } else {

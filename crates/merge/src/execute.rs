@@ -113,6 +113,7 @@ pub fn merge_tensor_host(
             params: tp.resolved(),
             inputs,
             seed,
+            cols: evomerge_kernels::view_shape(&tp.shape)[1],
         },
         out,
     );

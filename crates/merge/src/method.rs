@@ -267,6 +267,9 @@ pub struct HostWork<'a> {
     pub inputs: Vec<HostTensor<'a>>,
     /// The seed of every random mask.
     pub seed: u64,
+    /// The row length of the tensor's 2-D view ([`evomerge_kernels::view_shape`]): DELLA
+    /// ranks within rows.
+    pub cols: usize,
 }
 
 impl HostWork<'_> {

@@ -2,11 +2,13 @@
 
 use super::gta;
 use crate::MergeError;
-use crate::method::{Golden, MethodSpec, TensorWork};
+use crate::method::{Golden, HostWork, MethodSpec, TensorWork};
+use evomerge_kernels::fused::HostOut;
 use evomerge_kernels::{Consensus, Sparsify, T2};
 
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
+        host: Some(host),
         goldens: &[Golden {
             base: Some(&[0., 0., 0.]),
             models: &[&[2., -4., 6.], &[2., 4., -2.]],
@@ -31,4 +33,8 @@ pub(crate) fn spec() -> MethodSpec {
 
 fn work(w: &TensorWork) -> Result<T2, MergeError> {
     gta::run(w, Sparsify::Della, Consensus::Sum)
+}
+
+fn host(w: &HostWork, out: HostOut) -> Result<(), MergeError> {
+    gta::run_host(w, out, Sparsify::Della, Consensus::Sum)
 }

@@ -120,7 +120,7 @@ fn options(p: &Resolved, consensus: Consensus) -> Result<(Rescale, Consensus, f3
     Ok((rescale, consensus, lambda))
 }
 
-/// The same merge fused on the CPU ([`fused::gta`]), for every sparsification but DELLA's.
+/// The same merge fused on the CPU ([`fused::gta`]).
 pub(crate) fn run_host(
     w: &HostWork,
     out: HostOut,
@@ -138,6 +138,7 @@ pub(crate) fn run_host(
             weight: p.weight(j),
             density: p.input_f64(j, "density").unwrap_or(1.0),
             gamma: p.input_f64(j, "gamma").unwrap_or(0.0),
+            epsilon: p.input_f64(j, "epsilon").unwrap_or(0.0),
             rng: MaskRng::new(w.seed, w.tensor, j),
         })
         .collect();
@@ -149,6 +150,7 @@ pub(crate) fn run_host(
         consensus,
         p.global_flag("normalize"),
         lambda,
+        w.cols,
         out,
     )
     .map_err(|e| w.kernel_err(e))

@@ -53,6 +53,7 @@ fn run(
 fn run_fused(
     m: &MethodSpec,
     inputs: &[Vec<f32>],
+    cols: usize,
     base: Option<usize>,
     global: &ParamMap,
     per: &[ParamMap],
@@ -68,6 +69,7 @@ fn run_fused(
         },
         inputs: inputs.iter().map(|v| HostTensor::F32(v)).collect(),
         seed: 42,
+        cols,
     };
     host(&work, HostOut::F32(&mut out)).unwrap_or_else(|e| panic!("{} fused: {e}", m.name));
     out
@@ -130,7 +132,10 @@ fn every_per_tensor_method_matches_its_golden_cases() {
             let host_inputs: Vec<Vec<f32>> = inputs.iter().map(|t| values_of(t.clone())).collect();
             let mut outputs = vec![("burn", run(m, inputs, base, &global, &per))];
             if m.host.is_some() {
-                outputs.push(("fused", run_fused(m, &host_inputs, base, &global, &per)));
+                outputs.push((
+                    "fused",
+                    run_fused(m, &host_inputs, cols, base, &global, &per),
+                ));
             }
             for (path, got) in outputs {
                 assert_eq!(got.len(), g.want.len(), "{}", m.name);
@@ -254,7 +259,7 @@ fn cases(path: Path, shape: [usize; 2], ties: bool) -> Vec<(String, Vec<f32>)> {
                         .collect();
                     run(m, inputs, base, &global, &per)
                 }
-                Path::Fused => run_fused(m, &host, base, &global, &per),
+                Path::Fused => run_fused(m, &host, shape[1], base, &global, &per),
             };
             out.push((case, got));
         }
@@ -299,6 +304,8 @@ fn fused_cpu_kernels_match_the_burn_path() {
         "dare_linear",
         "breadcrumbs",
         "breadcrumbs_ties",
+        "della",
+        "della_linear",
     ] {
         assert!(fused_methods.contains(&name), "{name} has no fused kernel");
     }
