@@ -681,7 +681,7 @@ pub fn gta(
     let mut all = vec![base];
     all.extend(tvs.iter().map(|t| t.input));
     check_lengths("task_arithmetic", n, &all, &out)?;
-    if method == Sparsify::Della && (cols == 0 || n % cols != 0) {
+    if method == Sparsify::Della && (cols == 0 || !n.is_multiple_of(cols)) {
         return Err(KernelError::BadParameter {
             method: "della",
             what: format!("rows of {cols} do not tile a tensor of {n} values"),
