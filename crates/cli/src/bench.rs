@@ -154,10 +154,6 @@ pub struct MergeBenchArgs {
     /// cpu, wgpu or auto.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
-    /// The search's evaluation precision (the experiment's `eval_dtype`): auto, float32,
-    /// float16 or bfloat16.
-    #[arg(long, default_value = "auto")]
-    pub eval_dtype: EvalDtype,
 }
 
 #[derive(Args)]
