@@ -6,7 +6,7 @@
 //! - [`gta`]: generalized task arithmetic (task_arithmetic, TIES, DARE, DARE-TIES,
 //!   breadcrumbs, breadcrumbs-TIES, DELLA, DELLA-linear): the same math as
 //!   [`crate::sparsify`] and [`crate::generalized_task_arithmetic`], in the same f32 operation
-//!   order. DELLA ranks each row's |delta| ([`row_ranks`], ties by position, the ranks the burn
+//!   order. DELLA ranks each row's |delta| ([`RowRanker`], ties by position, the ranks the burn
 //!   path uses too) inside the chunk; a row that crosses the chunk's edge is decoded whole.
 //! - [`linear`]: the weighted average.
 //! - [`slerp`]: SLERP over the flattened tensors (one reduction pass for the norms and the
@@ -151,7 +151,7 @@ struct Scratch {
     u: Vec<f32>,
     div: Vec<f32>,
     /// DELLA: the ranks of one row, and a row crossing the chunk's edge (base, delta).
-    ranks: Vec<u32>,
+    ranker: RowRanker,
     row_b: Vec<f32>,
     row_d: Vec<f32>,
 }
@@ -165,7 +165,7 @@ impl Scratch {
             tv: (0..tvs).map(|_| vec![0.0; CHUNK]).collect(),
             u: vec![0.0; CHUNK],
             div: vec![0.0; CHUNK],
-            ranks: Vec::new(),
+            ranker: RowRanker::default(),
             row_b: Vec::new(),
             row_d: Vec::new(),
         }
@@ -377,21 +377,58 @@ enum Keep {
     },
 }
 
-/// The rank of each entry of `row` by |value| (0 = smallest; equal magnitudes by position),
-/// into `ranks` (resized to the row): what DELLA's keep probabilities are built from, on the
-/// host for every device so a merge draws the same mask everywhere.
-pub fn row_ranks(row: &[f32], ranks: &mut Vec<u32>) {
-    let mut keys: Vec<u64> = row
-        .iter()
-        .enumerate()
-        .map(|(i, v)| ((key(*v) as u64) << 32) | i as u64)
-        .collect();
-    // the keys are distinct (positions), so the unstable sort gives the stable order
-    keys.sort_unstable();
-    ranks.clear();
-    ranks.resize(row.len(), 0);
-    for (r, k) in keys.iter().enumerate() {
-        ranks[(*k & 0xffff_ffff) as usize] = r as u32;
+/// Ranks entries of a row by |value| (0 = smallest; equal magnitudes by position): what
+/// DELLA's keep probabilities are built from, on the host for every device so a merge draws
+/// the same mask everywhere. An LSD radix sort of (magnitude bits, position) keys, one byte of
+/// the magnitude a pass (a pass whose byte is the same everywhere is skipped); its buffers
+/// are kept between rows.
+#[derive(Debug, Default, Clone)]
+pub struct RowRanker {
+    keys: Vec<u64>,
+    tmp: Vec<u64>,
+    ranks: Vec<u32>,
+}
+
+impl RowRanker {
+    /// The rank of each entry of `row`.
+    pub fn rank(&mut self, row: &[f32]) -> &[u32] {
+        let n = row.len();
+        self.keys.clear();
+        self.keys.extend(
+            row.iter()
+                .enumerate()
+                .map(|(i, v)| ((key(*v) as u64) << 32) | i as u64),
+        );
+        self.tmp.resize(n, 0);
+        // four 8-bit digits of the 31-bit magnitude, least significant first; LSD passes are
+        // stable, so equal magnitudes stay in position order
+        for shift in [32u32, 40, 48, 56] {
+            let mut counts = [0usize; 256];
+            for k in &self.keys {
+                counts[((k >> shift) & 0xff) as usize] += 1;
+            }
+            if counts.iter().any(|&c| c == n) {
+                continue;
+            }
+            let mut at = 0;
+            for c in counts.iter_mut() {
+                let here = *c;
+                *c = at;
+                at += here;
+            }
+            for k in &self.keys {
+                let d = ((k >> shift) & 0xff) as usize;
+                self.tmp[counts[d]] = *k;
+                counts[d] += 1;
+            }
+            std::mem::swap(&mut self.keys, &mut self.tmp);
+        }
+        self.ranks.clear();
+        self.ranks.resize(n, 0);
+        for (r, k) in self.keys.iter().enumerate() {
+            self.ranks[(*k & 0xffff_ffff) as usize] = r as u32;
+        }
+        &self.ranks
     }
 }
 
@@ -915,8 +952,8 @@ fn della_chunk(
     while row < end {
         let row_end = row + cols;
         let (from, to) = (row.max(start), row_end.min(end));
-        if row >= start && row_end <= end {
-            row_ranks(&s.tv[j][row - start..row_end - start], &mut s.ranks);
+        let ranks = if row >= start && row_end <= end {
+            s.ranker.rank(&s.tv[j][row - start..row_end - start])
         } else {
             // the whole row, decoded apart
             s.row_b.resize(cols, 0.0);
@@ -926,10 +963,10 @@ fn della_chunk(
             for (d, b) in s.row_d.iter_mut().zip(&s.row_b) {
                 *d -= b;
             }
-            row_ranks(&s.row_d, &mut s.ranks);
-        }
+            s.ranker.rank(&s.row_d)
+        };
         for i in from..to {
-            let rank = s.ranks[i - row] as f32;
+            let rank = ranks[i - row] as f32;
             let norm = if cols > 1 { rank / denom } else { rank + 0.5 };
             let p = norm * span + low;
             let d = s.tv[j][i - start];
@@ -1030,5 +1067,40 @@ fn combine(
     }
     for ((r, b), m) in res.iter_mut().zip(base).zip(&*mixed) {
         *r = b + if lambda != 1.0 { m * lambda } else { *m };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The radix ranks are those of a stable sort by |value| (ties, signed zeros and
+    /// magnitudes that share their high bytes included), over reused buffers.
+    #[test]
+    fn row_ranks_are_a_stable_sort_by_magnitude() {
+        let mut ranker = RowRanker::default();
+        let draws = MaskRng::new(3, "ranks", 0).uniform(5000);
+        for (n, quantum) in [(1usize, 0.0f32), (7, 0.25), (1000, 1.0 / 64.0), (4000, 0.0)] {
+            let row: Vec<f32> = draws[..n]
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    let v = u * 2.0 - 1.0;
+                    let v = if quantum > 0.0 {
+                        (v / quantum).round() * quantum
+                    } else {
+                        v
+                    };
+                    if i % 11 == 0 { -0.0 } else { v }
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| row[a].abs().total_cmp(&row[b].abs()).then(a.cmp(&b)));
+            let mut want = vec![0u32; n];
+            for (r, &i) in order.iter().enumerate() {
+                want[i] = r as u32;
+            }
+            assert_eq!(ranker.rank(&row), &want[..], "n = {n}");
+        }
     }
 }

@@ -209,9 +209,8 @@ pub fn sparsify(
                 values
                     .par_chunks(c)
                     .zip(ranks.par_chunks_mut(c))
-                    .for_each_init(Vec::new, |keys, (row, out)| {
-                        crate::fused::row_ranks(row, keys);
-                        for (o, k) in out.iter_mut().zip(keys.iter()) {
+                    .for_each_init(crate::fused::RowRanker::default, |ranker, (row, out)| {
+                        for (o, k) in out.iter_mut().zip(ranker.rank(row)) {
                             *o = *k as f32;
                         }
                     });
