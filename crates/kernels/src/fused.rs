@@ -407,7 +407,7 @@ impl RowRanker {
             for k in &self.keys {
                 counts[((k >> shift) & 0xff) as usize] += 1;
             }
-            if counts.iter().any(|&c| c == n) {
+            if counts.contains(&n) {
                 continue;
             }
             let mut at = 0;
