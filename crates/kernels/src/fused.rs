@@ -6,8 +6,8 @@
 //! - [`gta`]: generalized task arithmetic (task_arithmetic, TIES, DARE, DARE-TIES,
 //!   breadcrumbs, breadcrumbs-TIES, DELLA, DELLA-linear): the same math as
 //!   [`crate::sparsify`] and [`crate::generalized_task_arithmetic`], in the same f32 operation
-//!   order. DELLA ranks each row's |delta| ([`RowRanker`], ties by position, the ranks the burn
-//!   path uses too) inside the chunk; a row that crosses the chunk's edge is decoded whole.
+//!   order. DELLA ranks each row's |delta| once per tensor ([`RowRanker`], ties by position,
+//!   the ranks the burn path uses too; 2 bytes an element), for both passes (L1 rescale, merge).
 //! - [`linear`]: the weighted average.
 //! - [`slerp`]: SLERP over the flattened tensors (one reduction pass for the norms and the
 //!   dot product, one interpolation pass).
@@ -150,10 +150,6 @@ struct Scratch {
     tv: Vec<Vec<f32>>,
     u: Vec<f32>,
     div: Vec<f32>,
-    /// DELLA: the ranks of one row, and a row crossing the chunk's edge (base, delta).
-    ranker: RowRanker,
-    row_b: Vec<f32>,
-    row_d: Vec<f32>,
 }
 
 impl Scratch {
@@ -165,9 +161,6 @@ impl Scratch {
             tv: (0..tvs).map(|_| vec![0.0; CHUNK]).collect(),
             u: vec![0.0; CHUNK],
             div: vec![0.0; CHUNK],
-            ranker: RowRanker::default(),
-            row_b: Vec::new(),
-            row_d: Vec::new(),
         }
     }
 }
@@ -368,13 +361,62 @@ enum Keep {
     /// Keep the entries whose rank by |delta| lies in the window.
     Ranks(RankWindow),
     /// DELLA: keep where the draw is below `p = rank / (cols - 1) * span + low` (rank of
-    /// |delta| in its row), dividing the kept entries by `p` when `inverse`.
+    /// |delta| in its row, computed once per tensor), dividing the kept entries by `p` when
+    /// `inverse`.
     Della {
         low: f32,
         span: f32,
         cols: usize,
         inverse: bool,
+        ranks: RankStore,
     },
+}
+
+/// DELLA's ranks of one task vector, element by element (each within its row): 2 bytes an
+/// element for rows of up to 65536 entries, else 4.
+#[derive(Debug, Clone)]
+enum RankStore {
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+}
+
+impl RankStore {
+    /// The ranks of `input - base` within rows of `cols`, rows ranked in parallel.
+    fn new(base: &HostTensor, input: &HostTensor, n: usize, cols: usize) -> RankStore {
+        fn fill<T: Copy + Send + Default>(
+            base: &HostTensor,
+            input: &HostTensor,
+            n: usize,
+            cols: usize,
+            cast: fn(u32) -> T,
+        ) -> Vec<T> {
+            let mut out = vec![T::default(); n];
+            // a few rows per job, about one chunk's worth
+            let rows = (CHUNK / cols).max(1);
+            out.par_chunks_mut(rows * cols).enumerate().for_each_init(
+                || (RowRanker::default(), vec![0f32; cols], vec![0f32; cols]),
+                |(ranker, b, d), (bi, block)| {
+                    for (ri, row) in block.chunks_mut(cols).enumerate() {
+                        let at = (bi * rows + ri) * cols;
+                        base.decode(at, b);
+                        input.decode(at, d);
+                        for (x, y) in d.iter_mut().zip(b.iter()) {
+                            *x -= y;
+                        }
+                        for (o, r) in row.iter_mut().zip(ranker.rank(d)) {
+                            *o = cast(*r);
+                        }
+                    }
+                },
+            );
+            out
+        }
+        if cols <= 1 << 16 {
+            RankStore::U16(fill(base, input, n, cols, |r| r as u16))
+        } else {
+            RankStore::U32(fill(base, input, n, cols, |r| r))
+        }
+    }
 }
 
 /// Ranks entries of a row by |value| (0 = smallest; equal magnitudes by position): what
@@ -778,6 +820,7 @@ pub fn gta(
                         span: (2.0 * epsilon) as f32,
                         cols,
                         inverse: rescale == Rescale::InverseDensity,
+                        ranks: RankStore::new(&base, &tv.input, n, cols),
                     }
                 }
                 Sparsify::None => unreachable!(),
@@ -817,7 +860,7 @@ pub fn gta(
                     deltas(&base, tvs, &l1, start, len, s);
                     l1.iter()
                         .map(|&j| {
-                            mask_chunk(&keeps[j], &base, &tvs[j], ci, start, len, s, j);
+                            mask_chunk(&keeps[j], &tvs[j], ci, start, len, s, j);
                             let before: f64 = s.tv[j][..len].iter().map(|d| d.abs() as f64).sum();
                             let after: f64 = s.x[..len].iter().map(|d| d.abs() as f64).sum();
                             (before, after)
@@ -857,7 +900,7 @@ pub fn gta(
         // thin, rescale and weight each task vector in place
         for (j, tv) in tvs.iter().enumerate() {
             if !matches!(keeps[j], Keep::All) {
-                mask_chunk(&keeps[j], &base, tv, ci, start, len, s, j);
+                mask_chunk(&keeps[j], tv, ci, start, len, s, j);
                 std::mem::swap(&mut s.tv[j], &mut s.x);
             }
             let w = tv.weight;
@@ -895,7 +938,6 @@ enum Factor {
 #[allow(clippy::too_many_arguments)]
 fn mask_chunk(
     keep: &Keep,
-    base: &HostTensor,
     tv: &HostTaskVector,
     ci: usize,
     start: usize,
@@ -908,9 +950,10 @@ fn mask_chunk(
         span,
         cols,
         inverse,
+        ref ranks,
     } = *keep
     {
-        della_chunk(low, span, cols, inverse, base, tv, start, len, s, j);
+        della_chunk(low, span, cols, inverse, ranks, tv, start, len, s, j);
         return;
     }
     let (d, x) = (&s.tv[j][..len], &mut s.x[..len]);
@@ -928,17 +971,17 @@ fn mask_chunk(
     }
 }
 
-/// DELLA's mask of one chunk of input `j`'s delta (`s.tv[j]`) into `s.x`: per row, the rank of
-/// each |delta| gives its keep probability `p` (the f32 operation order of
+/// DELLA's mask of one chunk of input `j`'s delta (`s.tv[j]`) into `s.x`: each entry's rank
+/// in its row gives its keep probability `p` (the f32 operation order of
 /// [`crate::sparsify`]), the draw at its position decides, and with `inverse` a kept entry is
-/// divided by `p`. Rows crossing the chunk's edges are decoded whole from the inputs.
+/// divided by `p`.
 #[allow(clippy::too_many_arguments)]
 fn della_chunk(
     low: f32,
     span: f32,
     cols: usize,
     inverse: bool,
-    base: &HostTensor,
+    ranks: &RankStore,
     tv: &HostTaskVector,
     start: usize,
     len: usize,
@@ -946,34 +989,26 @@ fn della_chunk(
     j: usize,
 ) {
     tv.rng.uniform_at(start as u64, &mut s.u[..len]);
-    let end = start + len;
     let denom = cols.saturating_sub(1) as f32;
-    let mut row = start / cols * cols;
-    while row < end {
-        let row_end = row + cols;
-        let (from, to) = (row.max(start), row_end.min(end));
-        let ranks = if row >= start && row_end <= end {
-            s.ranker.rank(&s.tv[j][row - start..row_end - start])
-        } else {
-            // the whole row, decoded apart
-            s.row_b.resize(cols, 0.0);
-            s.row_d.resize(cols, 0.0);
-            base.decode(row, &mut s.row_b);
-            tv.input.decode(row, &mut s.row_d);
-            for (d, b) in s.row_d.iter_mut().zip(&s.row_b) {
-                *d -= b;
+    let (d, u, x) = (&s.tv[j][..len], &s.u[..len], &mut s.x[..len]);
+    let one = |rank: u32, d: f32, u: f32| -> f32 {
+        let rank = rank as f32;
+        let norm = if cols > 1 { rank / denom } else { rank + 0.5 };
+        let p = norm * span + low;
+        let kept = d * ((u < p) as u32 as f32);
+        if inverse { kept / p } else { kept }
+    };
+    match ranks {
+        RankStore::U16(r) => {
+            for (((o, d), u), r) in x.iter_mut().zip(d).zip(u).zip(&r[start..start + len]) {
+                *o = one(*r as u32, *d, *u);
             }
-            s.ranker.rank(&s.row_d)
-        };
-        for i in from..to {
-            let rank = ranks[i - row] as f32;
-            let norm = if cols > 1 { rank / denom } else { rank + 0.5 };
-            let p = norm * span + low;
-            let d = s.tv[j][i - start];
-            let kept = d * ((s.u[i - start] < p) as u32 as f32);
-            s.x[i - start] = if inverse { kept / p } else { kept };
         }
-        row = row_end;
+        RankStore::U32(r) => {
+            for (((o, d), u), r) in x.iter_mut().zip(d).zip(u).zip(&r[start..start + len]) {
+                *o = one(*r, *d, *u);
+            }
+        }
     }
 }
 
@@ -1102,5 +1137,76 @@ mod tests {
             }
             assert_eq!(ranker.rank(&row), &want[..], "n = {n}");
         }
+    }
+
+    /// DELLA over rows longer than 65536 entries (4-byte ranks, a row across several chunks)
+    /// gives the burn path's values.
+    #[test]
+    fn della_on_long_rows_matches_the_burn_path() {
+        use crate::{TaskVector, generalized_task_arithmetic, sparsify, tensor_from, values_of};
+        let n = 70_000;
+        let draw = |seed: u64| -> Vec<f32> {
+            MaskRng::new(seed, "long", 0)
+                .uniform(n)
+                .into_iter()
+                .map(|u| ((u * 2.0 - 1.0) * 64.0).round() / 64.0)
+                .collect()
+        };
+        let (base, a, b) = (draw(1), draw(2), draw(3));
+        let device = crate::Device::flex();
+        let t = |v: &[f32]| tensor_from(v, &[1, n], &device);
+        let (density, epsilon, weights) = (0.5, 0.2, [0.7f32, 0.4]);
+        let mut tvs = Vec::new();
+        for (j, (x, w)) in [&a, &b].into_iter().zip(weights).enumerate() {
+            let mut rng = MaskRng::new(9, "long", j + 1);
+            let delta = t(x).sub(t(&base));
+            let delta = sparsify(
+                delta,
+                Sparsify::Della,
+                density,
+                0.0,
+                epsilon,
+                Rescale::InverseDensity,
+                &mut rng,
+            )
+            .unwrap();
+            tvs.push(TaskVector { delta, weight: w });
+        }
+        let want = values_of(
+            generalized_task_arithmetic(t(&base), tvs, Consensus::Sum, true, 1.0).unwrap(),
+        );
+        let host: Vec<HostTaskVector> = [&a, &b]
+            .into_iter()
+            .zip(weights)
+            .enumerate()
+            .map(|(j, (x, w))| HostTaskVector {
+                input: HostTensor::F32(x),
+                weight: w,
+                density,
+                gamma: 0.0,
+                epsilon,
+                rng: MaskRng::new(9, "long", j + 1),
+            })
+            .collect();
+        let mut got = vec![0f32; n];
+        gta(
+            HostTensor::F32(&base),
+            &host,
+            Sparsify::Della,
+            Rescale::InverseDensity,
+            Consensus::Sum,
+            true,
+            1.0,
+            n,
+            HostOut::F32(&mut got),
+        )
+        .unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "max |fused - burn| = {worst}");
+        assert!(got.iter().zip(&base).any(|(g, b)| g != b), "something was merged");
     }
 }
