@@ -8,7 +8,8 @@
 //!   [`crate::sparsify`] and [`crate::generalized_task_arithmetic`], in the same f32 operation
 //!   order. DELLA ranks each row's |delta| once per tensor ([`RowRanker`], ties by position,
 //!   the ranks the burn path uses too; 2 bytes an element), for both passes (L1 rescale, merge).
-//! - [`linear`]: the weighted average.
+//! - [`linear`]: the weighted average; [`map2`]: any per-element function of two inputs
+//!   (NearSwap); [`ram`]: RAM / RAM+ (a counting pass, then the merge).
 //! - [`slerp`]: SLERP over the flattened tensors (one reduction pass for the norms and the
 //!   dot product, one interpolation pass).
 //!
@@ -285,6 +286,118 @@ pub fn linear(inputs: &[HostTensor], weights: &[f32], normalize: bool, out: Host
             for r in &mut s.res[..len] {
                 *r /= d;
             }
+        }
+    })
+}
+
+/// `f(a_i, b_i)` for every element, decoded and encoded chunk by chunk (NearSwap).
+pub fn map2(
+    a: HostTensor,
+    b: HostTensor,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+    out: HostOut,
+) -> Result<()> {
+    let n = a.len();
+    check_lengths("map2", n, &[a, b], &out)?;
+    for_each_chunk(n, 0, out, |_, start, s| {
+        let len = chunk_len(n, start);
+        a.decode(start, &mut s.base[..len]);
+        b.decode(start, &mut s.x[..len]);
+        for ((r, x), y) in s.res[..len].iter_mut().zip(&s.base[..len]).zip(&s.x[..len]) {
+            *r = f(*x, *y);
+        }
+    })
+}
+
+/// RAM (mergekit 0.1.5's `ram.py`): an entry of a task vector counts as changed where
+/// `|delta| > epsilon`; an entry only one model changes is kept (times that model's `boost`),
+/// one several change is averaged over them. `boost(shared, unique)` gets each model's counts
+/// of changed entries that other models change too / that it alone changes (RAM: 1; RAM+: a
+/// boost of the unique ones). Two passes: the counts, then the merge, in the burn path's f32
+/// operation order.
+pub fn ram(
+    base: HostTensor,
+    inputs: &[HostTensor],
+    epsilon: f32,
+    boost: impl Fn(f32, f32) -> f32,
+    out: HostOut,
+) -> Result<()> {
+    let n = base.len();
+    let mut all = vec![base];
+    all.extend(inputs.iter().copied());
+    check_lengths("ram", n, &all, &out)?;
+    let m = inputs.len();
+    let changed = move |v: f32| v.abs() > epsilon;
+    // the task vectors of a chunk into s.tv
+    let deltas = |start: usize, len: usize, s: &mut Scratch| {
+        base.decode(start, &mut s.base[..len]);
+        for (j, t) in inputs.iter().enumerate() {
+            t.decode(start, &mut s.x[..len]);
+            for ((d, x), b) in s.tv[j][..len]
+                .iter_mut()
+                .zip(&s.x[..len])
+                .zip(&s.base[..len])
+            {
+                *d = x - b;
+            }
+        }
+    };
+    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+    // per model: (shared, unique) counts of its changed entries
+    let counts: Vec<(u64, u64)> = chunks
+        .par_iter()
+        .with_min_len(min_len(chunks.len()))
+        .fold(
+            || (Scratch::new(m), vec![(0u64, 0u64); m]),
+            |(mut s, mut c), &ci| {
+                let start = ci * CHUNK;
+                let len = chunk_len(n, start);
+                deltas(start, len, &mut s);
+                for i in 0..len {
+                    let k = (0..m).filter(|&j| changed(s.tv[j][i])).count();
+                    for (j, cj) in c.iter_mut().enumerate() {
+                        if changed(s.tv[j][i]) {
+                            if k > 1 {
+                                cj.0 += 1;
+                            } else {
+                                cj.1 += 1;
+                            }
+                        }
+                    }
+                }
+                (s, c)
+            },
+        )
+        .map(|(_, c)| c)
+        .reduce(
+            || vec![(0, 0); m],
+            |a, b| {
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| (x.0 + y.0, x.1 + y.1))
+                    .collect()
+            },
+        );
+    let boosts: Vec<f32> = counts
+        .iter()
+        .map(|&(shared, unique)| boost(shared as f32, unique as f32))
+        .collect();
+    for_each_chunk(n, m, out, |_, start, s| {
+        let len = chunk_len(n, start);
+        deltas(start, len, s);
+        for i in 0..len {
+            let c = (0..m).filter(|&j| changed(s.tv[j][i])).count() as u32;
+            let sum: f32 = (0..m)
+                .filter(|&j| changed(s.tv[j][i]))
+                .map(|j| {
+                    if c == 1 {
+                        s.tv[j][i] * boosts[j]
+                    } else {
+                        s.tv[j][i] / c as f32
+                    }
+                })
+                .sum();
+            s.res[i] = s.base[i] + sum;
         }
     })
 }
@@ -1207,6 +1320,9 @@ mod tests {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         assert!(worst <= 1e-6, "max |fused - burn| = {worst}");
-        assert!(got.iter().zip(&base).any(|(g, b)| g != b), "something was merged");
+        assert!(
+            got.iter().zip(&base).any(|(g, b)| g != b),
+            "something was merged"
+        );
     }
 }

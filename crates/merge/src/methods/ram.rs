@@ -4,11 +4,13 @@
 //! per-model boost of the unique entries.
 
 use crate::MergeError;
-use crate::method::{BaseUse, Golden, MethodSpec, TensorWork, num};
+use crate::method::{BaseUse, Golden, HostWork, MethodSpec, TensorWork, num};
 use evomerge_kernels::T2;
+use evomerge_kernels::fused::{self, HostOut};
 
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
+        host: Some(host),
         global_params: vec![epsilon()],
         goldens: &[Golden {
             base: Some(&[0., 0., 0., 0.]),
@@ -36,6 +38,23 @@ pub(super) fn epsilon() -> crate::method::ParamSpec {
 
 fn work(w: &TensorWork) -> Result<T2, MergeError> {
     merge(w, |_, _| 1.0)
+}
+
+fn host(w: &HostWork, out: HostOut) -> Result<(), MergeError> {
+    merge_host(w, out, |_, _| 1.0)
+}
+
+/// [`merge`] fused on the CPU ([`fused::ram`]).
+pub(super) fn merge_host(
+    w: &HostWork,
+    out: HostOut,
+    boost: impl Fn(f32, f32) -> f32,
+) -> Result<(), MergeError> {
+    let p = &w.params;
+    let base = p.base.expect("ram plans have a base");
+    let others: Vec<_> = p.others().into_iter().map(|j| w.inputs[j]).collect();
+    fused::ram(w.inputs[base], &others, p.global_f32("epsilon"), boost, out)
+        .map_err(|e| w.kernel_err(e))
 }
 
 /// The RAM merge with `boost(shared, unique)` scaling each model's unique entries, from the

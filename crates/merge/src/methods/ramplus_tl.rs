@@ -5,11 +5,13 @@
 
 use super::ram;
 use crate::MergeError;
-use crate::method::{BaseUse, Golden, MethodSpec, TensorWork, num};
+use crate::method::{BaseUse, Golden, HostWork, MethodSpec, TensorWork, num};
 use evomerge_kernels::T2;
+use evomerge_kernels::fused::HostOut;
 
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
+        host: Some(host),
         global_params: vec![
             num("r", 0.1).within([0.0, 1.0]),
             num("alpha", 0.2).within([0.0, 1.0]),
@@ -38,7 +40,17 @@ pub(crate) fn spec() -> MethodSpec {
 fn work(w: &TensorWork) -> Result<T2, MergeError> {
     let (r, alpha) = (w.params.global_f32("r"), w.params.global_f32("alpha"));
     let eps = w.params.global_f32("epsilon");
-    ram::merge(w, |shared, unique| {
-        1.0 + r * (shared / unique.max(eps)).clamp(0.0, alpha)
+    ram::merge(w, |shared, unique| boost(r, alpha, eps, shared, unique))
+}
+
+fn boost(r: f32, alpha: f32, eps: f32, shared: f32, unique: f32) -> f32 {
+    1.0 + r * (shared / unique.max(eps)).clamp(0.0, alpha)
+}
+
+fn host(w: &HostWork, out: HostOut) -> Result<(), MergeError> {
+    let (r, alpha) = (w.params.global_f32("r"), w.params.global_f32("alpha"));
+    let eps = w.params.global_f32("epsilon");
+    ram::merge_host(w, out, |shared, unique| {
+        boost(r, alpha, eps, shared, unique)
     })
 }

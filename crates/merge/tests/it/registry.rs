@@ -306,6 +306,9 @@ fn fused_cpu_kernels_match_the_burn_path() {
         "breadcrumbs_ties",
         "della",
         "della_linear",
+        "nearswap",
+        "ram",
+        "ramplus_tl",
     ] {
         assert!(fused_methods.contains(&name), "{name} has no fused kernel");
     }
