@@ -9,7 +9,8 @@
 //!   order. DELLA ranks each row's |delta| once per tensor ([`RowRanker`], ties by position,
 //!   the ranks the burn path uses too; 2 bytes an element), for both passes (L1 rescale, merge).
 //! - [`linear`]: the weighted average; [`map2`]: any per-element function of two inputs
-//!   (NearSwap); [`ram`]: RAM / RAM+ (a counting pass, then the merge).
+//!   (NearSwap); [`ram`]: RAM / RAM+ (a counting pass, then the merge); [`model_stock`]: a
+//!   reduction pass (whole tensor or per row), then the interpolation.
 //! - [`slerp`]: SLERP over the flattened tensors (one reduction pass for the norms and the
 //!   dot product, one interpolation pass).
 //!
@@ -155,13 +156,18 @@ struct Scratch {
 
 impl Scratch {
     fn new(tvs: usize) -> Scratch {
+        Scratch::with_len(tvs, CHUNK)
+    }
+
+    /// Buffers of `len` entries (a row, for the row-wise passes).
+    fn with_len(tvs: usize, len: usize) -> Scratch {
         Scratch {
-            base: vec![0.0; CHUNK],
-            x: vec![0.0; CHUNK],
-            res: vec![0.0; CHUNK],
-            tv: (0..tvs).map(|_| vec![0.0; CHUNK]).collect(),
-            u: vec![0.0; CHUNK],
-            div: vec![0.0; CHUNK],
+            base: vec![0.0; len],
+            x: vec![0.0; len],
+            res: vec![0.0; len],
+            tv: (0..tvs).map(|_| vec![0.0; len]).collect(),
+            u: vec![0.0; len],
+            div: vec![0.0; len],
         }
     }
 }
@@ -398,6 +404,151 @@ pub fn ram(
                 })
                 .sum();
             s.res[i] = s.base[i] + sum;
+        }
+    })
+}
+
+/// Model Stock, as [`crate::model_stock`]: `t * mean(others) + (1 - t) * base` with `t = N cos
+/// / (1 + (N - 1) cos)` from the mean pairwise cosine of the task vectors, over the whole
+/// tensor (one reduction pass, sums in f64) or, with `filter_wise`, per row of `cols` entries.
+pub fn model_stock(
+    base: HostTensor,
+    others: &[HostTensor],
+    filter_wise: bool,
+    cols: usize,
+    out: HostOut,
+) -> Result<()> {
+    let m = others.len();
+    if m < 2 {
+        return Err(KernelError::WrongInputCount {
+            method: "model_stock",
+            needed: "a base and at least two other models",
+            got: m + 1,
+        });
+    }
+    let n = base.len();
+    let mut all = vec![base];
+    all.extend(others.iter().copied());
+    check_lengths("model_stock", n, &all, &out)?;
+    if filter_wise && (cols == 0 || !n.is_multiple_of(cols)) {
+        return Err(KernelError::BadParameter {
+            method: "model_stock",
+            what: format!("rows of {cols} do not tile a tensor of {n} values"),
+        });
+    }
+    let nf = m as f32;
+    let pairs = (m * (m - 1) / 2) as f32;
+    // t from the sums of squares and the pairwise dot products of the task vectors
+    let t_of = |sq: &[f64], dots: &[f64]| -> f32 {
+        let mut cos_sum = 0.0f32;
+        let mut k = 0;
+        for i in 0..m {
+            for j in i + 1..m {
+                let den = ((sq[i] as f32).sqrt() * (sq[j] as f32).sqrt()).max(1e-6);
+                cos_sum += (dots[k] as f32 / den).clamp(-1.0, 1.0);
+                k += 1;
+            }
+        }
+        let cos = cos_sum / pairs;
+        nf * cos / (1.0 + (nf - 1.0) * cos)
+    };
+    // sums of squares and dot products of the task vectors over `len` entries of `s.tv`
+    let sums = |s: &Scratch, from: usize, to: usize, sq: &mut [f64], dots: &mut [f64]| {
+        for (j, q) in sq.iter_mut().enumerate() {
+            *q += s.tv[j][from..to]
+                .iter()
+                .map(|d| (d * d) as f64)
+                .sum::<f64>();
+        }
+        let mut k = 0;
+        for i in 0..m {
+            for j in i + 1..m {
+                dots[k] += s.tv[i][from..to]
+                    .iter()
+                    .zip(&s.tv[j][from..to])
+                    .map(|(a, b)| (a * b) as f64)
+                    .sum::<f64>();
+                k += 1;
+            }
+        }
+    };
+    let deltas = |start: usize, len: usize, s: &mut Scratch| {
+        base.decode(start, &mut s.base[..len]);
+        for (j, t) in others.iter().enumerate() {
+            t.decode(start, &mut s.tv[j][..len]);
+            for (d, b) in s.tv[j][..len].iter_mut().zip(&s.base[..len]) {
+                *d -= b;
+            }
+        }
+    };
+    let npairs = m * (m - 1) / 2;
+    // one t for the tensor, or one per row
+    let ts: Vec<f32> = if filter_wise {
+        let rows = n / cols;
+        let mut ts = vec![0f32; rows];
+        let per_job = (CHUNK / cols).max(1);
+        ts.par_chunks_mut(per_job).enumerate().for_each_init(
+            || {
+                (
+                    Scratch::with_len(m, cols),
+                    vec![0f64; m],
+                    vec![0f64; npairs],
+                )
+            },
+            |(s, sq, dots), (bi, block)| {
+                for (ri, t) in block.iter_mut().enumerate() {
+                    sq.fill(0.0);
+                    dots.fill(0.0);
+                    deltas((bi * per_job + ri) * cols, cols, s);
+                    sums(s, 0, cols, sq, dots);
+                    *t = t_of(sq, dots);
+                }
+            },
+        );
+        ts
+    } else {
+        let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+        let (sq, dots) = chunks
+            .par_iter()
+            .with_min_len(min_len(chunks.len()))
+            .fold(
+                || (Scratch::new(m), vec![0f64; m], vec![0f64; npairs]),
+                |(mut s, mut sq, mut dots), &ci| {
+                    let start = ci * CHUNK;
+                    let len = chunk_len(n, start);
+                    deltas(start, len, &mut s);
+                    sums(&s, 0, len, &mut sq, &mut dots);
+                    (s, sq, dots)
+                },
+            )
+            .map(|(_, sq, dots)| (sq, dots))
+            .reduce(
+                || (vec![0f64; m], vec![0f64; npairs]),
+                |a, b| {
+                    let add =
+                        |x: Vec<f64>, y: Vec<f64>| x.iter().zip(y).map(|(p, q)| p + q).collect();
+                    (add(a.0, b.0), add(a.1, b.1))
+                },
+            );
+        vec![t_of(&sq, &dots)]
+    };
+    for_each_chunk(n, 0, out, |_, start, s| {
+        let len = chunk_len(n, start);
+        base.decode(start, &mut s.base[..len]);
+        others[0].decode(start, &mut s.res[..len]);
+        for o in &others[1..] {
+            o.decode(start, &mut s.x[..len]);
+            for (r, x) in s.res[..len].iter_mut().zip(&s.x[..len]) {
+                *r += x;
+            }
+        }
+        for (i, (r, b)) in s.res[..len].iter_mut().zip(&s.base[..len]).enumerate() {
+            let t = if filter_wise {
+                ts[(start + i) / cols]
+            } else {
+                ts[0]
+            };
+            *r = (*r / nf) * t + b * (1.0 - t);
         }
     })
 }

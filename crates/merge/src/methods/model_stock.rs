@@ -1,11 +1,13 @@
 //! `model_stock`: the base-to-average ratio from the angle between the task vectors.
 
 use crate::MergeError;
-use crate::method::{Arity, BaseUse, Golden, MethodSpec, TensorWork, flag};
+use crate::method::{Arity, BaseUse, Golden, HostWork, MethodSpec, TensorWork, flag};
+use evomerge_kernels::fused::{self, HostOut};
 use evomerge_kernels::{T2, model_stock};
 
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
+        host: Some(host),
         arity: Arity::AtLeast(2, "a base and at least two other models"),
         global_params: vec![flag("filter_wise", false)],
         goldens: &[Golden {
@@ -31,4 +33,18 @@ fn work(w: &TensorWork) -> Result<T2, MergeError> {
     let base = w.base().expect("model_stock plans have a base");
     model_stock(base, &w.other_inputs(), w.params.global_flag("filter_wise"))
         .map_err(|e| w.kernel_err(e))
+}
+
+fn host(w: &HostWork, out: HostOut) -> Result<(), MergeError> {
+    let p = &w.params;
+    let base = p.base.expect("model_stock plans have a base");
+    let others: Vec<_> = p.others().into_iter().map(|j| w.inputs[j]).collect();
+    fused::model_stock(
+        w.inputs[base],
+        &others,
+        p.global_flag("filter_wise"),
+        w.cols,
+        out,
+    )
+    .map_err(|e| w.kernel_err(e))
 }

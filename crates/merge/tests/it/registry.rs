@@ -309,6 +309,7 @@ fn fused_cpu_kernels_match_the_burn_path() {
         "nearswap",
         "ram",
         "ramplus_tl",
+        "model_stock",
     ] {
         assert!(fused_methods.contains(&name), "{name} has no fused kernel");
     }
