@@ -10,7 +10,8 @@
 //!   the ranks the burn path uses too; 2 bytes an element), for both passes (L1 rescale, merge).
 //! - [`linear`]: the weighted average; [`map2`]: any per-element function of two inputs
 //!   (NearSwap); [`ram`]: RAM / RAM+ (a counting pass, then the merge); [`model_stock`]: a
-//!   reduction pass (whole tensor or per row), then the interpolation.
+//!   reduction pass (whole tensor or per row), then the interpolation; [`sce`]: variances and
+//!   their top-k threshold, the model weights, then the merge.
 //! - [`slerp`]: SLERP over the flattened tensors (one reduction pass for the norms and the
 //!   dot product, one interpolation pass).
 //!
@@ -549,6 +550,144 @@ pub fn model_stock(
                 ts[0]
             };
             *r = (*r / nf) * t + b * (1.0 - t);
+        }
+    })
+}
+
+/// SCE (mergekit 0.1.5's `sce.py`): with `select_topk < 1`, keep only the entries whose
+/// variance over the task vectors (f64) is among the `floor(select_topk * nonzero)` largest
+/// (ties by position); weight each model by its share of the mean squared (kept) task vector;
+/// elect signs by the unweighted sum and average the agreeing entries with those weights. The
+/// burn path's operation order, in passes: variances and the threshold, weights, merge.
+pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostOut) -> Result<()> {
+    let n = base.len();
+    let mut all = vec![base];
+    all.extend(inputs.iter().copied());
+    check_lengths("sce", n, &all, &out)?;
+    let m = inputs.len();
+    if m == 0 {
+        return for_each_chunk(n, 0, out, |_, start, s| {
+            let len = chunk_len(n, start);
+            base.decode(start, &mut s.res[..len]);
+        });
+    }
+    let deltas = |start: usize, len: usize, s: &mut Scratch| {
+        base.decode(start, &mut s.base[..len]);
+        for (j, t) in inputs.iter().enumerate() {
+            t.decode(start, &mut s.tv[j][..len]);
+            for (d, b) in s.tv[j][..len].iter_mut().zip(&s.base[..len]) {
+                *d -= b;
+            }
+        }
+    };
+    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+    // which entries are kept (None: all)
+    let keep: Option<Vec<bool>> = if select_topk < 1.0 {
+        let mut keep = vec![false; n];
+        if select_topk > 0.0 {
+            let mf = m as f64;
+            let mut var = vec![0f64; n];
+            var.par_chunks_mut(CHUNK).enumerate().for_each_init(
+                || Scratch::new(m),
+                |s, (ci, v)| {
+                    let start = ci * CHUNK;
+                    deltas(start, v.len(), s);
+                    for (i, o) in v.iter_mut().enumerate() {
+                        let mean = (0..m).map(|j| s.tv[j][i] as f64).sum::<f64>() / mf;
+                        *o = (0..m)
+                            .map(|j| (s.tv[j][i] as f64 - mean).powi(2))
+                            .sum::<f64>()
+                            / mf;
+                    }
+                },
+            );
+            let nonzero = var.iter().filter(|v| **v != 0.0).count();
+            let k = (nonzero as f64 * select_topk as f64) as usize;
+            if k > 0 {
+                // the k-th largest variance; entries above it are kept, and of those equal to
+                // it the first ones by position
+                let mut sorted = var.clone();
+                let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+                let kth = *kth;
+                drop(sorted);
+                let above = var
+                    .iter()
+                    .filter(|v| v.total_cmp(&kth) == std::cmp::Ordering::Greater)
+                    .count();
+                let mut ties = k - above;
+                for (kp, v) in keep.iter_mut().zip(&var) {
+                    match v.total_cmp(&kth) {
+                        std::cmp::Ordering::Greater => *kp = true,
+                        std::cmp::Ordering::Equal if ties > 0 => {
+                            *kp = true;
+                            ties -= 1;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Some(keep)
+    } else {
+        None
+    };
+    let masked = |start: usize, len: usize, s: &mut Scratch| {
+        deltas(start, len, s);
+        if let Some(keep) = &keep {
+            for j in 0..m {
+                for (d, k) in s.tv[j][..len].iter_mut().zip(&keep[start..start + len]) {
+                    if !k {
+                        *d = 0.0;
+                    }
+                }
+            }
+        }
+    };
+    // each model's mean squared (kept) task vector, as a share of their sum
+    let sq: Vec<f64> = chunks
+        .par_iter()
+        .with_min_len(min_len(chunks.len()))
+        .fold(
+            || (Scratch::new(m), vec![0f64; m]),
+            |(mut s, mut q), &ci| {
+                let start = ci * CHUNK;
+                let len = chunk_len(n, start);
+                masked(start, len, &mut s);
+                for (j, qj) in q.iter_mut().enumerate() {
+                    *qj += s.tv[j][..len]
+                        .iter()
+                        .map(|v| (*v as f64).powi(2))
+                        .sum::<f64>();
+                }
+                (s, q)
+            },
+        )
+        .map(|(_, q)| q)
+        .reduce(
+            || vec![0f64; m],
+            |a, b| a.iter().zip(b).map(|(x, y)| x + y).collect(),
+        );
+    let means: Vec<f64> = sq.iter().map(|q| q / n as f64).collect();
+    let total: f64 = means.iter().sum();
+    let weights: Vec<f32> = if total.abs() < 1e-6 {
+        vec![1.0 / m as f32; m]
+    } else {
+        means.iter().map(|v| (v / total) as f32).collect()
+    };
+    for_each_chunk(n, m, out, |_, start, s| {
+        let len = chunk_len(n, start);
+        masked(start, len, s);
+        for i in 0..len {
+            let elected = (0..m).map(|j| s.tv[j][i]).sum::<f32>() >= 0.0;
+            let (mut num, mut den) = (0.0f32, 0.0f32);
+            for (j, wt) in weights.iter().enumerate() {
+                let v = s.tv[j][i];
+                if v != 0.0 && (v > 0.0) == elected {
+                    num += v * wt;
+                    den += wt;
+                }
+            }
+            s.res[i] = s.base[i] + num / den.max(1e-6);
         }
     })
 }

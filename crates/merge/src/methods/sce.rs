@@ -7,11 +7,13 @@
 //! their order unspecified).
 
 use crate::MergeError;
-use crate::method::{BaseUse, Golden, MethodSpec, TensorWork, flag, num};
+use crate::method::{BaseUse, Golden, HostWork, MethodSpec, TensorWork, flag, num};
 use evomerge_kernels::T2;
+use evomerge_kernels::fused::{self, HostOut};
 
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
+        host: Some(host),
         global_params: vec![
             flag("int8_mask", false),
             num("select_topk", 1.0).within([0.0, 1.0]).example(0.5),
@@ -126,4 +128,12 @@ fn model_weights(tvs: &[Vec<f32>]) -> Vec<f32> {
         return vec![1.0 / tvs.len() as f32; tvs.len()];
     }
     means.iter().map(|v| (v / total) as f32).collect()
+}
+
+fn host(w: &HostWork, out: HostOut) -> Result<(), MergeError> {
+    let p = &w.params;
+    let base = p.base.expect("sce plans have a base");
+    let others: Vec<_> = p.others().into_iter().map(|j| w.inputs[j]).collect();
+    fused::sce(w.inputs[base], &others, p.global_f32("select_topk"), out)
+        .map_err(|e| w.kernel_err(e))
 }

@@ -310,6 +310,7 @@ fn fused_cpu_kernels_match_the_burn_path() {
         "ram",
         "ramplus_tl",
         "model_stock",
+        "sce",
     ] {
         assert!(fused_methods.contains(&name), "{name} has no fused kernel");
     }
