@@ -1,11 +1,13 @@
 //! `passthrough`: copy one model's tensors (layer stacking, frankenmerges), optionally scaled.
 
 use crate::MergeError;
-use crate::method::{Arity, BaseUse, Golden, MethodSpec, TensorWork, optional};
+use crate::method::{Arity, BaseUse, Golden, HostWork, MethodSpec, TensorWork, optional};
+use evomerge_kernels::fused::{self, HostOut};
 use evomerge_kernels::{T2, passthrough};
 
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
+        host: Some(host),
         arity: Arity::Exactly(1, "exactly one model per slice (use one source per slice)"),
         runs_on_one_input: true,
         tensor_params: vec![optional("scale")],
@@ -32,4 +34,11 @@ fn work(w: &TensorWork) -> Result<T2, MergeError> {
         w.inputs[0].clone(),
         w.params.input_f32(0, "scale"),
     ))
+}
+
+/// The copy fused on the CPU: decoded and encoded chunk by chunk (`x * scale`, exactly `x`
+/// without one), as the weighted sum of one input.
+fn host(w: &HostWork, out: HostOut) -> Result<(), MergeError> {
+    let scale = w.params.input_f32(0, "scale").unwrap_or(1.0);
+    fused::linear(&w.inputs[..1], &[scale], false, out).map_err(|e| w.kernel_err(e))
 }

@@ -311,6 +311,7 @@ fn fused_cpu_kernels_match_the_burn_path() {
         "ramplus_tl",
         "model_stock",
         "sce",
+        "passthrough",
     ] {
         assert!(fused_methods.contains(&name), "{name} has no fused kernel");
     }
