@@ -138,14 +138,19 @@ impl EvalDtype {
 /// Whether `device` runs a half-precision matmul (burn panics on an adapter without it).
 fn computes_in(device: &Device, dtype: FloatDType) -> bool {
     let d = device.clone();
-    let prev = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let ok = std::panic::catch_unwind(move || {
+    quietly(move || {
         let a = burn::tensor::Tensor::<2>::from_floats([[1.0f32, 2.0], [3.0, 4.0]], &d).cast(dtype);
         let p = a.clone().matmul(a).cast(FloatDType::F32);
         crate::values_of(p) == vec![7.0, 10.0, 15.0, 22.0]
     })
-    .unwrap_or(false);
+}
+
+/// `f()`, or false where it panics (burn panics where a device cannot do what is asked),
+/// without printing the panic.
+fn quietly(f: impl FnOnce() -> bool + std::panic::UnwindSafe) -> bool {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = std::panic::catch_unwind(f).unwrap_or(false);
     std::panic::set_hook(prev);
     ok
 }
@@ -222,15 +227,10 @@ fn placed_device(kind: &str, index: usize) -> Result<Device, String> {
 #[cfg(feature = "wgpu")]
 fn probe(device: &Device) -> bool {
     let d = device.clone();
-    let prev = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let ok = std::panic::catch_unwind(move || {
+    quietly(move || {
         let t = burn::tensor::Tensor::<1>::from_floats([1.0f32, 2.0], &d);
         crate::scalar(t.sum()) == 3.0
     })
-    .unwrap_or(false);
-    std::panic::set_hook(prev);
-    ok
 }
 
 #[cfg(feature = "wgpu")]

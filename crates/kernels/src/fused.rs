@@ -297,6 +297,24 @@ pub fn linear(inputs: &[HostTensor], weights: &[f32], normalize: bool, out: Host
     })
 }
 
+/// The chunk of `base` into `s.base` and each input's task vector (`input - base`) into
+/// `s.tv[j]`: what RAM, Model Stock and SCE start every pass with.
+fn input_deltas(
+    base: HostTensor,
+    inputs: &[HostTensor],
+    start: usize,
+    len: usize,
+    s: &mut Scratch,
+) {
+    base.decode(start, &mut s.base[..len]);
+    for (j, t) in inputs.iter().enumerate() {
+        t.decode(start, &mut s.tv[j][..len]);
+        for (d, b) in s.tv[j][..len].iter_mut().zip(&s.base[..len]) {
+            *d -= b;
+        }
+    }
+}
+
 /// `f(a_i, b_i)` for every element, decoded and encoded chunk by chunk (NearSwap).
 pub fn map2(
     a: HostTensor,
@@ -336,19 +354,7 @@ pub fn ram(
     let m = inputs.len();
     let changed = move |v: f32| v.abs() > epsilon;
     // the task vectors of a chunk into s.tv
-    let deltas = |start: usize, len: usize, s: &mut Scratch| {
-        base.decode(start, &mut s.base[..len]);
-        for (j, t) in inputs.iter().enumerate() {
-            t.decode(start, &mut s.x[..len]);
-            for ((d, x), b) in s.tv[j][..len]
-                .iter_mut()
-                .zip(&s.x[..len])
-                .zip(&s.base[..len])
-            {
-                *d = x - b;
-            }
-        }
-    };
+    let deltas = |start, len, s: &mut Scratch| input_deltas(base, inputs, start, len, s);
     let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
     // per model: (shared, unique) counts of its changed entries
     let counts: Vec<(u64, u64)> = chunks
@@ -473,15 +479,7 @@ pub fn model_stock(
             }
         }
     };
-    let deltas = |start: usize, len: usize, s: &mut Scratch| {
-        base.decode(start, &mut s.base[..len]);
-        for (j, t) in others.iter().enumerate() {
-            t.decode(start, &mut s.tv[j][..len]);
-            for (d, b) in s.tv[j][..len].iter_mut().zip(&s.base[..len]) {
-                *d -= b;
-            }
-        }
-    };
+    let deltas = |start, len, s: &mut Scratch| input_deltas(base, others, start, len, s);
     let npairs = m * (m - 1) / 2;
     // one t for the tensor, or one per row
     let ts: Vec<f32> = if filter_wise {
@@ -571,15 +569,7 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
             base.decode(start, &mut s.res[..len]);
         });
     }
-    let deltas = |start: usize, len: usize, s: &mut Scratch| {
-        base.decode(start, &mut s.base[..len]);
-        for (j, t) in inputs.iter().enumerate() {
-            t.decode(start, &mut s.tv[j][..len]);
-            for (d, b) in s.tv[j][..len].iter_mut().zip(&s.base[..len]) {
-                *d -= b;
-            }
-        }
-    };
+    let deltas = |start, len, s: &mut Scratch| input_deltas(base, inputs, start, len, s);
     let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
     // which entries are kept (None: all)
     let keep: Option<Vec<bool>> = if select_topk < 1.0 {
