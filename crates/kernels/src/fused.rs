@@ -731,6 +731,282 @@ pub fn slerp(t: f32, v0: HostTensor, v1: HostTensor, out: HostOut) -> Result<()>
     })
 }
 
+/// Which elements share one NuSLERP angle: the whole tensor, each row, or each column.
+#[derive(Debug, Clone, Copy)]
+enum Groups {
+    Whole,
+    Rows(usize),
+    Columns(usize),
+}
+
+impl Groups {
+    fn count(self, n: usize) -> usize {
+        match self {
+            Groups::Whole => 1,
+            Groups::Rows(c) => n / c,
+            Groups::Columns(c) => c,
+        }
+    }
+
+    fn of(self, i: usize) -> usize {
+        match self {
+            Groups::Whole => 0,
+            Groups::Rows(c) => i / c,
+            Groups::Columns(c) => i % c,
+        }
+    }
+}
+
+/// Decode `v` (minus `base` when given) for elements `start..start + out.len()`.
+fn decode_delta(
+    v: HostTensor,
+    base: Option<HostTensor>,
+    start: usize,
+    tmp: &mut [f32],
+    out: &mut [f32],
+) {
+    v.decode(start, out);
+    if let Some(b) = base {
+        b.decode(start, tmp);
+        for (o, b) in out.iter_mut().zip(tmp.iter()) {
+            *o -= b;
+        }
+    }
+}
+
+/// NuSLERP (as [`crate::nuslerp`]): SLERP of `v0` and `v1` (or of their task vectors when a
+/// `base` is given, the base added back) with one angle for the flattened tensor (`flatten`),
+/// per column (`row_wise`) or per row of `cols` entries. One reduction pass (f64 sums of
+/// squares and dot products per group), the burn path's per-group coefficients, one
+/// interpolation pass.
+#[allow(clippy::too_many_arguments)]
+pub fn nuslerp(
+    t: f32,
+    base: Option<HostTensor>,
+    v0: HostTensor,
+    v1: HostTensor,
+    row_wise: bool,
+    flatten: bool,
+    cols: usize,
+    out: HostOut,
+) -> Result<()> {
+    let n = v0.len();
+    let mut all = vec![v0, v1];
+    all.extend(base);
+    check_lengths("nuslerp", n, &all, &out)?;
+    let groups = if flatten {
+        Groups::Whole
+    } else {
+        if cols == 0 || !n.is_multiple_of(cols) {
+            return Err(KernelError::BadParameter {
+                method: "nuslerp",
+                what: format!("rows of {cols} do not tile a tensor of {n} values"),
+            });
+        }
+        if row_wise {
+            Groups::Columns(cols)
+        } else {
+            Groups::Rows(cols)
+        }
+    };
+    let g = groups.count(n);
+    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+    // per group: sum a^2, sum b^2, sum a*b
+    let sums = chunks
+        .par_iter()
+        .with_min_len(min_len(chunks.len()))
+        .fold(
+            || (Scratch::new(2), vec![[0f64; 3]; g]),
+            |(mut s, mut acc), &ci| {
+                let start = ci * CHUNK;
+                let len = chunk_len(n, start);
+                let Scratch { base: tmp, tv, .. } = &mut s;
+                let (a, b) = tv.split_at_mut(1);
+                decode_delta(v0, base, start, &mut tmp[..len], &mut a[0][..len]);
+                decode_delta(v1, base, start, &mut tmp[..len], &mut b[0][..len]);
+                for (i, (x, y)) in a[0][..len].iter().zip(&b[0][..len]).enumerate() {
+                    let q = &mut acc[groups.of(start + i)];
+                    q[0] += (x * x) as f64;
+                    q[1] += (y * y) as f64;
+                    q[2] += (x * y) as f64;
+                }
+                (s, acc)
+            },
+        )
+        .map(|(_, acc)| acc)
+        .reduce(
+            || vec![[0f64; 3]; g],
+            |mut a, b| {
+                for (p, q) in a.iter_mut().zip(b) {
+                    (0..3).for_each(|k| p[k] += q[k]);
+                }
+                a
+            },
+        );
+    let w: Vec<(f32, f32)> = sums
+        .iter()
+        .map(|q| {
+            let na = (q[0] as f32).sqrt().max(1e-7);
+            let nb = (q[1] as f32).sqrt().max(1e-7);
+            crate::interpolate::nuslerp_coefficients(t, q[2] as f32 / (na * nb))
+        })
+        .collect();
+    for_each_chunk(n, 2, out, |_, start, s| {
+        let len = chunk_len(n, start);
+        let Scratch {
+            base: tmp, tv, res, ..
+        } = s;
+        let (a, b) = tv.split_at_mut(1);
+        decode_delta(v0, base, start, &mut tmp[..len], &mut a[0][..len]);
+        decode_delta(v1, base, start, &mut tmp[..len], &mut b[0][..len]);
+        if let Some(bs) = base {
+            bs.decode(start, &mut tmp[..len]);
+        }
+        for (i, r) in res[..len].iter_mut().enumerate() {
+            let (w0, w1) = w[groups.of(start + i)];
+            let v = a[0][i] * w0 + b[0][i] * w1;
+            *r = if base.is_some() { tmp[i] + v } else { v };
+        }
+    })
+}
+
+/// Multi-SLERP (as [`crate::multislerp`]): the weighted spherical mean of the inputs' (task
+/// vectors') directions, scaled by the weighted mean norm, the base added back. Passes: the
+/// norms; the weighted mean of the unit vectors (its norm and its dot product with each unit
+/// vector); the output. The burn path's tangent step `r = sum_i w_i (u_i - m (u_i . m))` is
+/// zero up to rounding (`sum_i w_i (u_i . m) = |mean|`), so its exponential map changes the
+/// result by ~|r|^2: here `r` is formed per element in the output pass and its norm taken as
+/// zero (`cos 0 = 1`, `sin(eps)/eps = 1` in f32), which saves a pass and stays within the
+/// rounding of the burn path.
+pub fn multislerp(
+    inputs: &[HostTensor],
+    weights: &[f32],
+    base: Option<HostTensor>,
+    normalize_weights: bool,
+    eps: f32,
+    out: HostOut,
+) -> Result<()> {
+    let m = inputs.len();
+    if m == 0 || m != weights.len() {
+        return Err(KernelError::WrongInputCount {
+            method: "multislerp",
+            needed: "one weight per input and at least one input",
+            got: m,
+        });
+    }
+    let n = inputs[0].len();
+    let mut all = inputs.to_vec();
+    all.extend(base);
+    check_lengths("multislerp", n, &all, &out)?;
+    if m == 1 {
+        return for_each_chunk(n, 0, out, |_, start, s| {
+            inputs[0].decode(start, &mut s.res[..chunk_len(n, start)]);
+        });
+    }
+    let mut w = weights.to_vec();
+    if normalize_weights {
+        let total: f32 = w.iter().sum();
+        if total.abs() < 1e-12 {
+            return Err(KernelError::BadParameter {
+                method: "multislerp",
+                what: format!(
+                    "weights {weights:?} sum to zero; set normalize_weights: false or change them"
+                ),
+            });
+        }
+        w.iter_mut().for_each(|x| *x /= total);
+    }
+    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+    let deltas = |start: usize, len: usize, s: &mut Scratch| {
+        let Scratch { base: tmp, tv, .. } = s;
+        for (j, d) in tv.iter_mut().enumerate() {
+            decode_delta(inputs[j], base, start, &mut tmp[..len], &mut d[..len]);
+        }
+    };
+    // a parallel sum over the chunks of `f(chunk start, len, scratch, acc)` into `k` f64s
+    let reduce = |k: usize, f: &(dyn Fn(usize, usize, &Scratch, &mut [f64]) + Sync)| -> Vec<f64> {
+        chunks
+            .par_iter()
+            .with_min_len(min_len(chunks.len()))
+            .fold(
+                || (Scratch::new(m), vec![0f64; k]),
+                |(mut s, mut acc), &ci| {
+                    let start = ci * CHUNK;
+                    let len = chunk_len(n, start);
+                    deltas(start, len, &mut s);
+                    f(start, len, &s, &mut acc);
+                    (s, acc)
+                },
+            )
+            .map(|(_, acc)| acc)
+            .reduce(
+                || vec![0f64; k],
+                |a, b| a.iter().zip(b).map(|(p, q)| p + q).collect(),
+            )
+    };
+    let sq = reduce(m, &|_, len, s, acc| {
+        for (a, d) in acc.iter_mut().zip(&s.tv) {
+            *a += d[..len].iter().map(|x| (x * x) as f64).sum::<f64>();
+        }
+    });
+    let norms: Vec<f32> = sq.iter().map(|q| (*q as f32).sqrt()).collect();
+    // u_i = d_i / (|d_i| + eps) scaled by w_i: the weighted mean is sum_i c_i d_i
+    let c: Vec<f32> = w
+        .iter()
+        .zip(&norms)
+        .map(|(wi, ni)| wi / (ni + eps))
+        .collect();
+    let mean_at = |s: &Scratch, e: usize| -> f32 { (0..m).map(|j| s.tv[j][e] * c[j]).sum() };
+    // |mean|^2, then u_i . mean for each i
+    let stats = reduce(m + 1, &|_, len, s, acc| {
+        for e in 0..len {
+            let me = mean_at(s, e);
+            acc[0] += (me * me) as f64;
+            for j in 0..m {
+                acc[1 + j] += ((s.tv[j][e] / (norms[j] + eps)) * me) as f64;
+            }
+        }
+    });
+    let mean_norm = (stats[0] as f32).sqrt();
+    let scale: f32 = w.iter().zip(&norms).map(|(a, b)| a * b).sum();
+    if mean_norm < eps {
+        if m != 2 {
+            return Err(KernelError::BadParameter {
+                method: "multislerp",
+                what: "the inputs are antipodal (their weighted mean direction is zero)".into(),
+            });
+        }
+        return for_each_chunk(n, m, out, |_, start, s| {
+            let len = chunk_len(n, start);
+            deltas(start, len, s);
+            if let Some(b) = base {
+                b.decode(start, &mut s.base[..len]);
+            }
+            for e in 0..len {
+                let v = s.tv[0][e] * w[0] + s.tv[1][e] * w[1];
+                s.res[e] = if base.is_some() { v + s.base[e] } else { v };
+            }
+        });
+    }
+    // u_i . m with m the unit mean
+    let dots: Vec<f32> = stats[1..].iter().map(|d| *d as f32 / mean_norm).collect();
+    for_each_chunk(n, m, out, |_, start, s| {
+        let len = chunk_len(n, start);
+        deltas(start, len, s);
+        if let Some(b) = base {
+            b.decode(start, &mut s.base[..len]);
+        }
+        for e in 0..len {
+            let mh = mean_at(s, e) / mean_norm;
+            let r: f32 = (0..m)
+                .map(|j| (s.tv[j][e] / (norms[j] + eps) - mh * dots[j]) * w[j])
+                .sum();
+            let v = (mh + r) * scale;
+            s.res[e] = if base.is_some() { v + s.base[e] } else { v };
+        }
+    })
+}
+
 /// One task vector of a fused [`gta`]: the fine-tuned input, its weight and its sparsification
 /// parameters (as [`crate::sparsify`] takes them), and its random stream (DARE).
 #[derive(Debug, Clone)]
@@ -1604,5 +1880,125 @@ mod tests {
             got.iter().zip(&base).any(|(g, b)| g != b),
             "something was merged"
         );
+    }
+
+    /// NuSLERP in every grouping (flattened, per row, per column; with and without a base)
+    /// and Multi-SLERP (base or not, raw weights, the two-input antipodal fallback) over
+    /// tensors of several chunks give the burn path's values.
+    #[test]
+    fn nuslerp_and_multislerp_match_the_burn_path_over_several_chunks() {
+        use crate::{tensor_from, values_of};
+        let (rows, cols) = (300, 500);
+        let n = rows * cols;
+        let draw = |seed: u64| -> Vec<f32> {
+            MaskRng::new(seed, "slerp", 0)
+                .uniform(n)
+                .into_iter()
+                .map(|u| u * 2.0 - 1.0)
+                .collect()
+        };
+        let (base, a, b, c) = (draw(1), draw(2), draw(3), draw(4));
+        let device = crate::Device::flex();
+        let t = |v: &[f32]| tensor_from(v, &[rows, cols], &device);
+        let close = |got: &[f32], want: &[f32], what: &str| {
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "{what}: max |fused - burn| = {worst}");
+        };
+        for with_base in [false, true] {
+            for (row_wise, flatten) in [(false, true), (false, false), (true, false)] {
+                let want = if with_base {
+                    let v0 = t(&a).sub(t(&base));
+                    let v1 = t(&b).sub(t(&base));
+                    values_of(t(&base).add(crate::nuslerp(0.3, v0, v1, row_wise, flatten)))
+                } else {
+                    values_of(crate::nuslerp(0.3, t(&a), t(&b), row_wise, flatten))
+                };
+                let mut got = vec![0f32; n];
+                nuslerp(
+                    0.3,
+                    with_base.then_some(HostTensor::F32(&base)),
+                    HostTensor::F32(&a),
+                    HostTensor::F32(&b),
+                    row_wise,
+                    flatten,
+                    cols,
+                    HostOut::F32(&mut got),
+                )
+                .unwrap();
+                close(
+                    &got,
+                    &want,
+                    &format!("nuslerp base={with_base} row_wise={row_wise} flatten={flatten}"),
+                );
+            }
+            for (inputs, weights, normalize) in [
+                (vec![&a, &b, &c], vec![0.5f32, 1.0, 0.25], true),
+                (vec![&a, &b, &c], vec![0.5f32, 1.0, 0.25], false),
+                (vec![&a, &b], vec![1.0f32, 1.0], true),
+            ] {
+                let tensors: Vec<_> = inputs.iter().map(|v| t(v)).collect();
+                let bt = t(&base);
+                let want = values_of(
+                    crate::multislerp(
+                        &tensors,
+                        &weights,
+                        with_base.then_some(&bt),
+                        normalize,
+                        1e-8,
+                    )
+                    .unwrap(),
+                );
+                let host: Vec<_> = inputs.iter().map(|v| HostTensor::F32(v)).collect();
+                let mut got = vec![0f32; n];
+                multislerp(
+                    &host,
+                    &weights,
+                    with_base.then_some(HostTensor::F32(&base)),
+                    normalize,
+                    1e-8,
+                    HostOut::F32(&mut got),
+                )
+                .unwrap();
+                close(
+                    &got,
+                    &want,
+                    &format!("multislerp base={with_base} {weights:?} normalize={normalize}"),
+                );
+            }
+        }
+        // antipodal pair: the weighted sum of the two (task vectors)
+        let neg: Vec<f32> = a.iter().map(|x| -x).collect();
+        let want =
+            values_of(crate::multislerp(&[t(&a), t(&neg)], &[1.0, 1.0], None, true, 1e-8).unwrap());
+        let mut got = vec![0f32; n];
+        multislerp(
+            &[HostTensor::F32(&a), HostTensor::F32(&neg)],
+            &[1.0, 1.0],
+            None,
+            true,
+            1e-8,
+            HostOut::F32(&mut got),
+        )
+        .unwrap();
+        close(&got, &want, "multislerp antipodal");
+        let three = [
+            HostTensor::F32(&a),
+            HostTensor::F32(&neg),
+            HostTensor::F32(&a),
+        ];
+        let err = multislerp(
+            &three,
+            &[1.0, 2.0, 1.0],
+            None,
+            true,
+            1e-8,
+            HostOut::F32(&mut got),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("antipodal"), "{err}");
     }
 }

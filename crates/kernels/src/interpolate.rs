@@ -74,11 +74,23 @@ pub fn nuslerp(t: f32, v0: T2, v1: T2, row_wise: bool, flatten: bool) -> T2 {
     }
 }
 
+/// NuSLERP's coefficients `(w0, w1)` of one row (or of the flattened tensor) from the cosine
+/// of its two unit vectors; the burn path and the fused kernel share them.
+pub(crate) fn nuslerp_coefficients(t: f32, cos: f32) -> (f32, f32) {
+    const EPS: f32 = 1e-8;
+    let theta = cos.clamp(-1.0, 1.0).acos();
+    let sin = theta.sin();
+    if sin.abs() < EPS {
+        (1.0 - t, t)
+    } else {
+        (((1.0 - t) * theta).sin() / sin, (t * theta).sin() / sin)
+    }
+}
+
 /// SLERP of each row of `v0` with the same row of `v1`. The per-row cosines are reduced on the
 /// device; the angles and coefficients (one pair per row) are computed on the host, so every
 /// device uses the same `acos`/`sin` and gives the same result.
 fn nuslerp_rows(t: f32, v0: T2, v1: T2) -> T2 {
-    const EPS: f32 = 1e-8;
     let [r, _] = v0.dims();
     let device = v0.device();
     let unit = |x: &T2| {
@@ -86,18 +98,11 @@ fn nuslerp_rows(t: f32, v0: T2, v1: T2) -> T2 {
         x.clone().div(n)
     };
     let cos = crate::values_of(unit(&v0).mul(unit(&v1)).sum_dim(1));
-    let mut w0 = Vec::with_capacity(r);
-    let mut w1 = Vec::with_capacity(r);
+    let (mut w0, mut w1) = (Vec::with_capacity(r), Vec::with_capacity(r));
     for c in cos {
-        let theta = c.clamp(-1.0, 1.0).acos();
-        let sin = theta.sin();
-        if sin.abs() < EPS {
-            w0.push(1.0 - t);
-            w1.push(t);
-        } else {
-            w0.push(((1.0 - t) * theta).sin() / sin);
-            w1.push((t * theta).sin() / sin);
-        }
+        let (a, b) = nuslerp_coefficients(t, c);
+        w0.push(a);
+        w1.push(b);
     }
     let col = |w: Vec<f32>| Tensor::<2>::from_data(TensorData::new(w, [r, 1]), &device);
     v0.mul(col(w0)).add(v1.mul(col(w1)))

@@ -312,6 +312,8 @@ fn fused_cpu_kernels_match_the_burn_path() {
         "model_stock",
         "sce",
         "passthrough",
+        "nuslerp",
+        "multislerp",
     ] {
         assert!(fused_methods.contains(&name), "{name} has no fused kernel");
     }
