@@ -13,7 +13,8 @@
 //!   reduction pass (whole tensor or per row), then the interpolation; [`sce`]: variances and
 //!   their top-k threshold, the model weights, then the merge.
 //! - [`slerp`]: SLERP over the flattened tensors (one reduction pass for the norms and the
-//!   dot product, one interpolation pass).
+//!   dot product, one interpolation pass); [`nuslerp`]: the same per group (whole tensor,
+//!   row or column); [`multislerp`]: norms, weighted mean direction, output.
 //!
 //! Magnitude selection (TIES' top-k, breadcrumbs' rank window) is exact without sorting or
 //! copying: a two-pass radix selection over the bits of `|delta|` (16 high bits, then the 16
@@ -870,6 +871,9 @@ pub fn nuslerp(
     })
 }
 
+/// A per-chunk reduction: `f(chunk length, decoded scratch, accumulators)`.
+type ChunkSum<'a> = dyn Fn(usize, &Scratch, &mut [f64]) + Sync + 'a;
+
 /// Multi-SLERP (as [`crate::multislerp`]): the weighted spherical mean of the inputs' (task
 /// vectors') directions, scaled by the weighted mean norm, the base added back. Passes: the
 /// norms; the weighted mean of the unit vectors (its norm and its dot product with each unit
@@ -923,8 +927,8 @@ pub fn multislerp(
             decode_delta(inputs[j], base, start, &mut tmp[..len], &mut d[..len]);
         }
     };
-    // a parallel sum over the chunks of `f(chunk start, len, scratch, acc)` into `k` f64s
-    let reduce = |k: usize, f: &(dyn Fn(usize, usize, &Scratch, &mut [f64]) + Sync)| -> Vec<f64> {
+    // a parallel sum over the chunks of `f(len, scratch, acc)` into `k` f64s
+    let reduce = |k: usize, f: &ChunkSum| -> Vec<f64> {
         chunks
             .par_iter()
             .with_min_len(min_len(chunks.len()))
@@ -934,7 +938,7 @@ pub fn multislerp(
                     let start = ci * CHUNK;
                     let len = chunk_len(n, start);
                     deltas(start, len, &mut s);
-                    f(start, len, &s, &mut acc);
+                    f(len, &s, &mut acc);
                     (s, acc)
                 },
             )
@@ -944,7 +948,7 @@ pub fn multislerp(
                 |a, b| a.iter().zip(b).map(|(p, q)| p + q).collect(),
             )
     };
-    let sq = reduce(m, &|_, len, s, acc| {
+    let sq = reduce(m, &|len, s, acc| {
         for (a, d) in acc.iter_mut().zip(&s.tv) {
             *a += d[..len].iter().map(|x| (x * x) as f64).sum::<f64>();
         }
@@ -958,7 +962,7 @@ pub fn multislerp(
         .collect();
     let mean_at = |s: &Scratch, e: usize| -> f32 { (0..m).map(|j| s.tv[j][e] * c[j]).sum() };
     // |mean|^2, then u_i . mean for each i
-    let stats = reduce(m + 1, &|_, len, s, acc| {
+    let stats = reduce(m + 1, &|len, s, acc| {
         for e in 0..len {
             let me = mean_at(s, e);
             acc[0] += (me * me) as f64;
