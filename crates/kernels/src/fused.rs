@@ -907,19 +907,7 @@ pub fn multislerp(
             inputs[0].decode(start, &mut s.res[..chunk_len(n, start)]);
         });
     }
-    let mut w = weights.to_vec();
-    if normalize_weights {
-        let total: f32 = w.iter().sum();
-        if total.abs() < 1e-12 {
-            return Err(KernelError::BadParameter {
-                method: "multislerp",
-                what: format!(
-                    "weights {weights:?} sum to zero; set normalize_weights: false or change them"
-                ),
-            });
-        }
-        w.iter_mut().for_each(|x| *x /= total);
-    }
+    let w = crate::interpolate::multislerp_weights(weights, normalize_weights)?;
     let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
     let deltas = |start: usize, len: usize, s: &mut Scratch| {
         let Scratch { base: tmp, tv, .. } = s;

@@ -108,6 +108,25 @@ fn nuslerp_rows(t: f32, v0: T2, v1: T2) -> T2 {
     v0.mul(col(w0)).add(v1.mul(col(w1)))
 }
 
+/// Multi-SLERP's weights, divided by their sum with `normalize` (a zero sum is an error); the
+/// burn path and the fused kernel share them.
+pub(crate) fn multislerp_weights(weights: &[f32], normalize: bool) -> Result<Vec<f32>> {
+    let mut w = weights.to_vec();
+    if normalize {
+        let s: f32 = w.iter().sum();
+        if s.abs() < 1e-12 {
+            return Err(KernelError::BadParameter {
+                method: "multislerp",
+                what: format!(
+                    "weights {weights:?} sum to zero; set normalize_weights: false or change them"
+                ),
+            });
+        }
+        w.iter_mut().for_each(|x| *x /= s);
+    }
+    Ok(w)
+}
+
 /// Multi-SLERP: a weighted spherical mean of several tensors (or of their task vectors when a
 /// `base` is given), scaled back to the weighted mean norm.
 pub fn multislerp(
@@ -132,19 +151,7 @@ pub fn multislerp(
         all.push(b);
     }
     check_same_shapes("multislerp", &all)?;
-    let mut w = weights.to_vec();
-    if normalize_weights {
-        let s: f32 = w.iter().sum();
-        if s.abs() < 1e-12 {
-            return Err(KernelError::BadParameter {
-                method: "multislerp",
-                what: format!(
-                    "weights {weights:?} sum to zero; set normalize_weights: false or change them"
-                ),
-            });
-        }
-        w.iter_mut().for_each(|x| *x /= s);
-    }
+    let w = multislerp_weights(weights, normalize_weights)?;
     let tv: Vec<T2> = tensors
         .iter()
         .map(|t| match base {
