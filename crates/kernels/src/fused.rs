@@ -14,7 +14,10 @@
 //!   their top-k threshold, the model weights, then the merge.
 //! - [`slerp`]: SLERP over the flattened tensors (one reduction pass for the norms and the
 //!   dot product, one interpolation pass); [`nuslerp`]: the same per group (whole tensor,
-//!   row or column); [`multislerp`]: norms, weighted mean direction, output.
+//!   row or column); [`multislerp`] and [`karcher`]: the Gram matrix of the inputs, the
+//!   spherical mean computed on the inputs' coefficients, one output pass.
+//! - [`arcee_fusion`]: each row's KL divergence, the exact quartiles of the importances (a
+//!   radix selection over their bits), the masked merge.
 //!
 //! Magnitude selection (TIES' top-k, breadcrumbs' rank window) is exact without sorting or
 //! copying: a two-pass radix selection over the bits of `|delta|` (16 high bits, then the 16
@@ -30,6 +33,12 @@ use crate::task_arithmetic::kept_count;
 use crate::{Consensus, KernelError, MaskRng, Rescale, Result, Sparsify};
 use half::{bf16, f16};
 use rayon::prelude::*;
+
+mod arcee;
+mod sphere;
+
+pub use arcee::{arcee_fusion, arcee_row_kl, quantile_index};
+pub use sphere::{karcher, multislerp};
 
 /// Elements per chunk of work (one rayon task).
 pub const CHUNK: usize = 1 << 16;
@@ -871,134 +880,6 @@ pub fn nuslerp(
     })
 }
 
-/// A per-chunk reduction: `f(chunk length, decoded scratch, accumulators)`.
-type ChunkSum<'a> = dyn Fn(usize, &Scratch, &mut [f64]) + Sync + 'a;
-
-/// Multi-SLERP (as [`crate::multislerp`]): the weighted spherical mean of the inputs' (task
-/// vectors') directions, scaled by the weighted mean norm, the base added back. Passes: the
-/// norms; the weighted mean of the unit vectors (its norm and its dot product with each unit
-/// vector); the output. The burn path's tangent step `r = sum_i w_i (u_i - m (u_i . m))` is
-/// zero up to rounding (`sum_i w_i (u_i . m) = |mean|`), so its exponential map changes the
-/// result by ~|r|^2: here `r` is formed per element in the output pass and its norm taken as
-/// zero (`cos 0 = 1`, `sin(eps)/eps = 1` in f32), which saves a pass and stays within the
-/// rounding of the burn path.
-pub fn multislerp(
-    inputs: &[HostTensor],
-    weights: &[f32],
-    base: Option<HostTensor>,
-    normalize_weights: bool,
-    eps: f32,
-    out: HostOut,
-) -> Result<()> {
-    let m = inputs.len();
-    if m == 0 || m != weights.len() {
-        return Err(KernelError::WrongInputCount {
-            method: "multislerp",
-            needed: "one weight per input and at least one input",
-            got: m,
-        });
-    }
-    let n = inputs[0].len();
-    let mut all = inputs.to_vec();
-    all.extend(base);
-    check_lengths("multislerp", n, &all, &out)?;
-    if m == 1 {
-        return for_each_chunk(n, 0, out, |_, start, s| {
-            inputs[0].decode(start, &mut s.res[..chunk_len(n, start)]);
-        });
-    }
-    let w = crate::interpolate::multislerp_weights(weights, normalize_weights)?;
-    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
-    let deltas = |start: usize, len: usize, s: &mut Scratch| {
-        let Scratch { base: tmp, tv, .. } = s;
-        for (j, d) in tv.iter_mut().enumerate() {
-            decode_delta(inputs[j], base, start, &mut tmp[..len], &mut d[..len]);
-        }
-    };
-    // a parallel sum over the chunks of `f(len, scratch, acc)` into `k` f64s
-    let reduce = |k: usize, f: &ChunkSum| -> Vec<f64> {
-        chunks
-            .par_iter()
-            .with_min_len(min_len(chunks.len()))
-            .fold(
-                || (Scratch::new(m), vec![0f64; k]),
-                |(mut s, mut acc), &ci| {
-                    let start = ci * CHUNK;
-                    let len = chunk_len(n, start);
-                    deltas(start, len, &mut s);
-                    f(len, &s, &mut acc);
-                    (s, acc)
-                },
-            )
-            .map(|(_, acc)| acc)
-            .reduce(
-                || vec![0f64; k],
-                |a, b| a.iter().zip(b).map(|(p, q)| p + q).collect(),
-            )
-    };
-    let sq = reduce(m, &|len, s, acc| {
-        for (a, d) in acc.iter_mut().zip(&s.tv) {
-            *a += d[..len].iter().map(|x| (x * x) as f64).sum::<f64>();
-        }
-    });
-    let norms: Vec<f32> = sq.iter().map(|q| (*q as f32).sqrt()).collect();
-    // u_i = d_i / (|d_i| + eps) scaled by w_i: the weighted mean is sum_i c_i d_i
-    let c: Vec<f32> = w
-        .iter()
-        .zip(&norms)
-        .map(|(wi, ni)| wi / (ni + eps))
-        .collect();
-    let mean_at = |s: &Scratch, e: usize| -> f32 { (0..m).map(|j| s.tv[j][e] * c[j]).sum() };
-    // |mean|^2, then u_i . mean for each i
-    let stats = reduce(m + 1, &|len, s, acc| {
-        for e in 0..len {
-            let me = mean_at(s, e);
-            acc[0] += (me * me) as f64;
-            for j in 0..m {
-                acc[1 + j] += ((s.tv[j][e] / (norms[j] + eps)) * me) as f64;
-            }
-        }
-    });
-    let mean_norm = (stats[0] as f32).sqrt();
-    let scale: f32 = w.iter().zip(&norms).map(|(a, b)| a * b).sum();
-    if mean_norm < eps {
-        if m != 2 {
-            return Err(KernelError::BadParameter {
-                method: "multislerp",
-                what: "the inputs are antipodal (their weighted mean direction is zero)".into(),
-            });
-        }
-        return for_each_chunk(n, m, out, |_, start, s| {
-            let len = chunk_len(n, start);
-            deltas(start, len, s);
-            if let Some(b) = base {
-                b.decode(start, &mut s.base[..len]);
-            }
-            for e in 0..len {
-                let v = s.tv[0][e] * w[0] + s.tv[1][e] * w[1];
-                s.res[e] = if base.is_some() { v + s.base[e] } else { v };
-            }
-        });
-    }
-    // u_i . m with m the unit mean
-    let dots: Vec<f32> = stats[1..].iter().map(|d| *d as f32 / mean_norm).collect();
-    for_each_chunk(n, m, out, |_, start, s| {
-        let len = chunk_len(n, start);
-        deltas(start, len, s);
-        if let Some(b) = base {
-            b.decode(start, &mut s.base[..len]);
-        }
-        for e in 0..len {
-            let mh = mean_at(s, e) / mean_norm;
-            let r: f32 = (0..m)
-                .map(|j| (s.tv[j][e] / (norms[j] + eps) - mh * dots[j]) * w[j])
-                .sum();
-            let v = (mh + r) * scale;
-            s.res[e] = if base.is_some() { v + s.base[e] } else { v };
-        }
-    })
-}
-
 /// One task vector of a fused [`gta`]: the fine-tuned input, its weight and its sparsification
 /// parameters (as [`crate::sparsify`] takes them), and its random stream (DARE).
 #[derive(Debug, Clone)]
@@ -1137,8 +1018,8 @@ impl RowRanker {
 
 /// A rank window `lo..hi` of the ascending order of |delta| (ties by position), resolved into
 /// thresholds: `t_lo` / `t_hi` are the keys (bits of |delta|) at ranks `lo` and `hi - 1`,
-/// `less_*` how many keys are below them, and `seen_*[chunk]` how many entries equal to them
-/// come before each chunk (only computed when the tie is split).
+/// `less_*` how many keys are below them, `eq_*` how many equal them, and `seen_*[chunk]` how
+/// many entries equal to them come before each chunk (only computed when the tie is split).
 #[derive(Debug, Clone)]
 struct RankWindow {
     lo: usize,
@@ -1147,18 +1028,56 @@ struct RankWindow {
     t_hi: u32,
     less_lo: usize,
     less_hi: usize,
+    eq_lo: usize,
+    eq_hi: usize,
     seen_lo: Vec<usize>,
     seen_hi: Vec<usize>,
 }
 
 impl RankWindow {
+    /// Whether chunk `ci` keeps all (`Some(true)`), none (`Some(false)`) or only some (`None`)
+    /// of its entries tied at a threshold whose ties take ranks `less..less + eq` in order of
+    /// position (`seen`: the tied entries before each chunk, empty when all ties are kept).
+    fn ties_kept(&self, ci: usize, seen: &[usize], less: usize, eq: usize) -> Option<bool> {
+        if seen.is_empty() {
+            // an unsplit threshold's ties hold rank `lo` or `hi - 1`, so all are kept
+            return Some(true);
+        }
+        let from = less + seen[ci];
+        let to = less + seen.get(ci + 1).copied().unwrap_or(eq);
+        if from >= self.lo && to <= self.hi {
+            Some(true)
+        } else if to <= self.lo || from >= self.hi || from == to {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// `d` with the entries outside the window zeroed (multiplied by 0, as the burn mask
-    /// does), into `x`; tie counts continue those of the chunks before `ci`. Branch-free.
+    /// does), into `x`; tie counts continue those of the chunks before `ci`. Branch-free, and
+    /// without the sequential tie counter except in the (at most two) chunks that a split
+    /// tie is cut in.
     #[inline]
     fn apply(&self, ci: usize, d: &[f32], x: &mut [f32]) {
+        let (t_lo, t_hi, lo, hi) = (self.t_lo, self.t_hi, self.lo, self.hi);
+        let keep_lo = self.ties_kept(ci, &self.seen_lo, self.less_lo, self.eq_lo);
+        let keep_hi = if t_hi == t_lo {
+            keep_lo
+        } else {
+            self.ties_kept(ci, &self.seen_hi, self.less_hi, self.eq_hi)
+        };
+        if let (Some(keep_lo), Some(keep_hi)) = (keep_lo, keep_hi) {
+            for (o, v) in x.iter_mut().zip(d) {
+                let k = key(*v);
+                let keep =
+                    (k > t_lo && k < t_hi) | (keep_lo & (k == t_lo)) | (keep_hi & (k == t_hi));
+                *o = v * (keep as u32 as f32);
+            }
+            return;
+        }
         let mut seen_lo = self.seen_lo.get(ci).copied().unwrap_or(0);
         let mut seen_hi = self.seen_hi.get(ci).copied().unwrap_or(0);
-        let (t_lo, t_hi, lo, hi) = (self.t_lo, self.t_hi, self.lo, self.hi);
         for (o, v) in x.iter_mut().zip(d) {
             let k = key(*v);
             let inside = k > t_lo && k < t_hi;
@@ -1346,6 +1265,8 @@ fn resolve_windows(
                     t_hi,
                     less_lo: below_lo + c_lo,
                     less_hi: below_hi + c_hi,
+                    eq_lo: 0,
+                    eq_hi: 0,
                     seen_lo: Vec::new(),
                     seen_hi: Vec::new(),
                 }
@@ -1380,6 +1301,8 @@ fn resolve_windows(
         })
         .collect();
     for (wi, win) in out.iter_mut().enumerate() {
+        win.eq_lo = eq_count(wi, win.t_lo);
+        win.eq_hi = eq_count(wi, win.t_hi);
         let (split_lo, split_hi) = needs[wi];
         if !(split_lo || split_hi) {
             continue;
@@ -1508,9 +1431,12 @@ pub fn gta(
     let l1: Vec<usize> = (0..tvs.len())
         .filter(|&j| rescale == Rescale::L1 && thinned(&keeps[j]))
         .collect();
+    // DARE's masks as drawn by the L1 pass, one bit an entry, per chunk and input (the merge
+    // pass reads them instead of drawing the stream again)
+    let mut drawn: Vec<Vec<Option<Vec<u64>>>> = Vec::new();
     if !l1.is_empty() {
         let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
-        let sums: Vec<(f64, f64)> = chunks
+        let per_chunk: Vec<(Vec<(f64, f64)>, Vec<Option<Vec<u64>>>)> = chunks
             .par_iter()
             .with_min_len(min_len(chunks.len()))
             .map_init(
@@ -1519,25 +1445,32 @@ pub fn gta(
                     let start = ci * CHUNK;
                     let len = chunk_len(n, start);
                     deltas(&base, tvs, &l1, start, len, s);
-                    l1.iter()
+                    let mut bits = vec![None; tvs.len()];
+                    let sums = l1
+                        .iter()
                         .map(|&j| {
                             mask_chunk(&keeps[j], &tvs[j], ci, start, len, s, j);
+                            if let Keep::Random(p) = keeps[j] {
+                                bits[j] = Some(mask_bits(&s.u[..len], p));
+                            }
                             let before: f64 = s.tv[j][..len].iter().map(|d| d.abs() as f64).sum();
                             let after: f64 = s.x[..len].iter().map(|d| d.abs() as f64).sum();
                             (before, after)
                         })
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>();
+                    (sums, bits)
                 },
             )
-            .reduce(
-                || vec![(0.0, 0.0); l1.len()],
-                |a, b| {
-                    a.iter()
-                        .zip(b)
-                        .map(|(x, y)| (x.0 + y.0, x.1 + y.1))
-                        .collect()
-                },
-            );
+            .collect();
+        // summed in chunk order, so the factor does not depend on the thread schedule
+        let mut sums = vec![(0.0f64, 0.0f64); l1.len()];
+        for (chunk, bits) in per_chunk {
+            for (acc, (before, after)) in sums.iter_mut().zip(chunk) {
+                acc.0 += before;
+                acc.1 += after;
+            }
+            drawn.push(bits);
+        }
         for (&j, (before, after)) in l1.iter().zip(sums) {
             let (before, after) = (before as f32, after as f32);
             factors[j] = if before < 1e-7 || after < 1e-7 {
@@ -1560,7 +1493,12 @@ pub fn gta(
         deltas(&base, tvs, &every, start, len, s);
         // thin, rescale and weight each task vector in place
         for (j, tv) in tvs.iter().enumerate() {
-            if !matches!(keeps[j], Keep::All) {
+            if let Some(Some(bits)) = drawn.get(ci).map(|c| &c[j]) {
+                for (i, (o, d)) in s.x[..len].iter_mut().zip(&s.tv[j][..len]).enumerate() {
+                    *o = d * ((bits[i / 64] >> (i % 64)) & 1) as f32;
+                }
+                std::mem::swap(&mut s.tv[j], &mut s.x);
+            } else if !matches!(keeps[j], Keep::All) {
                 mask_chunk(&keeps[j], tv, ci, start, len, s, j);
                 std::mem::swap(&mut s.tv[j], &mut s.x);
             }
@@ -1593,6 +1531,17 @@ enum Factor {
     One,
     Div(f32),
     Mul(f32),
+}
+
+/// DARE's keep decisions `u < p` of a chunk's draws, one bit an entry.
+fn mask_bits(u: &[f32], p: f32) -> Vec<u64> {
+    u.chunks(64)
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .fold(0u64, |acc, (i, u)| acc | (((*u < p) as u64) << i))
+        })
+        .collect()
 }
 
 /// Input `j`'s thinned delta of this chunk into `s.x` (from `s.tv[j]`).
@@ -1992,5 +1941,51 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("antipodal"), "{err}");
+    }
+
+    /// Karcher means (two and three inputs, an input too short to take part, no iteration,
+    /// one iteration) over tensors of several chunks give the burn path's values.
+    #[test]
+    fn karcher_matches_the_burn_path_over_several_chunks() {
+        use crate::{tensor_from, values_of};
+        let (rows, cols) = (300, 500);
+        let n = rows * cols;
+        let draw = |seed: u64, scale: f32| -> Vec<f32> {
+            MaskRng::new(seed, "karcher", 0)
+                .uniform(n)
+                .into_iter()
+                .map(|u| (u * 2.0 - 1.0) * scale)
+                .collect()
+        };
+        let (a, b, c, tiny) = (draw(1, 1.0), draw(2, 0.5), draw(3, 2.0), draw(4, 1e-9));
+        let device = crate::Device::flex();
+        let t = |v: &[f32]| tensor_from(v, &[rows, cols], &device);
+        for (inputs, max_iter) in [
+            (vec![&a, &b], 10),
+            (vec![&a, &b, &c], 10),
+            (vec![&a, &b, &c], 0),
+            (vec![&a, &b, &c], 1),
+            (vec![&a, &tiny, &c], 10),
+            (vec![&tiny, &tiny], 10),
+            (vec![&b], 10),
+        ] {
+            let tensors: Vec<_> = inputs.iter().map(|v| t(v)).collect();
+            let want = values_of(crate::karcher(&tensors, max_iter, 1e-5).unwrap());
+            let host: Vec<_> = inputs.iter().map(|v| HostTensor::F32(v)).collect();
+            let mut got = vec![0f32; n];
+            karcher(&host, max_iter, 1e-5, HostOut::F32(&mut got)).unwrap();
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-6,
+                "karcher of {} inputs, max_iter {max_iter}: max |fused - burn| = {worst}",
+                inputs.len()
+            );
+        }
+        let err = karcher(&[], 10, 1e-5, HostOut::F32(&mut [])).unwrap_err();
+        assert!(err.to_string().contains("at least one input"), "{err}");
     }
 }

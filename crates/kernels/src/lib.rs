@@ -17,11 +17,12 @@
 //! ChaCha stream derived from `(seed, tensor name, model index)`, drawn on the host and uploaded,
 //! so a merge gives the same result whatever the thread schedule and whatever the device.
 //!
-//! [`fused`] holds the CPU fast path of the per-element methods (linear, SLERP, task
-//! arithmetic, TIES, DARE, breadcrumbs): host loops over chunks of the stored bytes, run in
-//! parallel, with the same math and operation order as the burn functions (a test in
-//! `evomerge-merge` checks every fused kernel against them to 1e-6). A new per-element method
-//! gets its burn function here for the GPU and, for speed on the CPU, a fused kernel there.
+//! [`fused`] holds the CPU fast path of every per-tensor method (the SLERP family, task
+//! arithmetic and its sparsifications, Model Stock, SCE, RAM, NearSwap, Karcher, Arcee Fusion):
+//! host loops over chunks of the stored bytes, run in parallel, with the same math as the burn
+//! functions (a test in `evomerge-merge` checks every fused kernel against them to 1e-6). A new
+//! per-element method gets its burn function here for the GPU and, for speed on the CPU, a
+//! fused kernel there.
 //!
 //! Not for: reading checkpoints, resolving recipes (see `evomerge-merge`).
 //!

@@ -55,8 +55,12 @@ impl MaskRng {
     pub fn uniform_at(&self, start: u64, out: &mut [f32]) {
         let mut rng = self.rng.clone();
         rng.set_word_pos(start as u128);
-        for o in out {
-            *o = (rng.random::<u32>() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+        // the words in bulk (the same stream as one `random::<u32>()` after the other, which
+        // `uniform` reads; the test below checks it), turned into floats in place
+        let words: &mut [u32] = bytemuck::cast_slice_mut(out);
+        rng.fill(words);
+        for w in words.iter_mut() {
+            *w = ((*w >> 8) as f32 * (1.0 / (1u32 << 24) as f32)).to_bits();
         }
     }
 }
@@ -88,6 +92,10 @@ mod tests {
         assert_eq!(part, all[517..817]);
         r.uniform_at(0, &mut part[..10]);
         assert_eq!(part[..10], all[..10]);
+        for (start, len) in [(1, 1), (15, 33), (64, 200), (999, 1)] {
+            r.uniform_at(start as u64, &mut part[..len]);
+            assert_eq!(part[..len], all[start..start + len], "{start}..+{len}");
+        }
     }
 
     #[test]

@@ -10,11 +10,13 @@
 //! elements within that band of the threshold to the other side in mergekit.
 
 use crate::MergeError;
-use crate::method::{Arity, BaseUse, Golden, MethodSpec, TensorWork};
+use crate::method::{Arity, BaseUse, Golden, HostWork, MethodSpec, TensorWork};
 use evomerge_kernels::T2;
+use evomerge_kernels::fused::{self, HostOut, arcee_row_kl, quantile_index};
 
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
+        host: Some(host),
         arity: Arity::Exactly(1, "exactly two models, one of them the base"),
         goldens: &[
             Golden {
@@ -51,21 +53,24 @@ pub(crate) fn spec() -> MethodSpec {
     }
 }
 
+/// The reference path (any device: the inputs come to the host and every importance is
+/// sorted); the fused CPU kernel selects the same quartiles without sorting.
 fn work(w: &TensorWork) -> Result<T2, MergeError> {
     let (base, others) = w.host_inputs();
     let x = &others[0];
     let cols = w.inputs[0].dims()[1];
+    let (mut p, mut q) = (vec![0f64; cols], vec![0f64; cols]);
     let importance: Vec<f32> = x
         .chunks(cols)
         .zip(base.chunks(cols))
         .flat_map(|(xr, br)| {
-            let kl = row_kl(xr, br);
+            let kl = arcee_row_kl(xr, br, &mut p, &mut q);
             xr.iter().zip(br).map(move |(a, b)| (a - b).abs() * kl)
         })
         .collect();
     let mut sorted = importance.clone();
     sorted.sort_unstable_by(f32::total_cmp);
-    let q = |p: f32| sorted[(p * (sorted.len() - 1) as f32) as usize];
+    let q = |p: f32| sorted[quantile_index(p, sorted.len())];
     let threshold = q(0.5) + 1.5 * (q(0.75) - q(0.25));
     let out = base
         .iter()
@@ -76,14 +81,9 @@ fn work(w: &TensorWork) -> Result<T2, MergeError> {
     Ok(w.from_host(out))
 }
 
-/// `sum p log(p / q)` with `p`, `q` the softmaxes of the rows, each plus 1e-8 (in f64).
-fn row_kl(x: &[f32], base: &[f32]) -> f32 {
-    let softmax = |v: &[f32]| -> Vec<f64> {
-        let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let e: Vec<f64> = v.iter().map(|a| (*a as f64 - max).exp()).collect();
-        let s: f64 = e.iter().sum();
-        e.into_iter().map(|a| a / s + 1e-8).collect()
-    };
-    let (p, q) = (softmax(x), softmax(base));
-    p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum::<f64>() as f32
+fn host(w: &HostWork, out: HostOut) -> Result<(), MergeError> {
+    let p = &w.params;
+    let base = p.base.expect("arcee_fusion plans have a base");
+    let other = p.others()[0];
+    fused::arcee_fusion(w.inputs[base], w.inputs[other], w.cols, out).map_err(|e| w.kernel_err(e))
 }

@@ -314,6 +314,8 @@ fn fused_cpu_kernels_match_the_burn_path() {
         "passthrough",
         "nuslerp",
         "multislerp",
+        "karcher",
+        "arcee_fusion",
     ] {
         assert!(fused_methods.contains(&name), "{name} has no fused kernel");
     }
