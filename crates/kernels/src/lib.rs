@@ -113,13 +113,30 @@ pub fn tensor_from_vec(values: Vec<f32>, shape: &[usize], device: &Device) -> T2
     Tensor::from_data(TensorData::new(values, [r, c]), device)
 }
 
+/// A tensor of `shape` (as its 2-D view) from little-endian half-precision bytes (`dtype`
+/// BF16 or F16), kept in that dtype: what a fused kernel writes with `HostOut::Stored`.
+pub fn tensor_from_half(bytes: Vec<u8>, dtype: FloatDType, shape: &[usize], device: &Device) -> T2 {
+    let [r, c] = view_shape(shape);
+    assert_eq!(
+        r * c * 2,
+        bytes.len(),
+        "tensor_from_half: {} bytes for shape {shape:?}",
+        bytes.len()
+    );
+    let dtype = match dtype {
+        FloatDType::BF16 => burn::tensor::DType::BF16,
+        FloatDType::F16 => burn::tensor::DType::F16,
+        other => panic!("tensor_from_half: {other:?} is not a half-precision dtype"),
+    };
+    Tensor::from_data(TensorData::from_bytes_vec(bytes, [r, c], dtype), (device, dtype))
+}
+
 /// `cat(parts, 0)` transposed into one contiguous `[cols, rows]` matrix: the layout a model
 /// keeps its projections in (`x @ Wt`). Every part is `[rows_i, cols]` with the same `cols`.
 /// On the CPU device a blocked transposition over all cores on the host (burn's copy of a
 /// transposed view walks memory with a stride and is several times slower); elsewhere, and
 /// on an autodiff device, burn's own ops.
 pub fn cat_transposed(parts: Vec<T2>) -> T2 {
-    use rayon::prelude::*;
     let device = parts[0].device();
     let cols = parts[0].dims()[1];
     // autodiff tensors (the mini world's trainer) keep burn's ops, which gradients flow through
@@ -133,13 +150,41 @@ pub fn cat_transposed(parts: Vec<T2>) -> T2 {
         return cat.transpose().add_scalar(0.0);
     }
     let rows: usize = parts.iter().map(|p| p.dims()[0]).sum();
-    let mut out = vec![0.0f32; rows * cols];
+    for p in &parts {
+        let c = p.dims()[1];
+        assert_eq!(c, cols, "cat_transposed: parts of {c} and {cols} columns");
+    }
+    // in the parts' own element type: a half-precision model is never widened to f32
+    let data = match parts[0].dtype() {
+        burn::tensor::DType::BF16 => {
+            TensorData::new(transposed::<half::bf16>(parts, rows, cols), [cols, rows])
+        }
+        burn::tensor::DType::F16 => {
+            TensorData::new(transposed::<half::f16>(parts, rows, cols), [cols, rows])
+        }
+        _ => TensorData::new(transposed::<f32>(parts, rows, cols), [cols, rows]),
+    };
+    let dtype = data.dtype();
+    Tensor::from_data(data, (&device, dtype))
+}
+
+/// The host transposition of [`cat_transposed`] over elements of type `E` (the parts are
+/// converted to `E` when they hold another type).
+fn transposed<E>(parts: Vec<T2>, rows: usize, cols: usize) -> Vec<E>
+where
+    E: burn::tensor::Element + Copy + Default + Send + Sync,
+{
+    use rayon::prelude::*;
+    let mut out = vec![E::default(); rows * cols];
     const TILE: usize = 32;
     let mut offset = 0;
     for part in parts {
-        let [n, c] = part.dims();
-        assert_eq!(c, cols, "cat_transposed: parts of {c} and {cols} columns");
-        let v = values_of(part);
+        let n = part.dims()[0];
+        let v: Vec<E> = part
+            .into_data()
+            .convert::<E>()
+            .try_into_vec::<E>()
+            .expect("tensor data of the converted type");
         // output rows are input columns: TILE of them per task, filled tile by tile
         out.par_chunks_mut(TILE * rows)
             .enumerate()
@@ -158,7 +203,7 @@ pub fn cat_transposed(parts: Vec<T2>) -> T2 {
             });
         offset += n;
     }
-    Tensor::from_data(TensorData::new(out, [cols, rows]), &device)
+    out
 }
 
 /// Download a tensor's values (row-major).
@@ -217,6 +262,36 @@ pub(crate) mod testing {
                 (g - w).abs() <= tol,
                 "element {i}: got {g}, want {w} (all: {got:?} vs {want:?})"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host transposition gives burn's `cat(..).transpose()`, in f32 and kept in bf16 / f16
+    /// (parts of several row counts, columns not a multiple of the tile).
+    #[test]
+    fn cat_transposed_matches_burn_and_keeps_the_dtype() {
+        let device = Device::flex();
+        let part = |rows: usize, seed: u64| {
+            let v = MaskRng::new(seed, "cat", 0).uniform(rows * 45);
+            tensor_from(&v, &[rows, 45], &device)
+        };
+        let parts = vec![part(70, 1), part(3, 2), part(33, 3)];
+        let want = values_of(Tensor::cat(parts.clone(), 0).transpose());
+        for dtype in [FloatDType::F32, FloatDType::BF16, FloatDType::F16] {
+            let cast: Vec<T2> = parts.iter().map(|p| p.clone().cast(dtype)).collect();
+            let got = cat_transposed(cast);
+            assert_eq!(got.dims(), [45, 106]);
+            assert_eq!(FloatDType::from(got.dtype()), dtype);
+            let want: Vec<f32> = values_of(
+                tensor_from(&want, &[45, 106], &device)
+                    .cast(dtype)
+                    .cast(FloatDType::F32),
+            );
+            assert_eq!(values_of(got.cast(FloatDType::F32)), want, "{dtype:?}");
         }
     }
 }

@@ -341,6 +341,27 @@ impl Llama {
         Llama::load(config, &ckpt, device)
     }
 
+    /// [`Llama::from_dir`] computing in `dtype` (`None`: f32): each tensor is cast as it is
+    /// read, so the model is never whole in f32 (the same parameters as
+    /// `from_dir(..).to_dtype(dtype)`).
+    pub fn from_dir_as(
+        dir: impl AsRef<Path>,
+        device: &Device,
+        dtype: Option<FloatDType>,
+    ) -> Result<Llama, ModelError> {
+        let Some(dtype) = dtype else {
+            return Llama::from_dir(dir, device);
+        };
+        let dir = dir.as_ref();
+        let config = LlamaConfig::from_dir(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
+        let source = crate::weights::CastSource {
+            source: &ckpt,
+            dtype,
+        };
+        Ok(Llama::load(config, &source, device)?.to_dtype(dtype))
+    }
+
     /// Build the model from any weight source: a [`Checkpoint`] or an in-memory
     /// [`crate::TensorMap`] (the merge engine's output). Tensor names are Hugging Face's.
     pub fn load(

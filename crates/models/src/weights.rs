@@ -4,7 +4,7 @@
 use crate::ModelError;
 use burn::tensor::Tensor;
 use evomerge_checkpoint::Checkpoint;
-use evomerge_kernels::{Device, tensor_from_vec};
+use evomerge_kernels::{Device, FloatDType, tensor_from_vec};
 use std::collections::HashMap;
 
 /// A provider of named tensors (Hugging Face names) as 2-D views `[prod(leading dims), last]`
@@ -35,6 +35,33 @@ impl WeightSource for Checkpoint {
 
     fn names(&self) -> Vec<String> {
         Checkpoint::names(self).map(str::to_string).collect()
+    }
+}
+
+/// Another source's tensors cast to `dtype` as they are read, so a model loaded in a reduced
+/// precision never exists whole in f32 (one tensor at a time does).
+pub(crate) struct CastSource<'a> {
+    pub source: &'a dyn WeightSource,
+    pub dtype: FloatDType,
+}
+
+impl WeightSource for CastSource<'_> {
+    fn source_name(&self) -> String {
+        self.source.source_name()
+    }
+
+    fn tensor(&self, name: &str, device: &Device) -> Result<Option<Tensor<2>>, ModelError> {
+        Ok(self.source.tensor(name, device)?.map(|t| {
+            if self.dtype == FloatDType::F32 {
+                t
+            } else {
+                t.cast(self.dtype)
+            }
+        }))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.source.names()
     }
 }
 

@@ -13,7 +13,8 @@ use evomerge_checkpoint::write_atomic;
 use evomerge_eval::{Candidate, EvalRequest, MergedCandidate, MlpCandidate, PathCandidate, Split};
 use evomerge_kernels::{Device, FloatDType};
 use evomerge_merge::{
-    InputModel, ModelRef, ParamSetting, Params, Plan, PlanOptions, Recipe, Sources, merge_in_memory,
+    InputModel, ModelRef, ParamSetting, Params, Plan, PlanOptions, Recipe, Sources,
+    merge_in_memory, merge_in_memory_as,
 };
 use evomerge_models::{LayerPath, MlpWeights, TensorMap, Tokenizer};
 use serde_json::json;
@@ -36,9 +37,21 @@ pub fn recipe_candidate(
     device: &Device,
     seed: u64,
 ) -> Result<MergedCandidate, RunError> {
+    recipe_candidate_as(recipe, label, device, seed, None)
+}
+
+/// [`recipe_candidate`] merged straight into `eval_dtype` (`None`: f32), which the candidate
+/// then computes in.
+pub fn recipe_candidate_as(
+    recipe: &Recipe,
+    label: &str,
+    device: &Device,
+    seed: u64,
+    eval_dtype: Option<FloatDType>,
+) -> Result<MergedCandidate, RunError> {
     let sources = Sources::open(recipe, None)?;
     let plan = Plan::build(recipe, &sources, &PlanOptions::default())?;
-    let merged = merge_in_memory(&plan, &sources, device, seed)?;
+    let merged = merge_in_memory_as(&plan, &sources, device, seed, eval_dtype)?;
     let dirs: Vec<PathBuf> = plan
         .tokenizer_from
         .iter()
@@ -57,7 +70,8 @@ pub fn recipe_candidate(
         tok,
         Some(tok_dir),
         device,
-    )?)
+    )?
+    .with_eval_dtype(eval_dtype))
 }
 
 /// Merge a recipe over `EvomergeMlp` checkpoints (reading the sources from disk) into an
@@ -99,9 +113,13 @@ fn family_recipe_candidate(
 ) -> Result<Box<dyn Candidate>, RunError> {
     let device = &setup.device;
     Ok(match family {
-        Family::Decoder => Box::new(
-            recipe_candidate(recipe, label, device, seed)?.with_eval_dtype(setup.eval_dtype),
-        ),
+        Family::Decoder => Box::new(recipe_candidate_as(
+            recipe,
+            label,
+            device,
+            seed,
+            setup.eval_dtype,
+        )?),
         Family::Mlp => Box::new(mlp_recipe_candidate(recipe, label, device, seed)?),
     })
 }

@@ -252,11 +252,7 @@ pub(crate) fn load_model(
     device: &Device,
     eval_dtype: Option<FloatDType>,
 ) -> Result<Arc<Llama>, evomerge_models::ModelError> {
-    let model = Llama::from_dir(dir, device)?;
-    Ok(Arc::new(match eval_dtype {
-        Some(d) => model.to_dtype(d),
-        None => model,
-    }))
+    Ok(Arc::new(Llama::from_dir_as(dir, device, eval_dtype)?))
 }
 
 /// The storage dtype of a model folder's float tensors (the one most of its parameters have).

@@ -22,7 +22,7 @@ use evomerge_eval::{
 };
 use evomerge_genome::{DfsGenome, PsGenome, export_path};
 use evomerge_kernels::{Device, FloatDType};
-use evomerge_merge::{Plan, PlanOptions, Recipe, Sources, merge_in_memory};
+use evomerge_merge::{Plan, PlanOptions, Recipe, Sources, merge_in_memory_as};
 use evomerge_models::{LayerPath, Llama, MLP_ARCHITECTURE, TensorMap, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -284,7 +284,10 @@ impl PsSpace {
         let device = device.unwrap_or(&self.device);
         let plan = Plan::build(recipe, &self.sources, &PlanOptions::default())
             .map_err(|e| e.to_string())?;
-        let merged = merge_in_memory(&plan, &self.sources, device, self.merge_seed)
+        // Language models are merged straight into the evaluation precision (a tensor at a
+        // time); classifiers are scored in f32.
+        let dtype = self.tokenizer.as_ref().and(self.eval_dtype);
+        let merged = merge_in_memory_as(&plan, &self.sources, device, self.merge_seed, dtype)
             .map_err(|e| e.to_string())?;
         let config = plan
             .config

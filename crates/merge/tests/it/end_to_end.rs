@@ -640,3 +640,35 @@ fn the_recipe_copy_has_absolute_paths_and_merges_again_from_anywhere() {
         );
     }
 }
+
+/// A search's in-memory merge straight into the evaluation precision holds each tensor in
+/// that dtype, with the values of the f32 merge cast once.
+#[test]
+fn in_memory_merges_into_the_evaluation_dtype() {
+    use evomerge_kernels::{Device, FloatDType};
+    use evomerge_merge::{merge_in_memory, merge_in_memory_as};
+    let w = World::new(Dtype::BF16, false);
+    let recipe = Recipe::from_yaml(&w.text(TIES_YAML)).unwrap();
+    let sources = Sources::open(&recipe, None).unwrap();
+    let plan = Plan::build(&recipe, &sources, &PlanOptions::default()).unwrap();
+    let device = Device::flex();
+    let f32s = merge_in_memory(&plan, &sources, &device, 7).unwrap();
+    for dtype in [FloatDType::BF16, FloatDType::F16] {
+        let cast = merge_in_memory_as(&plan, &sources, &device, 7, Some(dtype)).unwrap();
+        assert_eq!(cast.len(), f32s.len());
+        for ((n, t), (m, want)) in cast.iter().zip(&f32s) {
+            assert_eq!(n, m);
+            assert_eq!(FloatDType::from(t.dtype()), dtype, "{n}");
+            let got = evomerge_kernels::values_of(t.clone().cast(FloatDType::F32));
+            let want = evomerge_kernels::values_of(want.clone().cast(dtype).cast(FloatDType::F32));
+            assert_eq!(got, want, "{n} in {dtype:?}");
+        }
+    }
+    let same = merge_in_memory_as(&plan, &sources, &device, 7, Some(FloatDType::F32)).unwrap();
+    for ((_, a), (_, b)) in same.iter().zip(&f32s) {
+        assert_eq!(
+            evomerge_kernels::values_of(a.clone()),
+            evomerge_kernels::values_of(b.clone())
+        );
+    }
+}

@@ -256,6 +256,17 @@ pub fn reduced_precision_matches(
     let r = RefModel::new(&w);
     let model = Llama::from_dir(tmp.path(), device).unwrap().to_dtype(dtype);
     assert_eq!(model.dtype(), dtype);
+    // loaded straight into `dtype` (each tensor cast as read): the same parameters, in `dtype`
+    let direct = Llama::from_dir_as(tmp.path(), device, Some(dtype)).unwrap();
+    for ((n, a), (m, b)) in model.hf_tensors().into_iter().zip(direct.hf_tensors()) {
+        assert_eq!(n, m);
+        assert_eq!(evomerge_kernels::FloatDType::from(b.dtype()), dtype, "{n}");
+        assert_eq!(
+            evomerge_kernels::values_of(a),
+            evomerge_kernels::values_of(b),
+            "{n} loaded in {dtype:?}"
+        );
+    }
     let d = Decoder::plain(Arc::new(model));
     let seqs: Vec<Vec<u32>> = vec![
         vec![1, 5, 9, 33, 7, 60, 2, 41, 12],
