@@ -601,30 +601,37 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
                     }
                 },
             );
-            let nonzero = var.iter().filter(|v| **v != 0.0).count();
+            let nonzero = var.par_iter().filter(|v| **v != 0.0).count();
             let k = (nonzero as f64 * select_topk as f64) as usize;
             if k > 0 {
                 // the k-th largest variance; entries above it are kept, and of those equal to
-                // it the first ones by position
-                let mut sorted = var.clone();
-                let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-                let kth = *kth;
-                drop(sorted);
-                let above = var
-                    .iter()
-                    .filter(|v| v.total_cmp(&kth) == std::cmp::Ordering::Greater)
-                    .count();
-                let mut ties = k - above;
-                for (kp, v) in keep.iter_mut().zip(&var) {
-                    match v.total_cmp(&kth) {
-                        std::cmp::Ordering::Greater => *kp = true,
-                        std::cmp::Ordering::Equal if ties > 0 => {
-                            *kp = true;
-                            ties -= 1;
-                        }
-                        _ => {}
-                    }
+                // it the first ones by position (parallel: per-chunk counts of the ties)
+                let kth = nth_largest(&var, k - 1);
+                let above = var.par_iter().filter(|v| v.total_cmp(&kth).is_gt()).count();
+                let ties = k - above;
+                let mut before: Vec<usize> = var
+                    .par_chunks(CHUNK)
+                    .map(|c| c.iter().filter(|v| v.total_cmp(&kth).is_eq()).count())
+                    .collect();
+                let mut seen = 0;
+                for b in before.iter_mut() {
+                    (*b, seen) = (seen, seen + *b);
                 }
+                keep.par_chunks_mut(CHUNK)
+                    .zip(var.par_chunks(CHUNK))
+                    .zip(before)
+                    .for_each(|((kc, vc), mut seen)| {
+                        for (kp, v) in kc.iter_mut().zip(vc) {
+                            *kp = match v.total_cmp(&kth) {
+                                std::cmp::Ordering::Greater => true,
+                                std::cmp::Ordering::Equal => {
+                                    seen += 1;
+                                    seen <= ties
+                                }
+                                std::cmp::Ordering::Less => false,
+                            };
+                        }
+                    });
             }
         }
         Some(keep)
@@ -690,6 +697,54 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
             s.res[i] = s.base[i] + num / den.max(1e-6);
         }
     })
+}
+
+/// The value of rank `r` in descending `f64::total_cmp` order (`r = 0`: the largest): a
+/// parallel radix selection over the 64 bits of the values' sortable keys, 16 at a time,
+/// without copying or sorting them.
+fn nth_largest(values: &[f64], r: usize) -> f64 {
+    const BINS: usize = 1 << 16;
+    let key = |x: f64| -> u64 {
+        let b = x.to_bits();
+        if b >> 63 == 1 { !b } else { b | (1 << 63) }
+    };
+    // ascending rank of the wanted value; the key's bits above `shift + 16` are fixed to `prefix`
+    let mut rank = values.len() - 1 - r;
+    let mut prefix = 0u64;
+    for shift in [48u32, 32, 16, 0] {
+        let high = |k: u64| if shift == 48 { 0 } else { k >> (shift + 16) };
+        let want = if shift == 48 {
+            0
+        } else {
+            prefix >> (shift + 16)
+        };
+        let h = values
+            .par_chunks(CHUNK)
+            .fold(
+                || vec![0u64; BINS],
+                |mut h, c| {
+                    for v in c {
+                        let k = key(*v);
+                        if high(k) == want {
+                            h[((k >> shift) & 0xffff) as usize] += 1;
+                        }
+                    }
+                    h
+                },
+            )
+            .reduce(
+                || vec![0u64; BINS],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        let (bin, below) = bin_of_rank(&h, rank);
+        rank -= below;
+        prefix |= (bin as u64) << shift;
+    }
+    let b = prefix;
+    f64::from_bits(if b >> 63 == 1 { b & !(1 << 63) } else { !b })
 }
 
 /// SLERP between `v0` (`t = 0`) and `v1` over the flattened tensors, as [`crate::slerp`].
@@ -1941,6 +1996,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("antipodal"), "{err}");
+    }
+
+    /// The radix selection of SCE's threshold returns what a descending sort returns, at
+    /// every rank asked, over values with ties, zeros, a negative and an infinity.
+    #[test]
+    fn nth_largest_is_that_of_a_sort() {
+        let n = 2 * CHUNK + 77;
+        let mut v: Vec<f64> = MaskRng::new(8, "nth", 0)
+            .uniform(n)
+            .into_iter()
+            .map(|u| ((u as f64) * 40.0).round() / 3.0)
+            .collect();
+        v[5] = -1.5;
+        v[9] = f64::INFINITY;
+        v[10] = 1e-300;
+        let mut sorted = v.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        for r in [0, 1, 2, 100, n / 3, n / 2, n - 2, n - 1] {
+            assert_eq!(
+                nth_largest(&v, r).to_bits(),
+                sorted[r].to_bits(),
+                "rank {r}"
+            );
+        }
     }
 
     /// Karcher means (two and three inputs, an input too short to take part, no iteration,
