@@ -588,17 +588,30 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
             let mf = m as f64;
             let mut var = vec![0f64; n];
             var.par_chunks_mut(CHUNK).enumerate().for_each_init(
-                || Scratch::new(m),
-                |s, (ci, v)| {
+                || (Scratch::new(m), vec![0f64; CHUNK]),
+                |(s, mean), (ci, v)| {
                     let start = ci * CHUNK;
-                    deltas(start, v.len(), s);
-                    for (i, o) in v.iter_mut().enumerate() {
-                        let mean = (0..m).map(|j| s.tv[j][i] as f64).sum::<f64>() / mf;
-                        *o = (0..m)
-                            .map(|j| (s.tv[j][i] as f64 - mean).powi(2))
-                            .sum::<f64>()
-                            / mf;
+                    let len = v.len();
+                    deltas(start, len, s);
+                    // per entry: the mean over the models, then the mean squared deviation (the
+                    // same f64 operations in the same order as entry by entry, model-major so
+                    // the loops vectorise)
+                    let mean = &mut mean[..len];
+                    mean.fill(0.0);
+                    for t in &s.tv {
+                        for (a, x) in mean.iter_mut().zip(&t[..len]) {
+                            *a += *x as f64;
+                        }
                     }
+                    mean.iter_mut().for_each(|a| *a /= mf);
+                    v.fill(0.0);
+                    for t in &s.tv {
+                        for ((o, a), x) in v.iter_mut().zip(&*mean).zip(&t[..len]) {
+                            let d = *x as f64 - a;
+                            *o += d * d;
+                        }
+                    }
+                    v.iter_mut().for_each(|o| *o /= mf);
                 },
             );
             let nonzero = var.par_iter().filter(|v| **v != 0.0).count();
@@ -642,10 +655,9 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
         deltas(start, len, s);
         if let Some(keep) = &keep {
             for j in 0..m {
+                // a select, not a branch: the kept entries are random
                 for (d, k) in s.tv[j][..len].iter_mut().zip(&keep[start..start + len]) {
-                    if !k {
-                        *d = 0.0;
-                    }
+                    *d = if *k { *d } else { 0.0 };
                 }
             }
         }
@@ -661,10 +673,7 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
                 let len = chunk_len(n, start);
                 masked(start, len, &mut s);
                 for (j, qj) in q.iter_mut().enumerate() {
-                    *qj += s.tv[j][..len]
-                        .iter()
-                        .map(|v| (*v as f64).powi(2))
-                        .sum::<f64>();
+                    *qj += sum_sq_f64(&s.tv[j][..len]);
                 }
                 (s, q)
             },
@@ -684,19 +693,54 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
     for_each_chunk(n, m, out, |_, start, s| {
         let len = chunk_len(n, start);
         masked(start, len, s);
-        for i in 0..len {
-            let elected = (0..m).map(|j| s.tv[j][i]).sum::<f32>() >= 0.0;
-            let (mut num, mut den) = (0.0f32, 0.0f32);
-            for (j, wt) in weights.iter().enumerate() {
-                let v = s.tv[j][i];
-                if v != 0.0 && (v > 0.0) == elected {
-                    num += v * wt;
-                    den += wt;
-                }
+        // model by model over the chunk, without branches (the signs are random): the
+        // unweighted sum's sign, then the weighted sum and the weight of the agreeing entries
+        // (adding a zero where an entry disagrees leaves the sums as skipping it does)
+        let Scratch {
+            base,
+            x,
+            res,
+            tv,
+            div,
+            ..
+        } = s;
+        let (sum, num, den) = (&mut x[..len], &mut res[..len], &mut div[..len]);
+        sum.copy_from_slice(&tv[0][..len]);
+        for t in &tv[1..] {
+            for (a, v) in sum.iter_mut().zip(&t[..len]) {
+                *a += v;
             }
-            s.res[i] = s.base[i] + num / den.max(1e-6);
+        }
+        num.fill(0.0);
+        den.fill(0.0);
+        for (t, wt) in tv.iter().zip(&weights) {
+            for (((nu, de), v), a) in num.iter_mut().zip(den.iter_mut()).zip(&t[..len]).zip(&*sum) {
+                let agree = ((*v != 0.0) & ((*v > 0.0) == (*a >= 0.0))) as u32 as f32;
+                *nu += v * wt * agree;
+                *de += wt * agree;
+            }
+        }
+        for ((r, b), d) in num.iter_mut().zip(&base[..len]).zip(den.iter()) {
+            *r = b + *r / d.max(1e-6);
         }
     })
+}
+
+/// `sum_e x_e^2` in f64 over eight lanes (so the loop vectorises).
+fn sum_sq_f64(x: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let c = x.chunks_exact(8);
+    let tail: f64 = c
+        .remainder()
+        .iter()
+        .map(|v| (*v as f64) * (*v as f64))
+        .sum();
+    for v in c {
+        for k in 0..8 {
+            lanes[k] += (v[k] as f64) * (v[k] as f64);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// The value of rank `r` in descending `f64::total_cmp` order (`r = 0`: the largest): a
