@@ -37,7 +37,7 @@ use rayon::prelude::*;
 mod arcee;
 mod sphere;
 
-pub use arcee::{arcee_fusion, arcee_row_kl, quantile_index};
+pub use arcee::{arcee_fusion, arcee_fusion_sorted, arcee_row_kl, quantile_index};
 pub use sphere::{karcher, multislerp};
 
 /// Elements per chunk of work (one rayon task).
@@ -1532,10 +1532,10 @@ pub fn gta(
         .collect();
     // DARE's masks as drawn by the L1 pass, one bit an entry, per chunk and input (the merge
     // pass reads them instead of drawing the stream again)
-    let mut drawn: Vec<Vec<Option<Vec<u64>>>> = Vec::new();
+    let mut drawn: Vec<ChunkMasks> = Vec::new();
     if !l1.is_empty() {
         let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
-        let per_chunk: Vec<(Vec<(f64, f64)>, Vec<Option<Vec<u64>>>)> = chunks
+        let per_chunk: Vec<(Vec<(f64, f64)>, ChunkMasks)> = chunks
             .par_iter()
             .with_min_len(min_len(chunks.len()))
             .map_init(
@@ -1631,6 +1631,10 @@ enum Factor {
     Div(f32),
     Mul(f32),
 }
+
+/// One chunk's DARE masks as drawn by the L1 pass: per task vector, its bits (`None` for a
+/// task vector that is not randomly thinned).
+type ChunkMasks = Vec<Option<Vec<u64>>>;
 
 /// DARE's keep decisions `u < p` of a chunk's draws, one bit an entry.
 fn mask_bits(u: &[f32], p: f32) -> Vec<u64> {

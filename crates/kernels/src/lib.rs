@@ -128,7 +128,10 @@ pub fn tensor_from_half(bytes: Vec<u8>, dtype: FloatDType, shape: &[usize], devi
         FloatDType::F16 => burn::tensor::DType::F16,
         other => panic!("tensor_from_half: {other:?} is not a half-precision dtype"),
     };
-    Tensor::from_data(TensorData::from_bytes_vec(bytes, [r, c], dtype), (device, dtype))
+    Tensor::from_data(
+        TensorData::from_bytes_vec(bytes, [r, c], dtype),
+        (device, dtype),
+    )
 }
 
 /// `cat(parts, 0)` transposed into one contiguous `[cols, rows]` matrix: the layout a model

@@ -116,6 +116,30 @@ where
         .collect()
 }
 
+/// The reference Arcee Fusion on host values: every importance computed and sorted, the
+/// quartiles read at [`quantile_index`] (what `evomerge-merge`'s device path runs, and what the
+/// fused kernel is tested against). `cols` must tile the values.
+pub fn arcee_fusion_sorted(base: &[f32], other: &[f32], cols: usize) -> Vec<f32> {
+    let (mut p, mut q) = (vec![0f64; cols], vec![0f64; cols]);
+    let importance: Vec<f32> = other
+        .chunks(cols)
+        .zip(base.chunks(cols))
+        .flat_map(|(x, b)| {
+            let kl = arcee_row_kl(x, b, &mut p, &mut q);
+            x.iter().zip(b).map(move |(a, b)| (a - b).abs() * kl)
+        })
+        .collect();
+    let mut sorted = importance.clone();
+    sorted.sort_unstable_by(f32::total_cmp);
+    let q = |p: f32| sorted[quantile_index(p, sorted.len())];
+    let threshold = q(0.5) + 1.5 * (q(0.75) - q(0.25));
+    base.iter()
+        .zip(other)
+        .zip(&importance)
+        .map(|((b, a), imp)| b + (a - b) * if *imp >= threshold { 1.0 } else { 0.0 })
+        .collect()
+}
+
 /// Arcee Fusion of `other` into `base` over rows of `cols` entries (see the module docs): the
 /// quartiles are exact over every entry (mergekit sorts a random sample of 1e6 entries of
 /// larger tensors, so its threshold varies from run to run there).
@@ -235,8 +259,8 @@ mod tests {
         }
     }
 
-    /// The fused kernel keeps exactly the entries a full sort of the importances keeps (the
-    /// reference path of `evomerge-merge`), over rows spread across several chunks, with many
+    /// The fused kernel keeps exactly the entries a full sort of the importances keeps
+    /// ([`arcee_fusion_sorted`], the reference path of `evomerge-merge`), over rows spread across several chunks, with many
     /// tied importances (inputs on a 1/16 grid), a row equal to the base (KL 0) and in bf16.
     #[test]
     fn arcee_fusion_matches_a_sort_of_the_importances() {
@@ -258,27 +282,7 @@ mod tests {
             .map(|(i, (d, b))| b + d * if (i / cols) % 10 == 3 { 1.0 } else { 0.25 })
             .collect();
         other[..cols].copy_from_slice(&base[..cols]);
-        let reference = |base: &[f32], other: &[f32]| -> Vec<f32> {
-            let (mut p, mut q) = (vec![0f64; cols], vec![0f64; cols]);
-            let imp: Vec<f32> = other
-                .chunks(cols)
-                .zip(base.chunks(cols))
-                .flat_map(|(x, b)| {
-                    let kl = arcee_row_kl(x, b, &mut p, &mut q);
-                    x.iter().zip(b).map(move |(a, b)| (a - b).abs() * kl)
-                })
-                .collect();
-            let mut sorted = imp.clone();
-            sorted.sort_by(f32::total_cmp);
-            let q = |p: f32| sorted[quantile_index(p, n)];
-            let thr = q(0.5) + 1.5 * (q(0.75) - q(0.25));
-            base.iter()
-                .zip(other)
-                .zip(&imp)
-                .map(|((b, a), i)| b + (a - b) * if *i >= thr { 1.0 } else { 0.0 })
-                .collect()
-        };
-        let want = reference(&base, &other);
+        let want = arcee_fusion_sorted(&base, &other, cols);
         let mut got = vec![0f32; n];
         arcee_fusion(
             HostTensor::F32(&base),

@@ -12,7 +12,7 @@
 use crate::MergeError;
 use crate::method::{Arity, BaseUse, Golden, HostWork, MethodSpec, TensorWork};
 use evomerge_kernels::T2;
-use evomerge_kernels::fused::{self, HostOut, arcee_row_kl, quantile_index};
+use evomerge_kernels::fused::{self, HostOut, arcee_fusion_sorted};
 
 pub(crate) fn spec() -> MethodSpec {
     MethodSpec {
@@ -57,28 +57,11 @@ pub(crate) fn spec() -> MethodSpec {
 /// sorted); the fused CPU kernel selects the same quartiles without sorting.
 fn work(w: &TensorWork) -> Result<T2, MergeError> {
     let (base, others) = w.host_inputs();
-    let x = &others[0];
+    if base.is_empty() {
+        return Ok(w.from_host(base));
+    }
     let cols = w.inputs[0].dims()[1];
-    let (mut p, mut q) = (vec![0f64; cols], vec![0f64; cols]);
-    let importance: Vec<f32> = x
-        .chunks(cols)
-        .zip(base.chunks(cols))
-        .flat_map(|(xr, br)| {
-            let kl = arcee_row_kl(xr, br, &mut p, &mut q);
-            xr.iter().zip(br).map(move |(a, b)| (a - b).abs() * kl)
-        })
-        .collect();
-    let mut sorted = importance.clone();
-    sorted.sort_unstable_by(f32::total_cmp);
-    let q = |p: f32| sorted[quantile_index(p, sorted.len())];
-    let threshold = q(0.5) + 1.5 * (q(0.75) - q(0.25));
-    let out = base
-        .iter()
-        .zip(x)
-        .zip(&importance)
-        .map(|((b, a), imp)| b + (a - b) * if *imp >= threshold { 1.0 } else { 0.0 })
-        .collect();
-    Ok(w.from_host(out))
+    Ok(w.from_host(arcee_fusion_sorted(&base, &others[0], cols)))
 }
 
 fn host(w: &HostWork, out: HostOut) -> Result<(), MergeError> {
