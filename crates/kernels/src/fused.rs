@@ -455,91 +455,40 @@ pub fn model_stock(
     }
     let nf = m as f32;
     let pairs = (m * (m - 1) / 2) as f32;
-    // t from the sums of squares and the pairwise dot products of the task vectors
-    let t_of = |sq: &[f64], dots: &[f64]| -> f32 {
+    // t from the Gram matrix (row-major m x m) of the task vectors
+    let t_of = |g: &[f64]| -> f32 {
         let mut cos_sum = 0.0f32;
-        let mut k = 0;
         for i in 0..m {
             for j in i + 1..m {
-                let den = ((sq[i] as f32).sqrt() * (sq[j] as f32).sqrt()).max(1e-6);
-                cos_sum += (dots[k] as f32 / den).clamp(-1.0, 1.0);
-                k += 1;
+                let den = ((g[i * m + i] as f32).sqrt() * (g[j * m + j] as f32).sqrt()).max(1e-6);
+                cos_sum += (g[i * m + j] as f32 / den).clamp(-1.0, 1.0);
             }
         }
         let cos = cos_sum / pairs;
         nf * cos / (1.0 + (nf - 1.0) * cos)
     };
-    // sums of squares and dot products of the task vectors over `len` entries of `s.tv`
-    let sums = |s: &Scratch, from: usize, to: usize, sq: &mut [f64], dots: &mut [f64]| {
-        for (j, q) in sq.iter_mut().enumerate() {
-            *q += s.tv[j][from..to]
-                .iter()
-                .map(|d| (d * d) as f64)
-                .sum::<f64>();
-        }
-        let mut k = 0;
-        for i in 0..m {
-            for j in i + 1..m {
-                dots[k] += s.tv[i][from..to]
-                    .iter()
-                    .zip(&s.tv[j][from..to])
-                    .map(|(a, b)| (a * b) as f64)
-                    .sum::<f64>();
-                k += 1;
-            }
-        }
-    };
-    let deltas = |start, len, s: &mut Scratch| input_deltas(base, others, start, len, s);
-    let npairs = m * (m - 1) / 2;
     // one t for the tensor, or one per row
     let ts: Vec<f32> = if filter_wise {
         let rows = n / cols;
         let mut ts = vec![0f32; rows];
         let per_job = (CHUNK / cols).max(1);
         ts.par_chunks_mut(per_job).enumerate().for_each_init(
-            || {
-                (
-                    Scratch::with_len(m, cols),
-                    vec![0f64; m],
-                    vec![0f64; npairs],
-                )
-            },
-            |(s, sq, dots), (bi, block)| {
+            || (Scratch::with_len(m, cols), vec![0f64; m * m]),
+            |(s, g), (bi, block)| {
                 for (ri, t) in block.iter_mut().enumerate() {
-                    sq.fill(0.0);
-                    dots.fill(0.0);
-                    deltas((bi * per_job + ri) * cols, cols, s);
-                    sums(s, 0, cols, sq, dots);
-                    *t = t_of(sq, dots);
+                    input_deltas(base, others, (bi * per_job + ri) * cols, cols, s);
+                    for i in 0..m {
+                        for j in i..m {
+                            g[i * m + j] = dot_f64(&s.tv[i][..cols], &s.tv[j][..cols]);
+                        }
+                    }
+                    *t = t_of(g);
                 }
             },
         );
         ts
     } else {
-        let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
-        let (sq, dots) = chunks
-            .par_iter()
-            .with_min_len(min_len(chunks.len()))
-            .fold(
-                || (Scratch::new(m), vec![0f64; m], vec![0f64; npairs]),
-                |(mut s, mut sq, mut dots), &ci| {
-                    let start = ci * CHUNK;
-                    let len = chunk_len(n, start);
-                    deltas(start, len, &mut s);
-                    sums(&s, 0, len, &mut sq, &mut dots);
-                    (s, sq, dots)
-                },
-            )
-            .map(|(_, sq, dots)| (sq, dots))
-            .reduce(
-                || (vec![0f64; m], vec![0f64; npairs]),
-                |a, b| {
-                    let add =
-                        |x: Vec<f64>, y: Vec<f64>| x.iter().zip(y).map(|(p, q)| p + q).collect();
-                    (add(a.0, b.0), add(a.1, b.1))
-                },
-            );
-        vec![t_of(&sq, &dots)]
+        vec![t_of(&sphere::gram(others, Some(base), n))]
     };
     for_each_chunk(n, 0, out, |_, start, s| {
         let len = chunk_len(n, start);
@@ -673,7 +622,7 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
                 let len = chunk_len(n, start);
                 masked(start, len, &mut s);
                 for (j, qj) in q.iter_mut().enumerate() {
-                    *qj += sum_sq_f64(&s.tv[j][..len]);
+                    *qj += dot_f64(&s.tv[j][..len], &s.tv[j][..len]);
                 }
                 (s, q)
             },
@@ -726,18 +675,17 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
     })
 }
 
-/// `sum_e x_e^2` in f64 over eight lanes (so the loop vectorises).
-fn sum_sq_f64(x: &[f32]) -> f64 {
+/// `sum_e a_e b_e` in f64 (products and sum) over eight lanes, so the loop vectorises: the
+/// reductions of SCE (`a = b`) and of the spherical means.
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     let mut lanes = [0f64; 8];
-    let c = x.chunks_exact(8);
-    let tail: f64 = c
-        .remainder()
-        .iter()
-        .map(|v| (*v as f64) * (*v as f64))
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = (ca.remainder().iter().zip(cb.remainder()))
+        .map(|(x, y)| *x as f64 * *y as f64)
         .sum();
-    for v in c {
+    for (x, y) in ca.zip(cb) {
         for k in 0..8 {
-            lanes[k] += (v[k] as f64) * (v[k] as f64);
+            lanes[k] += x[k] as f64 * y[k] as f64;
         }
     }
     lanes.iter().sum::<f64>() + tail

@@ -10,26 +10,11 @@
 //! number of iterations.
 
 use super::{
-    CHUNK, HostOut, HostTensor, Scratch, check_lengths, chunk_len, decode_delta, for_each_chunk,
-    min_len,
+    CHUNK, HostOut, HostTensor, Scratch, check_lengths, chunk_len, decode_delta, dot_f64,
+    for_each_chunk, min_len,
 };
 use crate::{KernelError, Result};
 use rayon::prelude::*;
-
-/// `sum_e a_e b_e` with the products in f32 and the sum in f64 over eight lanes (so the loop
-/// vectorises).
-fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            lanes[k] += (x[k] * y[k]) as f64;
-        }
-    }
-    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| (x * y) as f64).sum();
-    lanes.iter().sum::<f64>() + tail
-}
 
 /// The Gram matrix (row-major `m x m`, f64) of the inputs, minus `base` when given: one
 /// parallel pass over the chunks.
