@@ -114,7 +114,10 @@ pub fn run(args: MergeArgs) -> Result<()> {
         force: args.force,
         jobs: args.jobs,
         progress: !args.quiet,
+        // Ctrl-C / SIGTERM stop before the next tensor and remove the partial output
+        stop: Some(evomerge_eval::interrupt::requested),
     };
+    evomerge_runner::stop_on_signals();
     let card = model_card(&recipe, &args, plan.method.name);
     let mut extra: Vec<(&str, Vec<u8>)> = vec![("README.md", card.into_bytes())];
     // The recipe's copy with absolute model paths, so it merges again from the output folder.

@@ -113,8 +113,11 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
-/// The exit status for an error: 130/143 for a run stopped by SIGINT/SIGTERM, else 1.
+/// The exit status for an error: 130/143 for a run or merge stopped by SIGINT/SIGTERM, else 1.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if let Some(evomerge_merge::MergeError::Interrupted(signal)) = e.downcast_ref() {
+        return 128 + signal;
+    }
     e.downcast_ref::<evomerge_runner::RunError>()
         .map_or(1, evomerge_runner::RunError::exit_code)
 }

@@ -275,6 +275,9 @@ pub fn merge_to_disk(
         .build()
         .map_err(|e| MergeError::Recipe(format!("cannot start worker threads: {e}")))?;
     let run_one = |tp: &TensorPlan| -> Result<(), MergeError> {
+        if let Some(signal) = options.stop.and_then(|stop| stop()) {
+            return Err(MergeError::Interrupted(signal));
+        }
         match tp.action {
             Action::Copy => {
                 let i = &tp.inputs[0];

@@ -79,4 +79,8 @@ pub enum MergeError {
     /// A method could not produce a tensor.
     #[error("tensor '{tensor}': {message}")]
     Kernel { tensor: String, message: String },
+    /// A stop was asked for (the signal's number) before the merge was complete; nothing was
+    /// written to the output folder.
+    #[error("interrupted by signal {0}; nothing was written (the partial output was removed)")]
+    Interrupted(i32),
 }

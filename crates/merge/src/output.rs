@@ -23,6 +23,9 @@ pub struct MergeOptions {
     pub jobs: usize,
     /// Show a progress bar.
     pub progress: bool,
+    /// Asked before each tensor: a signal number stops the merge (nothing is left at the
+    /// output, the partial folder is removed) with [`crate::MergeError::Interrupted`].
+    pub stop: Option<fn() -> Option<i32>>,
 }
 
 impl Default for MergeOptions {
@@ -34,6 +37,7 @@ impl Default for MergeOptions {
             force: false,
             jobs: 1,
             progress: false,
+            stop: None,
         }
     }
 }

@@ -60,6 +60,7 @@ pub fn export_run(
             seed: exp.merge_seed(),
             force,
             progress: true,
+            stop: Some(evomerge_eval::interrupt::requested),
             ..Default::default()
         };
         let card = format!(

@@ -672,3 +672,25 @@ fn in_memory_merges_into_the_evaluation_dtype() {
         );
     }
 }
+
+/// A stop asked for during a merge (Ctrl-C in `evomerge merge`) ends it with `Interrupted`,
+/// and neither the output folder nor a partial folder is left.
+#[test]
+fn a_stopped_merge_leaves_nothing() {
+    let w = World::new(Dtype::F32, false);
+    let recipe = Recipe::from_yaml(&w.text(TIES_YAML)).unwrap();
+    let sources = Sources::open(&recipe, None).unwrap();
+    let plan = Plan::build(&recipe, &sources, &PlanOptions::default()).unwrap();
+    let opts = MergeOptions {
+        stop: Some(|| Some(2)),
+        ..Default::default()
+    };
+    let err = merge_to_disk(&plan, &sources, &w.path("stopped"), &opts, &[]).unwrap_err();
+    assert!(matches!(err, MergeError::Interrupted(2)), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&w.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("stopped"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -252,6 +252,7 @@ pub fn run(args: &MergeBench) -> Result<()> {
             force: true,
             jobs: args.jobs,
             progress: false,
+            stop: None,
         };
         reset_peak_rss();
         let report = merge_to_disk(&plan, &sources, &out, &options, &[])?;
