@@ -93,6 +93,23 @@ pub struct BuildArgs {
     /// Decoder layers (default 4, quick: 2).
     #[arg(long)]
     pub layers: Option<usize>,
+    /// Percent of the base's pretraining documents that are code-switched: sentences and
+    /// arithmetic stories whose every word is EN or JA by a coin flip (0: none, the committed
+    /// world's recipe).
+    #[arg(long, default_value_t = 0)]
+    pub code_switch: u32,
+    /// Whether the base learns reading questions answered in the language asked (false: only
+    /// the JA expert learns to answer in JA).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub base_questions: bool,
+    /// Percent of the math experts' questions code-switched word by word (template included;
+    /// the answers stay EN): experts that read some JA but answer in EN.
+    #[arg(long, default_value_t = 0)]
+    pub math_switch: u32,
+    /// With --math-switch: code-switch those questions' answers too (math experts with no
+    /// preferred answer language).
+    #[arg(long)]
+    pub math_switch_answers: bool,
     /// Data-parallel shards per training step (threads; default 2). The models depend on this
     /// number (float summation order), not on the machine; the cache keeps them apart.
     #[arg(long, default_value_t = DEFAULT_SHARDS)]
@@ -133,6 +150,10 @@ pub fn run(cmd: MiniWorldCommand) -> Result<()> {
             ft_lr: a.ft_lr,
             hidden: a.hidden,
             layers: a.layers,
+            code_switch: a.code_switch,
+            base_questions: a.base_questions,
+            math_switch: a.math_switch,
+            math_switch_answers: a.math_switch_answers,
             shards: a.shards,
             no_eval: a.no_eval,
             rebuild: a.rebuild,

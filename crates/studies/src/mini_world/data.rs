@@ -402,6 +402,21 @@ pub fn story(rng: &mut ChaCha8Rng) -> String {
     format!("{setup} . {stated} .")
 }
 
+/// An EN text with every word replaced by its JA word with probability `p` (numbers and
+/// symbols are shared by both languages anyway).
+pub fn code_switch(rng: &mut ChaCha8Rng, en: &str, p: f64) -> String {
+    en.split(' ')
+        .map(|w| {
+            if rng.random_bool(p) {
+                word(Lang::Ja, w)
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A non-math question answered by reading (no arithmetic), with its answer (closed by
 /// [`EOS`]), in EN.
 fn reading_question(rng: &mut ChaCha8Rng) -> (String, String) {
@@ -440,10 +455,30 @@ pub enum Corpus {
     /// The base: general text in both languages, parallel pairs, equations, reading questions
     /// answered in the language asked.
     Base,
+    /// The base's corpus where `switched_percent`% of the documents are code-switched: 2-4
+    /// sentences or arithmetic stories whose every word is EN or JA by a coin flip, so that
+    /// the two languages' words must mean the same inside one context (`mini-world build
+    /// --code-switch`); without `questions`, no reading questions (`--base-questions false`:
+    /// the base does not learn to answer in the language asked, the JA expert teaches that).
+    BaseMixed {
+        switched_percent: u32,
+        questions: bool,
+    },
     /// EN add/subtract word problems with worked EN answers (style 0).
     MathEn,
     /// A second math style: EN multiply/subtract/add problems in phrasing 1.
     MathEn2,
+    /// A math expert's corpus (`second`: [`Corpus::MathEn2`]'s, else [`Corpus::MathEn`]'s)
+    /// where `switched_percent`% of the questions (template included) are code-switched word by
+    /// word; the answers stay EN (`--math-switch`: an expert that reads some JA but answers in
+    /// EN, as WizardMath does).
+    /// With `answers`, the answers of those questions are code-switched too (an expert whose
+    /// math reads and writes either language, with no preference for one).
+    MathMixed {
+        second: bool,
+        switched_percent: u32,
+        answers: bool,
+    },
     /// JA instructions (reading questions) with JA answers, no arithmetic.
     InstructJa,
     /// The target: JA math word problems in the JA template (all operations and styles).
@@ -479,6 +514,42 @@ impl Corpus {
     /// One example drawn from the corpus.
     pub fn sample(self, rng: &mut ChaCha8Rng) -> Example {
         match self {
+            Corpus::BaseMixed {
+                switched_percent,
+                questions,
+            } => {
+                if rng.random_range(0..100) >= switched_percent {
+                    loop {
+                        let ex = Corpus::Base.sample(rng);
+                        // a reading question is the only base example with a template
+                        if questions || !ex.text.contains(" : ") {
+                            return ex;
+                        }
+                    }
+                }
+                // 2-4 sentences or stories, as many as fit the training window with the EOS
+                let n = rng.random_range(2..=4);
+                let mut docs: Vec<String> = Vec::new();
+                let mut words = 0;
+                for _ in 0..n {
+                    let en = if rng.random_bool(0.3) {
+                        story(rng)
+                    } else {
+                        sentence(rng)
+                    };
+                    let doc = code_switch(rng, &en, 0.5);
+                    let len = doc.split(' ').count();
+                    if !docs.is_empty() && words + len > 47 {
+                        break;
+                    }
+                    words += len;
+                    docs.push(doc);
+                }
+                Example {
+                    text: format!("{} {EOS}", docs.join(" ")),
+                    prompt_words: 0,
+                }
+            }
             Corpus::Base => {
                 let text = match rng.random_range(0..20) {
                     // monolingual documents of 2-4 sentences
@@ -546,6 +617,41 @@ impl Corpus {
                     .expect("ops");
                 let p = problem(rng, op, 1);
                 qa(Lang::En, &p.question, &p.answer)
+            }
+            Corpus::MathMixed {
+                second,
+                switched_percent,
+                answers,
+            } => {
+                let plain = if second {
+                    Corpus::MathEn2
+                } else {
+                    Corpus::MathEn
+                };
+                if rng.random_range(0..100) >= switched_percent {
+                    return plain.sample(rng);
+                }
+                let op = if second {
+                    *[Op::Mul, Op::Mul, Op::Sub, Op::Add]
+                        .choose(rng)
+                        .expect("ops")
+                } else if rng.random_bool(0.5) {
+                    Op::Add
+                } else {
+                    Op::Sub
+                };
+                let p = problem(rng, op, u8::from(second));
+                let prompt = code_switch(rng, &Lang::En.prompt(&p.question), 0.5);
+                let prompt_words = prompt.split(' ').count();
+                let answer = if answers {
+                    code_switch(rng, &p.answer, 0.5)
+                } else {
+                    p.answer
+                };
+                Example {
+                    text: format!("{prompt} {answer}"),
+                    prompt_words,
+                }
             }
             Corpus::InstructJa => {
                 let (q, a) = reading_question(rng);
@@ -708,6 +814,15 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for corpus in [
             Corpus::Base,
+            Corpus::BaseMixed {
+                switched_percent: 50,
+                questions: false,
+            },
+            Corpus::MathMixed {
+                second: true,
+                switched_percent: 50,
+                answers: true,
+            },
             Corpus::MathEn,
             Corpus::MathEn2,
             Corpus::InstructJa,
@@ -755,6 +870,42 @@ mod tests {
             let ja_answer = relex(Lang::Ja, &p.answer);
             assert!(words(&ja_answer).iter().all(|w| ja.contains(w.as_str())));
             assert!(words(&p.answer).iter().all(|w| !ja.contains(w.as_str())));
+        }
+    }
+
+    #[test]
+    fn code_switched_text_mixes_the_languages_word_by_word() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let ja: BTreeSet<_> = ja_words().into_iter().collect();
+        let (mut en_words, mut ja_count) = (0usize, 0usize);
+        for _ in 0..200 {
+            let s = sentence(&mut rng);
+            let mixed = code_switch(&mut rng, &s, 0.5);
+            // the same sentence word for word, each word in one of the two languages
+            assert_eq!(s.split(' ').count(), mixed.split(' ').count());
+            for (e, m) in s.split(' ').zip(mixed.split(' ')) {
+                assert!(m == e || m == word(Lang::Ja, e), "{e} -> {m}");
+                if e != word(Lang::Ja, e) {
+                    en_words += 1;
+                    ja_count += usize::from(ja.contains(m));
+                }
+            }
+        }
+        let share = ja_count as f64 / en_words as f64;
+        assert!((0.45..0.55).contains(&share), "JA share {share}");
+        // the mixed corpus draws code-switched documents at about the asked rate
+        let corpus = Corpus::BaseMixed {
+            switched_percent: 100,
+            questions: true,
+        };
+        for _ in 0..50 {
+            let t = corpus.sample(&mut rng).text;
+            let words: Vec<&str> = t
+                .split(' ')
+                .filter(|w| w.chars().any(char::is_alphabetic))
+                .collect();
+            let j = words.iter().filter(|w| ja.contains(*w)).count();
+            assert!(j > 0 && j < words.len(), "not mixed: {t}");
         }
     }
 

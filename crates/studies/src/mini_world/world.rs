@@ -37,6 +37,17 @@ pub struct BuildOptions {
     pub hidden: Option<usize>,
     /// Decoder layers (default 4, quick: 2).
     pub layers: Option<usize>,
+    /// Percent of the base's pretraining documents that are code-switched (every word EN or JA
+    /// by a coin flip; 0 = none, the committed recipe).
+    pub code_switch: u32,
+    /// Whether the base learns reading questions answered in the language asked (the committed
+    /// recipe); without them only the JA expert answers in JA.
+    pub base_questions: bool,
+    /// Percent of the math experts' questions that are code-switched (answers stay EN; 0 =
+    /// none, the committed recipe).
+    pub math_switch: u32,
+    /// Code-switch the answers of those questions too.
+    pub math_switch_answers: bool,
     /// Data-parallel shards per training step (threads). The models depend on this number
     /// (float summation order), not on the machine; the cache keeps them apart.
     pub shards: usize,
@@ -60,6 +71,10 @@ impl BuildOptions {
             ft_lr: DEFAULT_FT_LR,
             hidden: None,
             layers: None,
+            code_switch: 0,
+            base_questions: true,
+            math_switch: 0,
+            math_switch_answers: false,
             shards: DEFAULT_SHARDS,
             no_eval: false,
             rebuild: false,
@@ -342,6 +357,12 @@ pub fn build(args: &BuildOptions) -> Result<()> {
     if args.shards == 0 {
         bail!("--shards must be at least 1");
     }
+    if args.code_switch > 100 || args.math_switch > 100 {
+        bail!("--code-switch and --math-switch are percents of the documents: 0 to 100");
+    }
+    if args.math_switch_answers && args.math_switch == 0 {
+        bail!("--math-switch-answers needs --math-switch PERCENT (which questions to switch)");
+    }
     if hidden == 0 || !hidden.is_multiple_of(4) || layers == 0 {
         bail!("--hidden must be a positive multiple of 4 (4 heads) and --layers at least 1");
     }
@@ -395,8 +416,20 @@ pub fn build(args: &BuildOptions) -> Result<()> {
             None => (base_steps, args.base_lr),
             Some(_) => (((ft_steps as f64) * mult).round() as usize, args.ft_lr),
         };
+        let corpus = match corpus {
+            Corpus::Base if args.code_switch > 0 || !args.base_questions => Corpus::BaseMixed {
+                switched_percent: args.code_switch,
+                questions: args.base_questions,
+            },
+            Corpus::MathEn | Corpus::MathEn2 if args.math_switch > 0 => Corpus::MathMixed {
+                second: *corpus == Corpus::MathEn2,
+                switched_percent: args.math_switch,
+                answers: args.math_switch_answers,
+            },
+            c => *c,
+        };
         let options = TrainOptions {
-            corpus: *corpus,
+            corpus,
             steps,
             batch_size: 32,
             seq_len: 48,
