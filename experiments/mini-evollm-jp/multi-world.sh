@@ -8,7 +8,8 @@
 # (strict JA-math accuracy, %) as mean ± sd over worlds (of each world's mean over seeds) and the
 # mean of the within-world sd over seeds, its gain over each world's best source, and the
 # smallest gain of any world; then the sources and untuned baselines the same way.
-# Env: SEEDS, EXPS (as run-all.sh), WORLD_ARGS, OUT (default results/mini-multi), JOBS.
+# Env: SEEDS, EXPS (as run-all.sh), WORLD_ARGS, OUT (default results/mini-multi), JOBS,
+# SUMMARY_ONLY (only write the summary of what OUT holds).
 # Run it from the repository root after `cargo build --release -p evomerge`.
 set -euo pipefail
 root=$(pwd)
@@ -21,6 +22,9 @@ out=${OUT:-results/mini-multi}
 start=$(date +%s)
 mkdir -p "$out"
 for w in "${worlds[@]}"; do
+  # SUMMARY_ONLY=1: tabulate the worlds already run under OUT (e.g. worlds run by separate
+  # calls with different SEEDS) without building or running anything
+  [ -n "${SUMMARY_ONLY:-}" ] && break
   echo "== world $w ($(($(date +%s) - start))s)"
   t0=$(date +%s)
   mkdir -p "$out/world$w"
@@ -28,6 +32,7 @@ for w in "${worlds[@]}"; do
   "$bin" mini-world build "$out/world$w/world" --seed "$w" ${WORLD_ARGS:-} > "$out/world$w/build.log" 2>&1 \
     || { echo "world $w: the build failed, see $out/world$w/build.log" >&2; exit 1; }
   echo "   built in $(($(date +%s) - t0))s"
+  echo "$(($(date +%s) - t0))" > "$out/world$w/build.seconds"
   t0=$(date +%s)
   # run-all.sh builds (here: reuses) the world, runs the experiments and compares them
   # shellcheck disable=SC2086
@@ -35,6 +40,7 @@ for w in "${worlds[@]}"; do
     EVOMERGE="$bin" "$here/run-all.sh" $seeds \
     > "$out/world$w/runs.log" 2>&1 || { echo "world $w: a run failed, see $out/world$w/runs.log" >&2; exit 1; }
   echo "   searched in $(($(date +%s) - t0))s"
+  echo "$(($(date +%s) - t0))" > "$out/world$w/search.seconds"
 done
 
 # The summary, from each world's compare_runs.csv (a run's strategy and folder) and each run's
@@ -52,7 +58,10 @@ for w in worlds:
             for row in csv.DictReader(f):
                 if row["split"] != "test" or not row["fitness"]:
                     continue
-                name = run["strategy"] if row["kind"] == "best" else row["name"]
+                # the experiment names the strategy (compare's own label drops it when a
+                # world ran one experiment only)
+                strategy = f"{run['experiment']}: {run['optimizer']} ({run['genome']})"
+                name = strategy if row["kind"] == "best" else row["name"]
                 per.setdefault((name, row["kind"]), {}).setdefault(w, []).append(100 * float(row["fitness"]))
     best[w] = max(st.mean(v[w]) for (n, k), v in per.items() if k == "source" and w in v)
 print(f"# The mini reproduction over worlds {' '.join(worlds)} x search seeds {seeds}\n")
@@ -75,7 +84,54 @@ for r in sorted(rows):
     print(f"| {r[2]} | {r[3]} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:+.1f} | {r[8]:+.1f} |")
 print()
 for w in worlds:
-    print(f"World {w}: best source {best[w]:.1f}; every strategy: `{out}/world{w}/runs/compare/compare.md`.")
+    secs = []
+    for part in ("build", "search"):
+        try:
+            with open(f"{out}/world{w}/{part}.seconds") as f:
+                secs.append(f"{part} {int(f.read())} s")
+        except (OSError, ValueError):
+            pass
+    took = f" ({', '.join(secs)})" if secs else ""
+    print(f"World {w}: best source {best[w]:.1f}{took}; every strategy: `{out}/world{w}/runs/compare/compare.md`.")
+
+# The issue's targets, checked on this table (a strategy that did not run is skipped).
+def world_means(prefix):
+    for (name, kind), by_world in per.items():
+        if kind == "best" and name.startswith(prefix + ":"):
+            return {w: st.mean(v) for w, v in by_world.items()}
+    return None
+
+def sd(xs):
+    return st.stdev(xs) if len(xs) > 1 else 0.0
+
+def verdict(ok):
+    return "**met**" if ok else "**missed**"
+
+lines = []
+ps_layers = world_means("mini-ps-layers")
+if ps_layers:
+    gains = [ps_layers[w] - best[w] for w in ps_layers]
+    lines.append(f"- layer-wise PS gain over the best source: mean {st.mean(gains):+.1f} ± {sd(gains):.1f} "
+                 f"(target >= +20): {verdict(st.mean(gains) >= 20)}; smallest {min(gains):+.1f} "
+                 f"(target >= +10 in every world): {verdict(min(gains) >= 10)}")
+def pair(a, b, what):
+    x, y = world_means(a), world_means(b)
+    if not x or not y:
+        return
+    d = [x[w] - y[w] for w in x if w in y]
+    lines.append(f"- {what}: {st.mean(x.values()):.1f} vs {st.mean(y.values()):.1f}, difference "
+                 f"{st.mean(d):+.1f} ± {sd(d):.1f} over worlds (target > 0, >= 0 for PS+DFS): "
+                 f"{verdict(st.mean(d) > 0 or (a == 'mini-ps-dfs' and st.mean(d) >= 0))}")
+pair("mini-ps-dfs", "mini-ps", "PS+DFS vs PS")
+dfs = world_means("mini-dfs")
+if dfs:
+    gains = [dfs[w] - best[w] for w in dfs]
+    lines.append(f"- DFS alone vs the best source: gain {st.mean(gains):+.1f} ± {sd(gains):.1f} "
+                 f"(target > 0): {verdict(st.mean(gains) > 0)}")
+pair("mini-dfs", "mini-dfs-no-w", "DFS with W vs without W")
+if lines:
+    print("\n## Targets (issue 19)\n")
+    print("\n".join(lines))
 PY
 cat "$out/summary.md"
 echo "all done in $(($(date +%s) - start))s"
