@@ -294,7 +294,7 @@ fn bad_build_options_are_refused_before_anything_is_written() {
         ("--hidden", "30", "multiple of 4"),
         ("--code-switch", "101", "0 to 100"),
         ("--math-switch", "150", "0 to 100"),
-        ("--base-questions", "maybe", "--base-questions"),
+        ("--base-questions", "ja", "use both, en or none"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_evomerge"))
             .args(["mini-world", "build", world.to_str().unwrap(), "--quick"])

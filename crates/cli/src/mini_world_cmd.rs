@@ -1,6 +1,6 @@
 //! `evomerge mini-world ...`: flags only; the work is `evomerge_studies::mini_world`.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use evomerge_eval::Split;
 use evomerge_studies::mini_world::{
@@ -98,10 +98,11 @@ pub struct BuildArgs {
     /// world's recipe).
     #[arg(long, default_value_t = 0)]
     pub code_switch: u32,
-    /// Whether the base learns reading questions answered in the language asked (false: only
-    /// the JA expert learns to answer in JA).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub base_questions: bool,
+    /// Which reading questions the base learns: both (asked and answered in EN and in JA, the
+    /// committed world's recipe), en (only EN: only the JA expert learns to answer in JA) or
+    /// none.
+    #[arg(long, default_value = "both")]
+    pub base_questions: String,
     /// Percent of the math experts' questions code-switched word by word (template included;
     /// the answers stay EN): experts that read some JA but answer in EN.
     #[arg(long, default_value_t = 0)]
@@ -151,7 +152,14 @@ pub fn run(cmd: MiniWorldCommand) -> Result<()> {
             hidden: a.hidden,
             layers: a.layers,
             code_switch: a.code_switch,
-            base_questions: a.base_questions,
+            base_questions: mini_world::BaseQuestions::parse(&a.base_questions).with_context(
+                || {
+                    format!(
+                        "--base-questions {:?}: use both, en or none",
+                        a.base_questions
+                    )
+                },
+            )?,
             math_switch: a.math_switch,
             math_switch_answers: a.math_switch_answers,
             shards: a.shards,

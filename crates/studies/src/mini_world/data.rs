@@ -458,11 +458,11 @@ pub enum Corpus {
     /// The base's corpus where `switched_percent`% of the documents are code-switched: 2-4
     /// sentences or arithmetic stories whose every word is EN or JA by a coin flip, so that
     /// the two languages' words must mean the same inside one context (`mini-world build
-    /// --code-switch`); without `questions`, no reading questions (`--base-questions false`:
-    /// the base does not learn to answer in the language asked, the JA expert teaches that).
+    /// --code-switch`), and reading questions in the languages `questions` says
+    /// (`--base-questions`).
     BaseMixed {
         switched_percent: u32,
-        questions: bool,
+        questions: BaseQuestions,
     },
     /// EN add/subtract word problems with worked EN answers (style 0).
     MathEn,
@@ -483,6 +483,31 @@ pub enum Corpus {
     InstructJa,
     /// The target: JA math word problems in the JA template (all operations and styles).
     MathJa,
+}
+
+/// Which reading questions the base learns (`mini-world build --base-questions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseQuestions {
+    /// Asked and answered in both languages (the committed recipe): the base answers in the
+    /// language asked.
+    Both,
+    /// Only EN questions: the base answers in the EN form, and only the JA expert learns to
+    /// answer JA questions in JA.
+    En,
+    /// None: the question template is new to every fine-tune.
+    None,
+}
+
+impl BaseQuestions {
+    /// Parse `both`, `en` or `none`.
+    pub fn parse(s: &str) -> Option<BaseQuestions> {
+        match s {
+            "both" => Some(BaseQuestions::Both),
+            "en" => Some(BaseQuestions::En),
+            "none" => Some(BaseQuestions::None),
+            _ => None,
+        }
+    }
 }
 
 /// One training example: the text and how many leading words are prompt (no loss on them;
@@ -522,7 +547,14 @@ impl Corpus {
                     loop {
                         let ex = Corpus::Base.sample(rng);
                         // a reading question is the only base example with a template
-                        if questions || !ex.text.contains(" : ") {
+                        let keep = match questions {
+                            BaseQuestions::Both => true,
+                            BaseQuestions::En => !ex
+                                .text
+                                .starts_with(&format!("{} :", word(Lang::Ja, "question"))),
+                            BaseQuestions::None => !ex.text.contains(" : "),
+                        };
+                        if keep {
                             return ex;
                         }
                     }
@@ -816,7 +848,7 @@ mod tests {
             Corpus::Base,
             Corpus::BaseMixed {
                 switched_percent: 50,
-                questions: false,
+                questions: BaseQuestions::En,
             },
             Corpus::MathMixed {
                 second: true,
@@ -896,7 +928,7 @@ mod tests {
         // the mixed corpus draws code-switched documents at about the asked rate
         let corpus = Corpus::BaseMixed {
             switched_percent: 100,
-            questions: true,
+            questions: BaseQuestions::Both,
         };
         for _ in 0..50 {
             let t = corpus.sample(&mut rng).text;
@@ -907,6 +939,35 @@ mod tests {
             let j = words.iter().filter(|w| ja.contains(*w)).count();
             assert!(j > 0 && j < words.len(), "not mixed: {t}");
         }
+    }
+
+    #[test]
+    fn base_questions_keep_only_the_asked_languages() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let ja_template = format!("{} :", word(Lang::Ja, "question"));
+        let en_template = format!("{} :", word(Lang::En, "question"));
+        let count = |questions, rng: &mut ChaCha8Rng| {
+            let corpus = Corpus::BaseMixed {
+                switched_percent: 0,
+                questions,
+            };
+            let (mut en, mut ja) = (0, 0);
+            for _ in 0..2000 {
+                let t = corpus.sample(rng).text;
+                en += usize::from(t.starts_with(&en_template));
+                ja += usize::from(t.starts_with(&ja_template));
+            }
+            (en, ja)
+        };
+        let (en, ja) = count(BaseQuestions::Both, &mut rng);
+        assert!(en > 100 && ja > 100, "{en} {ja}");
+        let (en, ja) = count(BaseQuestions::En, &mut rng);
+        assert!(en > 100 && ja == 0, "{en} {ja}");
+        assert_eq!(count(BaseQuestions::None, &mut rng), (0, 0));
+        for s in ["both", "en", "none"] {
+            assert!(BaseQuestions::parse(s).is_some());
+        }
+        assert!(BaseQuestions::parse("ja").is_none());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod data;
 pub mod train;
 pub mod world;
 
+pub use data::BaseQuestions;
 pub use world::{
     BuildOptions, CorpusOptions, DemoOptions, TRAINER_VERSION, build, committed_world, demo,
     evaluate, write_corpus,

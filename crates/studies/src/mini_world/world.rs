@@ -2,7 +2,9 @@
 //! task and train the base and three experts (or install the committed world), score the
 //! models, run the demo's layer-wise PS search, write training corpora.
 
-use super::data::{Corpus, SplitSizes, TaskOptions, tokenizer_json, vocabulary, write_task};
+use super::data::{
+    BaseQuestions, Corpus, SplitSizes, TaskOptions, tokenizer_json, vocabulary, write_task,
+};
 use super::train::{TrainOptions, spec_of, train};
 use anyhow::{Context, Result, bail};
 use evomerge_checkpoint::Dtype;
@@ -40,9 +42,8 @@ pub struct BuildOptions {
     /// Percent of the base's pretraining documents that are code-switched (every word EN or JA
     /// by a coin flip; 0 = none, the committed recipe).
     pub code_switch: u32,
-    /// Whether the base learns reading questions answered in the language asked (the committed
-    /// recipe); without them only the JA expert answers in JA.
-    pub base_questions: bool,
+    /// Which reading questions the base learns (both languages: the committed recipe).
+    pub base_questions: BaseQuestions,
     /// Percent of the math experts' questions that are code-switched (answers stay EN; 0 =
     /// none, the committed recipe).
     pub math_switch: u32,
@@ -72,7 +73,7 @@ impl BuildOptions {
             hidden: None,
             layers: None,
             code_switch: 0,
-            base_questions: true,
+            base_questions: BaseQuestions::Both,
             math_switch: 0,
             math_switch_answers: false,
             shards: DEFAULT_SHARDS,
@@ -417,10 +418,12 @@ pub fn build(args: &BuildOptions) -> Result<()> {
             Some(_) => (((ft_steps as f64) * mult).round() as usize, args.ft_lr),
         };
         let corpus = match corpus {
-            Corpus::Base if args.code_switch > 0 || !args.base_questions => Corpus::BaseMixed {
-                switched_percent: args.code_switch,
-                questions: args.base_questions,
-            },
+            Corpus::Base if args.code_switch > 0 || args.base_questions != BaseQuestions::Both => {
+                Corpus::BaseMixed {
+                    switched_percent: args.code_switch,
+                    questions: args.base_questions,
+                }
+            }
             Corpus::MathEn | Corpus::MathEn2 if args.math_switch > 0 => Corpus::MathMixed {
                 second: *corpus == Corpus::MathEn2,
                 switched_percent: args.math_switch,
