@@ -56,11 +56,12 @@ for w in worlds:
     for res in sorted(glob.glob(f"{out}/world{w}/runs/*/seed*/results.csv")):
         experiment = os.path.basename(os.path.dirname(os.path.dirname(res)))
         with open(res, newline="") as f:
-            for row in csv.DictReader(f):
-                if row["split"] != "test" or not row["fitness"]:
-                    continue
-                name = experiment if row["kind"] == "best" else row["name"]
-                per.setdefault((name, row["kind"]), {}).setdefault(w, []).append(100 * float(row["fitness"]))
+            rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["fitness"]]
+        # a staged run (PS+DFS) reports each stage's best; the run's result is the last one
+        bests = [r for r in rows if r["kind"] == "best"]
+        for row in bests[-1:] + [r for r in rows if r["kind"] != "best"]:
+            name = experiment if row["kind"] == "best" else row["name"]
+            per.setdefault((name, row["kind"]), {}).setdefault(w, []).append(100 * float(row["fitness"]))
     # the best of the models merged: the three experts and the base they share
     best[w] = max(st.mean(v[w]) for (n, k), v in per.items() if k in ("source", "base") and w in v)
 print(f"# The mini reproduction over worlds {' '.join(worlds)} x search seeds {seeds}\n")
