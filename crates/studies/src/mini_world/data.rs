@@ -634,20 +634,8 @@ impl Corpus {
                     prompt_words: 0,
                 }
             }
-            Corpus::MathEn => {
-                let op = if rng.random_bool(0.5) {
-                    Op::Add
-                } else {
-                    Op::Sub
-                };
-                let p = problem(rng, op, 0);
-                qa(Lang::En, &p.question, &p.answer)
-            }
-            Corpus::MathEn2 => {
-                let op = *[Op::Mul, Op::Mul, Op::Sub, Op::Add]
-                    .choose(rng)
-                    .expect("ops");
-                let p = problem(rng, op, 1);
+            Corpus::MathEn | Corpus::MathEn2 => {
+                let p = expert_problem(rng, self == Corpus::MathEn2);
                 qa(Lang::En, &p.question, &p.answer)
             }
             Corpus::MathMixed {
@@ -663,16 +651,7 @@ impl Corpus {
                 if rng.random_range(0..100) >= switched_percent {
                     return plain.sample(rng);
                 }
-                let op = if second {
-                    *[Op::Mul, Op::Mul, Op::Sub, Op::Add]
-                        .choose(rng)
-                        .expect("ops")
-                } else if rng.random_bool(0.5) {
-                    Op::Add
-                } else {
-                    Op::Sub
-                };
-                let p = problem(rng, op, u8::from(second));
+                let p = expert_problem(rng, second);
                 let prompt = code_switch(rng, &Lang::En.prompt(&p.question), 0.5);
                 let prompt_words = prompt.split(' ').count();
                 let answer = if answers {
@@ -695,6 +674,21 @@ impl Corpus {
             }
         }
     }
+}
+
+/// A math expert's problem: add/subtract in phrasing 0 ([`Corpus::MathEn`]), or with `second`
+/// mostly multiply, then subtract and add, in phrasing 1 ([`Corpus::MathEn2`]).
+fn expert_problem(rng: &mut ChaCha8Rng, second: bool) -> Problem {
+    let op = if second {
+        *[Op::Mul, Op::Mul, Op::Sub, Op::Add]
+            .choose(rng)
+            .expect("ops")
+    } else if rng.random_bool(0.5) {
+        Op::Add
+    } else {
+        Op::Sub
+    };
+    problem(rng, op, u8::from(second))
 }
 
 /// A target-task problem (EN; the task asks it in JA): any operation, any style.
