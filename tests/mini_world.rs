@@ -295,6 +295,9 @@ fn bad_build_options_are_refused_before_anything_is_written() {
         ("--code-switch", "101", "0 to 100"),
         ("--math-switch", "150", "0 to 100"),
         ("--base-questions", "ja", "use both, en or none"),
+        ("--aligned-init", "1.5", "0 to 1"),
+        ("--math-train", "0-2", "not within the model's 0-1"),
+        ("--ja-train", "mlp", "is not embed, head, a layer N"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_evomerge"))
             .args(["mini-world", "build", world.to_str().unwrap(), "--quick"])

@@ -111,6 +111,19 @@ pub struct BuildArgs {
     /// preferred answer language).
     #[arg(long)]
     pub math_switch_answers: bool,
+    /// How aligned the base's two languages start, 0 to 1: every JA word's embedding and
+    /// output-head row is drawn as this share of its EN word's row (plus the rest of its own
+    /// draw). 0: independent draws, the committed world's recipe.
+    #[arg(long, default_value_t = 0.0)]
+    pub aligned_init: f64,
+    /// What the math experts' fine-tunes train: all (the committed recipe), or a comma list of
+    /// embed, head (final norm and output head) and decoder layers N or A-B; the rest keep the
+    /// base's values.
+    #[arg(long, default_value = "all")]
+    pub math_train: String,
+    /// The same for the JA expert's fine-tune.
+    #[arg(long, default_value = "all")]
+    pub ja_train: String,
     /// Data-parallel shards per training step (threads; default 2). The models depend on this
     /// number (float summation order), not on the machine; the cache keeps them apart.
     #[arg(long, default_value_t = DEFAULT_SHARDS)]
@@ -162,6 +175,9 @@ pub fn run(cmd: MiniWorldCommand) -> Result<()> {
             )?,
             math_switch: a.math_switch,
             math_switch_answers: a.math_switch_answers,
+            aligned_init: a.aligned_init,
+            math_train: a.math_train,
+            ja_train: a.ja_train,
             shards: a.shards,
             no_eval: a.no_eval,
             rebuild: a.rebuild,

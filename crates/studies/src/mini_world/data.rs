@@ -164,6 +164,31 @@ pub fn vocabulary() -> Vec<String> {
     v
 }
 
+/// Start the two languages aligned: every JA word's row of the embeddings and of the output
+/// head becomes `a` times its EN word's row plus `sqrt(1 - a^2)` times its own draw (so the
+/// rows keep their scale). `a = 0` leaves `weights` as drawn; `a = 1` makes each JA word
+/// start as its EN word. Only the `[vocabulary, hidden]` tensors are touched.
+pub fn align_languages(weights: &mut evomerge_zoo::Weights, a: f32) {
+    if a == 0.0 {
+        return;
+    }
+    let first_en = SPECIALS.len() + MAX_NUMBER as usize + 1 + SYMBOLS.len();
+    let first_ja = first_en + LEXICON.len();
+    let own = (1.0 - a * a).max(0.0).sqrt();
+    for (name, shape, values) in &mut weights.tensors {
+        if name != "model.embed_tokens.weight" && name != "lm_head.weight" {
+            continue;
+        }
+        let hidden = shape[1];
+        for i in 0..LEXICON.len() {
+            let (en, ja) = ((first_en + i) * hidden, (first_ja + i) * hidden);
+            for k in 0..hidden {
+                values[ja + k] = a * values[en + k] + own * values[ja + k];
+            }
+        }
+    }
+}
+
 /// The JA words (the language check's vocabulary file, one per line).
 pub fn ja_words() -> Vec<&'static str> {
     LEXICON.iter().map(|(_, j)| *j).collect()
@@ -932,6 +957,59 @@ mod tests {
                 .collect();
             let j = words.iter().filter(|w| ja.contains(*w)).count();
             assert!(j > 0 && j < words.len(), "not mixed: {t}");
+        }
+    }
+
+    #[test]
+    fn aligned_init_mixes_each_ja_row_with_its_en_row() {
+        let spec = evomerge_zoo::TinyLlama {
+            hidden: 8,
+            intermediate: 16,
+            layers: 1,
+            vocab: vocabulary().len(),
+            heads: 2,
+            kv_heads: 2,
+            max_positions: 16,
+            ..Default::default()
+        };
+        let drawn = spec.random(3);
+        let vocab = vocabulary();
+        let row = |w: &evomerge_zoo::Weights, t: &str, word: &str| {
+            let id = vocab
+                .iter()
+                .position(|v| v == word)
+                .expect("in the vocabulary");
+            w.get(t).expect("tensor")[id * 8..(id + 1) * 8].to_vec()
+        };
+        let mut same = drawn.clone();
+        align_languages(&mut same, 0.0);
+        assert_eq!(same.tensors, drawn.tensors);
+        let mut full = drawn.clone();
+        align_languages(&mut full, 1.0);
+        let mut half = drawn.clone();
+        align_languages(&mut half, 0.6);
+        for t in ["model.embed_tokens.weight", "lm_head.weight"] {
+            for (en, ja) in [LEXICON[0], LEXICON[LEXICON.len() - 1]] {
+                assert_eq!(row(&full, t, ja), row(&drawn, t, en), "{t} {ja}");
+                let mixed: Vec<f32> = row(&drawn, t, en)
+                    .iter()
+                    .zip(row(&drawn, t, ja))
+                    .map(|(e, j)| 0.6 * e + 0.8 * j)
+                    .collect();
+                for (got, want) in row(&half, t, ja).iter().zip(&mixed) {
+                    assert!((got - want).abs() < 1e-6, "{t} {ja}: {got} vs {want}");
+                }
+                // the EN rows, numbers and symbols are left as drawn
+                assert_eq!(row(&half, t, en), row(&drawn, t, en));
+            }
+            assert_eq!(row(&half, t, "7"), row(&drawn, t, "7"));
+            assert_eq!(row(&half, t, "<=>"), row(&drawn, t, "<=>"));
+        }
+        // every other tensor is untouched
+        for ((n, _, a), (_, _, b)) in half.tensors.iter().zip(&drawn.tensors) {
+            if n != "model.embed_tokens.weight" && n != "lm_head.weight" {
+                assert_eq!(a, b, "{n}");
+            }
         }
     }
 

@@ -11,7 +11,7 @@
 //! for [`Weights::save_with_tokenizer`].
 
 use super::data::{Corpus, Encoder};
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -38,7 +38,7 @@ pub struct Block {
 }
 
 /// The names of a layer's parameters, in [`Block`]'s field order.
-const BLOCK_NAMES: [&str; 9] = [
+pub(crate) const BLOCK_NAMES: [&str; 9] = [
     "input_layernorm.weight",
     "self_attn.q_proj.weight",
     "self_attn.k_proj.weight",
@@ -76,7 +76,7 @@ pub struct TrainLm {
 }
 
 /// How to train one model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct TrainOptions {
     pub corpus: Corpus,
     pub steps: usize,
@@ -90,6 +90,28 @@ pub struct TrainOptions {
     /// computed on their own threads and summed in a fixed order. The result depends on this
     /// number (float summation order), never on the machine's core count.
     pub shards: usize,
+    /// Parameters (Hugging Face names) that keep their initial values: a fine-tune limited
+    /// to the others. Empty: every parameter trains.
+    pub frozen: Vec<String>,
+}
+
+/// The derived form, with `frozen` only where it is set: the cache stamps of the models
+/// trained before it existed stay valid.
+impl std::fmt::Debug for TrainOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("TrainOptions");
+        d.field("corpus", &self.corpus)
+            .field("steps", &self.steps)
+            .field("batch_size", &self.batch_size)
+            .field("seq_len", &self.seq_len)
+            .field("lr", &self.lr)
+            .field("seed", &self.seed)
+            .field("shards", &self.shards);
+        if !self.frozen.is_empty() {
+            d.field("frozen", &self.frozen);
+        }
+        d.finish()
+    }
 }
 
 /// What a training run did.
@@ -153,6 +175,19 @@ impl TrainLm {
         }
         out.push(("model.norm.weight".into(), self.norm.val()));
         out.push(("lm_head.weight".into(), self.head.val()));
+        out
+    }
+
+    /// Every parameter's id under its Hugging Face name.
+    fn ids(&self) -> Vec<(String, ParamId)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.id)];
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (n, p) in BLOCK_NAMES.iter().zip(b.params()) {
+                out.push((format!("model.layers.{i}.{n}"), p.id));
+            }
+        }
+        out.push(("model.norm.weight".into(), self.norm.id));
+        out.push(("lm_head.weight".into(), self.head.id));
         out
     }
 
@@ -272,6 +307,18 @@ pub fn train(
     let encoder = Encoder::default();
     let mut losses = Vec::with_capacity(options.steps);
     let shards = options.shards.clamp(1, options.batch_size.max(1));
+    let ids = model.ids();
+    for name in &options.frozen {
+        assert!(
+            ids.iter().any(|(n, _)| n == name),
+            "frozen parameter {name} is not one of the model's"
+        );
+    }
+    let frozen: Vec<ParamId> = ids
+        .into_iter()
+        .filter(|(n, _)| options.frozen.contains(n))
+        .map(|(_, id)| id)
+        .collect();
     for step in 0..options.steps {
         let (rows, targets, w, total) = batch(options, step, &encoder, &device);
         let (b, s) = (options.batch_size, options.seq_len);
@@ -323,6 +370,11 @@ pub fn train(
             }
             (loss, acc.grads())
         };
+        let mut grads = grads;
+        for id in &frozen {
+            // without a gradient Adam leaves the parameter as it is
+            grads.remove::<2>(*id);
+        }
         losses.push(loss);
         model = optim.step(lr_at(step, options.steps, options.lr), model, grads);
         progress(step, loss);
@@ -366,6 +418,7 @@ mod tests {
             lr: 3e-3,
             seed: 4,
             shards: 1,
+            frozen: Vec::new(),
         };
         let (trained, report) = train(&init, &options, |_, _| {});
         assert_eq!(report.losses.len(), 30);
@@ -392,5 +445,24 @@ mod tests {
         assert_ne!(split, trained, "3 shards sum in another order");
         let (split_again, _) = train(&init, &sharded, |_, _| {});
         assert_eq!(split_again, split, "sharded training is deterministic");
+        // frozen parameters keep their values, the others train; the stamp's form of the
+        // options only names `frozen` when it is set
+        assert!(!format!("{options:?}").contains("frozen"));
+        let frozen = vec![
+            "model.embed_tokens.weight".to_string(),
+            "model.layers.1.mlp.down_proj.weight".to_string(),
+            "lm_head.weight".to_string(),
+        ];
+        let limited = TrainOptions {
+            steps: 5,
+            shards: 2,
+            frozen: frozen.clone(),
+            ..options.clone()
+        };
+        assert!(format!("{limited:?}").contains("frozen"));
+        let (part, _) = train(&init, &limited, |_, _| {});
+        for ((name, _, after), (_, _, before)) in part.tensors.iter().zip(&init.tensors) {
+            assert_eq!(frozen.contains(name), after == before, "{name}");
+        }
     }
 }

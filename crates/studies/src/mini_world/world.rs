@@ -3,7 +3,8 @@
 //! models, run the demo's layer-wise PS search, write training corpora.
 
 use super::data::{
-    BaseQuestions, Corpus, SplitSizes, TaskOptions, tokenizer_json, vocabulary, write_task,
+    BaseQuestions, Corpus, SplitSizes, TaskOptions, align_languages, tokenizer_json, vocabulary,
+    write_task,
 };
 use super::train::{TrainOptions, spec_of, train};
 use anyhow::{Context, Result, bail};
@@ -49,6 +50,15 @@ pub struct BuildOptions {
     pub math_switch: u32,
     /// Code-switch the answers of those questions too.
     pub math_switch_answers: bool,
+    /// How aligned the base's two languages start: every JA word's embedding and output row
+    /// is drawn as this share of its EN word's (0 = independent draws, the committed recipe;
+    /// see [`align_languages`]).
+    pub aligned_init: f64,
+    /// Which parameters the math experts' fine-tunes train ([`frozen_outside`]'s list: `all`,
+    /// or `embed`, `head`, layers `N` / `A-B`); the rest keep the base's values.
+    pub math_train: String,
+    /// The same for the JA expert's fine-tune.
+    pub ja_train: String,
     /// Data-parallel shards per training step (threads). The models depend on this number
     /// (float summation order), not on the machine; the cache keeps them apart.
     pub shards: usize,
@@ -76,6 +86,9 @@ impl BuildOptions {
             base_questions: BaseQuestions::Both,
             math_switch: 0,
             math_switch_answers: false,
+            aligned_init: 0.0,
+            math_train: "all".into(),
+            ja_train: "all".into(),
             shards: DEFAULT_SHARDS,
             no_eval: false,
             rebuild: false,
@@ -361,12 +374,22 @@ pub fn build(args: &BuildOptions) -> Result<()> {
     if args.code_switch > 100 || args.math_switch > 100 {
         bail!("--code-switch and --math-switch are percents of the documents: 0 to 100");
     }
+    if !(0.0..=1.0).contains(&args.aligned_init) {
+        bail!(
+            "--aligned-init {} is a share of the EN rows in the JA rows: 0 to 1",
+            args.aligned_init
+        );
+    }
     if args.math_switch_answers && args.math_switch == 0 {
         bail!("--math-switch-answers needs --math-switch PERCENT (which questions to switch)");
     }
     if hidden == 0 || !hidden.is_multiple_of(4) || layers == 0 {
         bail!("--hidden must be a positive multiple of 4 (4 heads) and --layers at least 1");
     }
+    let math_frozen = frozen_outside(&args.math_train, layers)
+        .with_context(|| format!("--math-train {:?}", args.math_train))?;
+    let ja_frozen = frozen_outside(&args.ja_train, layers)
+        .with_context(|| format!("--ja-train {:?}", args.ja_train))?;
     let task_dir = args.dir.join("task");
     let sizes = if args.quick {
         SplitSizes {
@@ -439,14 +462,23 @@ pub fn build(args: &BuildOptions) -> Result<()> {
             lr,
             seed: args.seed.wrapping_mul(1000) + i as u64,
             shards: args.shards,
+            frozen: match *name {
+                "math" | "math2" => math_frozen.clone(),
+                "ja" => ja_frozen.clone(),
+                _ => Vec::new(),
+            },
         };
-        let stamp = json!({
+        let mut stamp = json!({
             "trainer": TRAINER_VERSION,
             "model": format!("{spec:?}"),
             "options": format!("{options:?}"),
             "parent": parent.map(|p| stamps.get(p).cloned()),
             "seed": args.seed,
         });
+        // (only where it is set, so that the committed recipe's stamps stay what they were)
+        if parent.is_none() && args.aligned_init > 0.0 {
+            stamp["aligned_init"] = json!(args.aligned_init);
+        }
         stamps.insert(*name, stamp.clone());
         jobs.push((*name, *parent, options, stamp));
     }
@@ -489,7 +521,11 @@ pub fn build(args: &BuildOptions) -> Result<()> {
                 .map(|(name, parent, options, stamp)| {
                     let (models_dir, spec) = (&models_dir, &spec);
                     sc.spawn(move || {
-                        train_one(models_dir, spec, args.seed, name, *parent, options, stamp)
+                        let init = Init {
+                            seed: args.seed,
+                            aligned: args.aligned_init as f32,
+                        };
+                        train_one(models_dir, spec, init, name, *parent, options, stamp)
                     })
                 })
                 .collect();
@@ -507,27 +543,83 @@ pub fn build(args: &BuildOptions) -> Result<()> {
     Ok(())
 }
 
+/// The parameters of a `layers`-layer mini-world model that a fine-tune training only `spec`
+/// leaves frozen. `spec` is `all` (nothing frozen) or a comma list of `embed` (the token
+/// embeddings), `head` (the final norm and the output head) and decoder layers `N` or `A-B`
+/// (every weight of those layers).
+pub fn frozen_outside(spec: &str, layers: usize) -> Result<Vec<String>> {
+    let names = || {
+        let mut v = vec!["model.embed_tokens.weight".to_string()];
+        for i in 0..layers {
+            v.extend(super::train::BLOCK_NAMES.map(|n| format!("model.layers.{i}.{n}")));
+        }
+        v.extend(["model.norm.weight".into(), "lm_head.weight".into()]);
+        v
+    };
+    if spec.trim() == "all" {
+        return Ok(Vec::new());
+    }
+    let mut trained: Vec<String> = Vec::new();
+    for item in spec.split(',').map(str::trim) {
+        match item {
+            "embed" => trained.push("model.embed_tokens.weight".into()),
+            "head" => trained.extend(["model.norm.weight".into(), "lm_head.weight".into()]),
+            _ => {
+                let (a, b) = item.split_once('-').unwrap_or((item, item));
+                let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) else {
+                    bail!(
+                        "{item:?} is not embed, head, a layer N or a range A-B (or the whole \
+                         list `all`)"
+                    );
+                };
+                if a > b || b >= layers {
+                    bail!("layers {item} are not within the model's 0-{}", layers - 1);
+                }
+                for i in a..=b {
+                    trained
+                        .extend(super::train::BLOCK_NAMES.map(|n| format!("model.layers.{i}.{n}")));
+                }
+            }
+        }
+    }
+    Ok(names()
+        .into_iter()
+        .filter(|n| !trained.contains(n))
+        .collect())
+}
+
+/// How a world's base is drawn: the seed, and how aligned its two languages start.
+#[derive(Debug, Clone, Copy)]
+struct Init {
+    seed: u64,
+    aligned: f32,
+}
+
 /// Train one model of the world (from a random draw, or from its parent's saved weights) and
 /// save it with its cache stamp.
 fn train_one(
     models_dir: &Path,
     spec: &TinyLlama,
-    seed: u64,
+    init: Init,
     name: &str,
     parent: Option<&str>,
     options: &TrainOptions,
     stamp: &serde_json::Value,
 ) -> Result<()> {
     let out = models_dir.join(name);
-    let init = match parent {
-        None => spec.random(seed),
+    let start = match parent {
+        None => {
+            let mut w = spec.random(init.seed);
+            align_languages(&mut w, init.aligned);
+            w
+        }
         Some(p) => weights_from_dir(&models_dir.join(p))?,
     };
     let t0 = Instant::now();
     let steps = options.steps;
     // A bar on a terminal, a line every 10% of the steps otherwise.
     let bar = Progress::new(name, "steps", steps as u64, true);
-    let (trained, report) = train(&init, options, |step, loss| {
+    let (trained, report) = train(&start, options, |step, loss| {
         bar.set_message(format!("loss {loss:.3}"));
         bar.set_position(step as u64 + 1);
     });
@@ -626,4 +718,29 @@ pub fn evaluate(
         std::fs::write(&out, serde_json::to_string_pretty(&rows)?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fine_tune_spec_freezes_everything_it_does_not_name() {
+        assert!(frozen_outside("all", 4).unwrap().is_empty());
+        let every = 1 + 4 * 9 + 2;
+        let f = frozen_outside("0-2", 4).unwrap();
+        assert_eq!(f.len(), every - 27);
+        assert!(f.contains(&"model.embed_tokens.weight".to_string()));
+        assert!(f.contains(&"lm_head.weight".to_string()));
+        assert!(f.contains(&"model.norm.weight".to_string()));
+        assert!(f.contains(&"model.layers.3.mlp.up_proj.weight".to_string()));
+        assert!(!f.iter().any(|n| n.starts_with("model.layers.1.")));
+        let f = frozen_outside("embed, 3,head", 4).unwrap();
+        assert_eq!(f.len(), every - 1 - 9 - 2);
+        assert!(f.iter().all(|n| n.starts_with("model.layers.")));
+        assert!(!f.iter().any(|n| n.starts_with("model.layers.3.")));
+        for bad in ["4", "2-1", "x", "", "1-"] {
+            assert!(frozen_outside(bad, 4).is_err(), "{bad:?}");
+        }
+    }
 }
