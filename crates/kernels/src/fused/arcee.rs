@@ -47,8 +47,9 @@ pub fn arcee_row_kl_exact(x: &[f32], base: &[f32], p: &mut [f64], q: &mut [f64])
 /// are taken as -708 (`e^-708` ~ 3e-308, which the softmax's `+ 1e-8` makes irrelevant).
 #[inline(always)]
 fn exp_nonpositive(x: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1; // 32 significant bits: k ln2_hi exact
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    // fdlibm's split of ln 2: the high part has 32 significant bits, so k ln2_hi is exact
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52: adding it rounds to an integer
     let x = if x < -708.0 { -708.0 } else { x };
     let t = x * std::f64::consts::LOG2_E + ROUND;
