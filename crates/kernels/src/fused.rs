@@ -1010,9 +1010,10 @@ impl RankStore {
 
 /// Ranks entries of a row by |value| (0 = smallest; equal magnitudes by position): what
 /// DELLA's keep probabilities are built from, on the host for every device so a merge draws
-/// the same mask everywhere. An LSD radix sort of (magnitude bits, position) keys, one byte of
-/// the magnitude a pass (a pass whose byte is the same everywhere is skipped); its buffers
-/// are kept between rows.
+/// the same mask everywhere. An LSD radix sort of (magnitude bits, position) keys: the 31 bits
+/// of the magnitude in three digits (11, 11, 9 bits) counted in one sweep, then one scatter
+/// pass a digit (a pass whose digit is the same everywhere is skipped); its buffers are kept
+/// between rows.
 #[derive(Debug, Default, Clone)]
 pub struct RowRanker {
     keys: Vec<u64>,
@@ -1024,6 +1025,10 @@ impl RowRanker {
     /// The rank of each entry of `row`.
     pub fn rank(&mut self, row: &[f32]) -> &[u32] {
         let n = row.len();
+        assert!(
+            u32::try_from(n).is_ok(),
+            "a row of {n} entries is too long to rank"
+        );
         self.keys.clear();
         self.keys.extend(
             row.iter()
@@ -1031,14 +1036,18 @@ impl RowRanker {
                 .map(|(i, v)| ((key(*v) as u64) << 32) | i as u64),
         );
         self.tmp.resize(n, 0);
-        // four 8-bit digits of the 31-bit magnitude, least significant first; LSD passes are
-        // stable, so equal magnitudes stay in position order
-        for shift in [32u32, 40, 48, 56] {
-            let mut counts = [0usize; 256];
-            for k in &self.keys {
-                counts[((k >> shift) & 0xff) as usize] += 1;
+        // three digits (11, 11 and 9 bits) of the 31-bit magnitude, least significant first,
+        // all counted in one sweep; LSD passes are stable, so equal magnitudes stay in
+        // position order
+        const DIGITS: [(u32, u64); 3] = [(32, 0x7ff), (43, 0x7ff), (54, 0x1ff)];
+        let mut counts = [[0u32; 2048]; 3];
+        for k in &self.keys {
+            for (c, (shift, mask)) in counts.iter_mut().zip(DIGITS) {
+                c[((k >> shift) & mask) as usize] += 1;
             }
-            if counts.contains(&n) {
+        }
+        for (counts, (shift, mask)) in counts.iter_mut().zip(DIGITS) {
+            if counts.contains(&(n as u32)) {
                 continue;
             }
             let mut at = 0;
@@ -1048,8 +1057,8 @@ impl RowRanker {
                 at += here;
             }
             for k in &self.keys {
-                let d = ((k >> shift) & 0xff) as usize;
-                self.tmp[counts[d]] = *k;
+                let d = ((k >> shift) & mask) as usize;
+                self.tmp[counts[d] as usize] = *k;
                 counts[d] += 1;
             }
             std::mem::swap(&mut self.keys, &mut self.tmp);
@@ -1798,6 +1807,19 @@ mod tests {
             }
             assert_eq!(ranker.rank(&row), &want[..], "n = {n}");
         }
+        // magnitudes over 40 binades: every digit of the key varies
+        let row: Vec<f32> = draws[..3000]
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u - 0.5) * 2f32.powi((i % 40) as i32 - 20))
+            .collect();
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[a].abs().total_cmp(&row[b].abs()).then(a.cmp(&b)));
+        let mut want = vec![0u32; row.len()];
+        for (r, &i) in order.iter().enumerate() {
+            want[i] = r as u32;
+        }
+        assert_eq!(ranker.rank(&row), &want[..], "binades");
     }
 
     /// DELLA over rows longer than 65536 entries (4-byte ranks, a row across several chunks)
