@@ -1565,9 +1565,7 @@ pub fn gta(
         // thin, rescale and weight each task vector in place
         for (j, tv) in tvs.iter().enumerate() {
             if let Some(Some(bits)) = drawn.get(ci).map(|c| &c[j]) {
-                for (i, (o, d)) in s.x[..len].iter_mut().zip(&s.tv[j][..len]).enumerate() {
-                    *o = d * ((bits[i / 64] >> (i % 64)) & 1) as f32;
-                }
+                apply_bits(&s.tv[j][..len], bits, &mut s.x[..len]);
                 std::mem::swap(&mut s.tv[j], &mut s.x);
             } else if !matches!(keeps[j], Keep::All) {
                 mask_chunk(&keeps[j], tv, ci, start, len, s, j);
@@ -1608,15 +1606,71 @@ enum Factor {
 /// task vector that is not randomly thinned).
 type ChunkMasks = Vec<Option<Vec<u64>>>;
 
-/// DARE's keep decisions `u < p` of a chunk's draws, one bit an entry.
+/// DARE's keep decisions `u < p` of a chunk's draws, one bit an entry (entry `i` is bit
+/// `i % 64` of word `i / 64`), eight at a time so the comparisons vectorise.
 fn mask_bits(u: &[f32], p: f32) -> Vec<u64> {
-    u.chunks(64)
-        .map(|c| {
-            c.iter()
-                .enumerate()
-                .fold(0u64, |acc, (i, u)| acc | (((*u < p) as u64) << i))
-        })
+    let byte = |c: &[f32]| -> u8 {
+        c.iter()
+            .enumerate()
+            .fold(0u8, |acc, (k, u)| acc | (u8::from(*u < p) << k))
+    };
+    let mut bytes: Vec<u8> = Vec::with_capacity(u.len().div_ceil(64) * 8);
+    let eights = u.chunks_exact(8);
+    let rest = eights.remainder();
+    for c in eights {
+        let c: &[f32; 8] = c.try_into().expect("eight");
+        let mut b = 0u8;
+        for (k, u) in c.iter().enumerate() {
+            b |= u8::from(*u < p) << k;
+        }
+        bytes.push(b);
+    }
+    if !rest.is_empty() {
+        bytes.push(byte(rest));
+    }
+    bytes.resize(u.len().div_ceil(64) * 8, 0);
+    bytes
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("eight bytes")))
         .collect()
+}
+
+/// For each byte of a mask, its eight bits as factors 0.0 / 1.0.
+const BYTE_FACTORS: [[f32; 8]; 256] = {
+    let mut t = [[0f32; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut k = 0;
+        while k < 8 {
+            if (b >> k) & 1 == 1 {
+                t[b][k] = 1.0;
+            }
+            k += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// `out_i = d_i * bit_i` (bits as [`mask_bits`] packs them), eight entries a table lookup:
+/// the same products (and signed zeros) as multiplying by each bit as f32.
+fn apply_bits(d: &[f32], bits: &[u64], out: &mut [f32]) {
+    let bytes = bits.iter().flat_map(|w| w.to_le_bytes());
+    for ((o, d), b) in out.chunks_mut(8).zip(d.chunks(8)).zip(bytes) {
+        let f = &BYTE_FACTORS[b as usize];
+        if let (Ok(o), Ok(d)) = (
+            <&mut [f32; 8]>::try_from(&mut *o),
+            <&[f32; 8]>::try_from(d),
+        ) {
+            for k in 0..8 {
+                o[k] = d[k] * f[k];
+            }
+        } else {
+            for ((o, d), f) in o.iter_mut().zip(d).zip(f) {
+                *o = d * f;
+            }
+        }
+    }
 }
 
 /// Input `j`'s thinned delta of this chunk into `s.x` (from `s.tv[j]`).
@@ -1793,6 +1847,24 @@ fn combine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The packed DARE masks and their application are the per-entry `d * (u < p) as f32`,
+    /// on lengths that are not multiples of 8 or 64 too.
+    #[test]
+    fn packed_masks_apply_as_the_per_entry_product() {
+        let u = MaskRng::new(5, "bits", 0).uniform(1000);
+        for n in [1usize, 7, 8, 63, 64, 65, 200, 1000] {
+            let d: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 50.0).collect();
+            let bits = mask_bits(&u[..n], 0.3);
+            assert_eq!(bits.len(), n.div_ceil(64));
+            let mut got = vec![f32::NAN; n];
+            apply_bits(&d, &bits, &mut got);
+            for i in 0..n {
+                let want = d[i] * ((u[i] < 0.3) as u32 as f32);
+                assert_eq!(got[i].to_bits(), want.to_bits(), "n = {n}, i = {i}");
+            }
+        }
+    }
 
     /// The radix ranks are those of a stable sort by |value| (ties, signed zeros and
     /// magnitudes that share their high bytes included), over reused buffers.
