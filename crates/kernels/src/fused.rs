@@ -1205,11 +1205,13 @@ fn histograms(
 ) -> Vec<Vec<u64>> {
     let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
     let empty = || vec![vec![0u64; bins]; which.len()];
+    // each worker counts in u32 (a tensor has fewer than 2^32 entries; half the cache lines
+    // of u64 bins), widened when the workers' histograms are added
     chunks
         .par_iter()
         .with_min_len(min_len(chunks.len()))
         .fold(
-            || (Scratch::new(tvs.len()), empty()),
+            || (Scratch::new(tvs.len()), vec![vec![0u32; bins]; which.len()]),
             |(mut s, mut h), &ci| {
                 let start = ci * CHUNK;
                 let len = chunk_len(n, start);
@@ -1224,7 +1226,11 @@ fn histograms(
                 (s, h)
             },
         )
-        .map(|(_, h)| h)
+        .map(|(_, h)| {
+            h.into_iter()
+                .map(|h| h.into_iter().map(u64::from).collect())
+                .collect::<Vec<Vec<u64>>>()
+        })
         .reduce(empty, |mut a, b| {
             for (x, y) in a.iter_mut().zip(b) {
                 for (p, q) in x.iter_mut().zip(y) {
