@@ -1026,14 +1026,15 @@ impl RankStore {
 /// Ranks entries of a row by |value| (0 = smallest; equal magnitudes by position): what
 /// DELLA's keep probabilities are built from, on the host for every device so a merge draws
 /// the same mask everywhere. An LSD radix sort of (magnitude bits, position) keys: the 31 bits
-/// of the magnitude in three digits (11, 11, 9 bits) counted in one sweep, then one scatter
-/// pass a digit (a pass whose digit is the same everywhere is skipped); its buffers are kept
-/// between rows.
+/// of the magnitude in digits (8 bits for rows under 8192 entries, else 11/11/9) counted in
+/// one sweep, then one scatter pass a digit (a pass whose digit is the same everywhere is
+/// skipped); its buffers are kept between rows.
 #[derive(Debug, Default, Clone)]
 pub struct RowRanker {
     keys: Vec<u64>,
     tmp: Vec<u64>,
     ranks: Vec<u32>,
+    counts: Vec<u32>,
 }
 
 impl RowRanker {
@@ -1051,17 +1052,38 @@ impl RowRanker {
                 .map(|(i, v)| ((key(*v) as u64) << 32) | i as u64),
         );
         self.tmp.resize(n, 0);
-        // three digits (11, 11 and 9 bits) of the 31-bit magnitude, least significant first,
-        // all counted in one sweep; LSD passes are stable, so equal magnitudes stay in
-        // position order
-        const DIGITS: [(u32, u64); 3] = [(32, 0x7ff), (43, 0x7ff), (54, 0x1ff)];
-        let mut counts = [[0u32; 2048]; 3];
+        // only the bits that differ between the row's magnitudes decide the order (deltas of
+        // bf16 inputs vary in a dozen or so): they are split into as few digits of at most
+        // 11 bits as cover them, least significant first, all counted in one sweep; LSD
+        // passes are stable, so equal magnitudes stay in position order
+        let (or, and) = row.iter().fold((0u32, u32::MAX), |(o, a), v| {
+            let k = key(*v);
+            (o | k, a & k)
+        });
+        let varying = or ^ and;
+        if varying == 0 {
+            self.ranks.clear();
+            self.ranks.extend(0..n as u32);
+            return &self.ranks;
+        }
+        let low = varying.trailing_zeros();
+        let span = 32 - varying.leading_zeros() - low;
+        let passes = span.div_ceil(11);
+        let bits = span.div_ceil(passes);
+        let mut digits = [(0u32, 0u64); 3];
+        for (p, d) in digits.iter_mut().enumerate().take(passes as usize) {
+            *d = (32 + low + p as u32 * bits, (1u64 << bits) - 1);
+        }
+        let digits = &digits[..passes as usize];
+        let width = 1usize << bits;
+        self.counts.clear();
+        self.counts.resize(width * digits.len(), 0);
         for k in &self.keys {
-            for (c, (shift, mask)) in counts.iter_mut().zip(DIGITS) {
+            for (c, (shift, mask)) in self.counts.chunks_exact_mut(width).zip(digits) {
                 c[((k >> shift) & mask) as usize] += 1;
             }
         }
-        for (counts, (shift, mask)) in counts.iter_mut().zip(DIGITS) {
+        for (counts, &(shift, mask)) in self.counts.chunks_exact_mut(width).zip(digits) {
             if counts.contains(&(n as u32)) {
                 continue;
             }
@@ -1877,8 +1899,16 @@ mod tests {
     #[test]
     fn row_ranks_are_a_stable_sort_by_magnitude() {
         let mut ranker = RowRanker::default();
-        let draws = MaskRng::new(3, "ranks", 0).uniform(5000);
-        for (n, quantum) in [(1usize, 0.0f32), (7, 0.25), (1000, 1.0 / 64.0), (4000, 0.0)] {
+        let draws = MaskRng::new(3, "ranks", 0).uniform(12000);
+        // rows under and over 8192 entries take different digit widths
+        for (n, quantum) in [
+            (1usize, 0.0f32),
+            (7, 0.25),
+            (1000, 1.0 / 64.0),
+            (4000, 0.0),
+            (9000, 1.0 / 64.0),
+            (12000, 0.0),
+        ] {
             let row: Vec<f32> = draws[..n]
                 .iter()
                 .enumerate()
@@ -1901,7 +1931,7 @@ mod tests {
             assert_eq!(ranker.rank(&row), &want[..], "n = {n}");
         }
         // magnitudes over 40 binades: every digit of the key varies
-        let row: Vec<f32> = draws[..3000]
+        let row: Vec<f32> = draws[..10000]
             .iter()
             .enumerate()
             .map(|(i, u)| (u - 0.5) * 2f32.powi((i % 40) as i32 - 20))
@@ -1913,6 +1943,10 @@ mod tests {
             want[i] = r as u32;
         }
         assert_eq!(ranker.rank(&row), &want[..], "binades");
+        // every magnitude equal: ranks by position
+        let row: Vec<f32> = (0..50).map(|i| if i % 3 == 0 { -0.5 } else { 0.5 }).collect();
+        let want: Vec<u32> = (0..50).collect();
+        assert_eq!(ranker.rank(&row), &want[..], "equal magnitudes");
     }
 
     /// DELLA over rows longer than 65536 entries (4-byte ranks, a row across several chunks)
