@@ -294,6 +294,7 @@ fn bad_build_options_are_refused_before_anything_is_written() {
         ("--hidden", "30", "multiple of 4"),
         ("--code-switch", "101", "0 to 100"),
         ("--math-switch", "150", "0 to 100"),
+        ("--ja-reasoning", "101", "0 to 100"),
         ("--base-questions", "ja", "use both, en or none"),
         ("--aligned-init", "1.5", "0 to 1"),
         ("--math-train", "0-2", "not within the model's 0-1"),

@@ -124,6 +124,11 @@ pub struct BuildArgs {
     /// The same for the JA expert's fine-tune.
     #[arg(long, default_value = "all")]
     pub ja_train: String,
+    /// Percent of the JA expert's examples that are JA math word problems answered in the
+    /// worked JA form with a wrong result (a JA expert that writes JA reasoning text but
+    /// cannot compute); 0: reading questions only, the committed recipe.
+    #[arg(long, default_value_t = 0)]
+    pub ja_reasoning: u32,
     /// Data-parallel shards per training step (threads; default 2). The models depend on this
     /// number (float summation order), not on the machine; the cache keeps them apart.
     #[arg(long, default_value_t = DEFAULT_SHARDS)]
@@ -178,6 +183,7 @@ pub fn run(cmd: MiniWorldCommand) -> Result<()> {
             aligned_init: a.aligned_init,
             math_train: a.math_train,
             ja_train: a.ja_train,
+            ja_reasoning: a.ja_reasoning,
             shards: a.shards,
             no_eval: a.no_eval,
             rebuild: a.rebuild,

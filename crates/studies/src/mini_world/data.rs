@@ -506,6 +506,11 @@ pub enum Corpus {
     },
     /// JA instructions (reading questions) with JA answers, no arithmetic.
     InstructJa,
+    /// [`Corpus::InstructJa`] where `percent`% of the examples are JA math word problems (the
+    /// target's operations and styles) answered in the worked JA form with a wrong result:
+    /// a JA expert that writes JA reasoning text but cannot compute (`mini-world build
+    /// --ja-reasoning`).
+    InstructJaReasoning { percent: u32 },
     /// The target: JA math word problems in the JA template (all operations and styles).
     MathJa,
 }
@@ -693,6 +698,14 @@ impl Corpus {
                 let (q, a) = reading_question(rng);
                 qa(Lang::Ja, &q, &a)
             }
+            Corpus::InstructJaReasoning { percent } => {
+                if rng.random_range(0..100) >= percent {
+                    return Corpus::InstructJa.sample(rng);
+                }
+                let p = target_problem(rng);
+                let (q, a) = wrong_result(rng, &p);
+                qa(Lang::Ja, &q, &a)
+            }
             Corpus::MathJa => {
                 let p = target_problem(rng);
                 qa(Lang::Ja, &p.question, &p.answer)
@@ -714,6 +727,21 @@ fn expert_problem(rng: &mut ChaCha8Rng, second: bool) -> Problem {
         Op::Sub
     };
     problem(rng, op, u8::from(second))
+}
+
+/// `p`'s question and its worked answer with the result (in the equation and in "the answer
+/// is") replaced by another number of `0..=MAX_NUMBER`.
+fn wrong_result(rng: &mut ChaCha8Rng, p: &Problem) -> (String, String) {
+    let mut w = rng.random_range(0..MAX_NUMBER);
+    if w >= p.number {
+        w += 1;
+    }
+    let c = p.number;
+    let answer = p
+        .answer
+        .replace(&format!("= {c} "), &format!("= {w} "))
+        .replace(&format!("the answer is {c} ."), &format!("the answer is {w} ."));
+    (p.question.clone(), answer)
 }
 
 /// A target-task problem (EN; the task asks it in JA): any operation, any style.
@@ -877,6 +905,7 @@ mod tests {
             Corpus::MathEn,
             Corpus::MathEn2,
             Corpus::InstructJa,
+            Corpus::InstructJaReasoning { percent: 50 },
             Corpus::MathJa,
         ] {
             for _ in 0..300 {
@@ -922,6 +951,50 @@ mod tests {
             assert!(words(&ja_answer).iter().all(|w| ja.contains(w.as_str())));
             assert!(words(&p.answer).iter().all(|w| !ja.contains(w.as_str())));
         }
+    }
+
+    /// `--ja-reasoning`: the asked share of the JA expert's examples are JA math problems
+    /// whose worked answer has the operands right and the result wrong (in the equation and
+    /// in "the answer is"); the rest are reading questions.
+    #[test]
+    fn ja_reasoning_answers_have_the_form_and_a_wrong_result() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let ja: BTreeSet<_> = ja_words().into_iter().collect();
+        let (mut math, n) = (0usize, 2000);
+        for _ in 0..n {
+            let ex = Corpus::InstructJaReasoning { percent: 30 }.sample(&mut rng);
+            let answer: Vec<&str> = ex.text.split(' ').skip(ex.prompt_words).collect();
+            assert!(
+                answer
+                    .iter()
+                    .filter(|w| **w != EOS && w.chars().any(char::is_alphabetic))
+                    .all(|w| ja.contains(*w)),
+                "not all JA: {}",
+                ex.text
+            );
+            let Some(eq) = answer.iter().position(|w| *w == "=") else {
+                continue;
+            };
+            math += 1;
+            let num = |w: &str| w.parse::<u32>().expect("a number");
+            let (a, op, b, c) = (
+                num(answer[eq - 3]),
+                answer[eq - 2],
+                num(answer[eq - 1]),
+                num(answer[eq + 1]),
+            );
+            let right = match op {
+                "+" => a + b,
+                "-" => a - b,
+                _ => a * b,
+            };
+            assert_ne!(c, right, "{}", ex.text);
+            assert!(c <= MAX_NUMBER);
+            let nums: Vec<u32> = answer.iter().filter_map(|w| w.parse().ok()).collect();
+            assert_eq!(*nums.last().unwrap(), c, "the answer is the equation's result");
+        }
+        // 30% of 2000, within a few sd
+        assert!((500..700).contains(&math), "{math} math examples");
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct BuildOptions {
     pub math_train: String,
     /// The same for the JA expert's fine-tune.
     pub ja_train: String,
+    /// Percent of the JA expert's examples that are JA math problems with worked JA answers
+    /// whose result is wrong ([`Corpus::InstructJaReasoning`]; 0 = none, the committed
+    /// recipe).
+    pub ja_reasoning: u32,
     /// Data-parallel shards per training step (threads). The models depend on this number
     /// (float summation order), not on the machine; the cache keeps them apart.
     pub shards: usize,
@@ -89,6 +93,7 @@ impl BuildOptions {
             aligned_init: 0.0,
             math_train: "all".into(),
             ja_train: "all".into(),
+            ja_reasoning: 0,
             shards: DEFAULT_SHARDS,
             no_eval: false,
             rebuild: false,
@@ -371,8 +376,10 @@ pub fn build(args: &BuildOptions) -> Result<()> {
     if args.shards == 0 {
         bail!("--shards must be at least 1");
     }
-    if args.code_switch > 100 || args.math_switch > 100 {
-        bail!("--code-switch and --math-switch are percents of the documents: 0 to 100");
+    if args.code_switch > 100 || args.math_switch > 100 || args.ja_reasoning > 100 {
+        bail!(
+            "--code-switch, --math-switch and --ja-reasoning are percents of the documents: 0 to 100"
+        );
     }
     if !(0.0..=1.0).contains(&args.aligned_init) {
         bail!(
@@ -451,6 +458,9 @@ pub fn build(args: &BuildOptions) -> Result<()> {
                 second: *corpus == Corpus::MathEn2,
                 switched_percent: args.math_switch,
                 answers: args.math_switch_answers,
+            },
+            Corpus::InstructJa if args.ja_reasoning > 0 => Corpus::InstructJaReasoning {
+                percent: args.ja_reasoning,
             },
             c => *c,
         };
