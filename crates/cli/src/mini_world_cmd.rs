@@ -104,8 +104,9 @@ pub struct BuildArgs {
     #[arg(long, default_value = "both")]
     pub base_questions: String,
     /// Percent of the math experts' questions code-switched word by word (template included;
-    /// the answers stay EN): experts that read some JA but answer in EN.
-    #[arg(long, default_value_t = 0)]
+    /// the answers stay EN): experts that read some JA but answer in EN (0: the recipe before
+    /// 2026-12-07).
+    #[arg(long, default_value_t = mini_world::world::DEFAULT_MATH_SWITCH)]
     pub math_switch: u32,
     /// With --math-switch: code-switch those questions' answers too (math experts with no
     /// preferred answer language).
@@ -126,8 +127,8 @@ pub struct BuildArgs {
     pub ja_train: String,
     /// Percent of the JA expert's examples that are JA math word problems answered in the
     /// worked JA form with a wrong result (a JA expert that writes JA reasoning text but
-    /// cannot compute); 0: reading questions only, the committed recipe.
-    #[arg(long, default_value_t = 0)]
+    /// cannot compute); 0: reading questions only, the recipe before 2026-12-07.
+    #[arg(long, default_value_t = mini_world::world::DEFAULT_JA_REASONING)]
     pub ja_reasoning: u32,
     /// Data-parallel shards per training step (threads; default 2). The models depend on this
     /// number (float summation order), not on the machine; the cache keeps them apart.

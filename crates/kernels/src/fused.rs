@@ -1686,10 +1686,7 @@ fn apply_bits(d: &[f32], bits: &[u64], out: &mut [f32]) {
     let bytes = bits.iter().flat_map(|w| w.to_le_bytes());
     for ((o, d), b) in out.chunks_mut(8).zip(d.chunks(8)).zip(bytes) {
         let f = &BYTE_FACTORS[b as usize];
-        if let (Ok(o), Ok(d)) = (
-            <&mut [f32; 8]>::try_from(&mut *o),
-            <&[f32; 8]>::try_from(d),
-        ) {
+        if let (Ok(o), Ok(d)) = (<&mut [f32; 8]>::try_from(&mut *o), <&[f32; 8]>::try_from(d)) {
             for k in 0..8 {
                 o[k] = d[k] * f[k];
             }
@@ -1944,7 +1941,9 @@ mod tests {
         }
         assert_eq!(ranker.rank(&row), &want[..], "binades");
         // every magnitude equal: ranks by position
-        let row: Vec<f32> = (0..50).map(|i| if i % 3 == 0 { -0.5 } else { 0.5 }).collect();
+        let row: Vec<f32> = (0..50)
+            .map(|i| if i % 3 == 0 { -0.5 } else { 0.5 })
+            .collect();
         let want: Vec<u32> = (0..50).collect();
         assert_eq!(ranker.rank(&row), &want[..], "equal magnitudes");
     }

@@ -740,7 +740,10 @@ fn wrong_result(rng: &mut ChaCha8Rng, p: &Problem) -> (String, String) {
     let answer = p
         .answer
         .replace(&format!("= {c} "), &format!("= {w} "))
-        .replace(&format!("the answer is {c} ."), &format!("the answer is {w} ."));
+        .replace(
+            &format!("the answer is {c} ."),
+            &format!("the answer is {w} ."),
+        );
     (p.question.clone(), answer)
 }
 
@@ -991,7 +994,11 @@ mod tests {
             assert_ne!(c, right, "{}", ex.text);
             assert!(c <= MAX_NUMBER);
             let nums: Vec<u32> = answer.iter().filter_map(|w| w.parse().ok()).collect();
-            assert_eq!(*nums.last().unwrap(), c, "the answer is the equation's result");
+            assert_eq!(
+                *nums.last().unwrap(),
+                c,
+                "the answer is the equation's result"
+            );
         }
         // 30% of 2000, within a few sd
         assert!((500..700).contains(&math), "{math} math examples");

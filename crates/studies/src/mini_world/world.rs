@@ -45,8 +45,8 @@ pub struct BuildOptions {
     pub code_switch: u32,
     /// Which reading questions the base learns (both languages: the committed recipe).
     pub base_questions: BaseQuestions,
-    /// Percent of the math experts' questions that are code-switched (answers stay EN; 0 =
-    /// none, the committed recipe).
+    /// Percent of the math experts' questions that are code-switched (answers stay EN;
+    /// [`DEFAULT_MATH_SWITCH`] in the committed recipe, 0 in the recipe before 2026-12-07).
     pub math_switch: u32,
     /// Code-switch the answers of those questions too.
     pub math_switch_answers: bool,
@@ -60,8 +60,8 @@ pub struct BuildOptions {
     /// The same for the JA expert's fine-tune.
     pub ja_train: String,
     /// Percent of the JA expert's examples that are JA math problems with worked JA answers
-    /// whose result is wrong ([`Corpus::InstructJaReasoning`]; 0 = none, the committed
-    /// recipe).
+    /// whose result is wrong ([`Corpus::InstructJaReasoning`]; [`DEFAULT_JA_REASONING`] in
+    /// the committed recipe, 0 in the recipe before 2026-12-07).
     pub ja_reasoning: u32,
     /// Data-parallel shards per training step (threads). The models depend on this number
     /// (float summation order), not on the machine; the cache keeps them apart.
@@ -88,12 +88,12 @@ impl BuildOptions {
             layers: None,
             code_switch: 0,
             base_questions: BaseQuestions::Both,
-            math_switch: 0,
+            math_switch: DEFAULT_MATH_SWITCH,
             math_switch_answers: false,
             aligned_init: 0.0,
             math_train: "all".into(),
             ja_train: "all".into(),
-            ja_reasoning: 0,
+            ja_reasoning: DEFAULT_JA_REASONING,
             shards: DEFAULT_SHARDS,
             no_eval: false,
             rebuild: false,
@@ -189,6 +189,12 @@ fn install_committed(
 pub const DEFAULT_BASE_LR: f64 = 1e-3;
 pub const DEFAULT_FT_LR: f64 = 1e-4;
 pub const DEFAULT_SHARDS: usize = 2;
+/// The committed recipe's share (%) of code-switched questions in the math experts' corpora
+/// (`--math-switch`): experts that solve JA problems but answer in EN, as WizardMath does.
+pub const DEFAULT_MATH_SWITCH: u32 = 30;
+/// The committed recipe's share (%) of JA math problems with wrong worked JA answers in the JA
+/// expert's corpus (`--ja-reasoning`): a JA expert that writes JA reasoning but cannot compute.
+pub const DEFAULT_JA_REASONING: u32 = 50;
 
 /// The models of the world: name, corpus, parent, steps multiplier.
 const MODELS: &[(&str, Corpus, Option<&str>, f64)] = &[
