@@ -1025,10 +1025,10 @@ impl RankStore {
 
 /// Ranks entries of a row by |value| (0 = smallest; equal magnitudes by position): what
 /// DELLA's keep probabilities are built from, on the host for every device so a merge draws
-/// the same mask everywhere. An LSD radix sort of (magnitude bits, position) keys: the 31 bits
-/// of the magnitude in digits (8 bits for rows under 8192 entries, else 11/11/9) counted in
-/// one sweep, then one scatter pass a digit (a pass whose digit is the same everywhere is
-/// skipped); its buffers are kept between rows.
+/// the same mask everywhere. An LSD radix sort of (magnitude bits, position) keys over only
+/// the bits in which the row's magnitudes differ, in as few digits of at most 11 bits as cover
+/// them, counted in one sweep, then one scatter pass a digit (a pass whose digit is the same
+/// everywhere is skipped); its buffers are kept between rows.
 #[derive(Debug, Default, Clone)]
 pub struct RowRanker {
     keys: Vec<u64>,
@@ -1637,24 +1637,22 @@ type ChunkMasks = Vec<Option<Vec<u64>>>;
 /// DARE's keep decisions `u < p` of a chunk's draws, one bit an entry (entry `i` is bit
 /// `i % 64` of word `i / 64`), eight at a time so the comparisons vectorise.
 fn mask_bits(u: &[f32], p: f32) -> Vec<u64> {
-    let byte = |c: &[f32]| -> u8 {
-        c.iter()
-            .enumerate()
-            .fold(0u8, |acc, (k, u)| acc | (u8::from(*u < p) << k))
-    };
-    let mut bytes: Vec<u8> = Vec::with_capacity(u.len().div_ceil(64) * 8);
-    let eights = u.chunks_exact(8);
-    let rest = eights.remainder();
-    for c in eights {
-        let c: &[f32; 8] = c.try_into().expect("eight");
+    let byte = |c: &[f32; 8]| -> u8 {
         let mut b = 0u8;
         for (k, u) in c.iter().enumerate() {
             b |= u8::from(*u < p) << k;
         }
-        bytes.push(b);
-    }
+        b
+    };
+    let mut bytes: Vec<u8> = Vec::with_capacity(u.len().div_ceil(64) * 8);
+    let eights = u.chunks_exact(8);
+    let rest = eights.remainder();
+    bytes.extend(eights.map(|c| byte(c.try_into().expect("eight"))));
     if !rest.is_empty() {
-        bytes.push(byte(rest));
+        // padded with p itself, which is not below p: the padding's bits are 0
+        let mut last = [p; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        bytes.push(byte(&last));
     }
     bytes.resize(u.len().div_ceil(64) * 8, 0);
     bytes
@@ -1897,7 +1895,7 @@ mod tests {
     fn row_ranks_are_a_stable_sort_by_magnitude() {
         let mut ranker = RowRanker::default();
         let draws = MaskRng::new(3, "ranks", 0).uniform(12000);
-        // rows under and over 8192 entries take different digit widths
+        // short and long rows, coarse (quantized) and fine magnitudes
         for (n, quantum) in [
             (1usize, 0.0f32),
             (7, 0.25),

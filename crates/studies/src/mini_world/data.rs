@@ -703,8 +703,8 @@ impl Corpus {
                     return Corpus::InstructJa.sample(rng);
                 }
                 let p = target_problem(rng);
-                let (q, a) = wrong_result(rng, &p);
-                qa(Lang::Ja, &q, &a)
+                let answer = wrong_result(rng, &p);
+                qa(Lang::Ja, &p.question, &answer)
             }
             Corpus::MathJa => {
                 let p = target_problem(rng);
@@ -729,22 +729,20 @@ fn expert_problem(rng: &mut ChaCha8Rng, second: bool) -> Problem {
     problem(rng, op, u8::from(second))
 }
 
-/// `p`'s question and its worked answer with the result (in the equation and in "the answer
-/// is") replaced by another number of `0..=MAX_NUMBER`.
-fn wrong_result(rng: &mut ChaCha8Rng, p: &Problem) -> (String, String) {
+/// `p`'s worked answer with the result (in the equation and in "the answer is") replaced by
+/// another number of `0..=MAX_NUMBER`.
+fn wrong_result(rng: &mut ChaCha8Rng, p: &Problem) -> String {
     let mut w = rng.random_range(0..MAX_NUMBER);
     if w >= p.number {
         w += 1;
     }
     let c = p.number;
-    let answer = p
-        .answer
+    p.answer
         .replace(&format!("= {c} "), &format!("= {w} "))
         .replace(
             &format!("the answer is {c} ."),
             &format!("the answer is {w} ."),
-        );
-    (p.question.clone(), answer)
+        )
 }
 
 /// A target-task problem (EN; the task asks it in JA): any operation, any style.
