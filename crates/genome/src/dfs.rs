@@ -40,6 +40,12 @@ pub struct DfsSpec {
     /// Initial step size; A's first-repeat layers start at 2 sigma (on with ~98% probability).
     #[serde(default = "default_sigma")]
     pub sigma0: f64,
+    /// Where the other indicators start. The paper's 0 puts each of them on with 50%
+    /// probability in the first generation (a first path is A's layers plus half of all the
+    /// others); a negative start such as `-0.2` (-2 sigma0) keeps the first generations near A
+    /// (each other slot on with ~2%), a local search around A for small budgets.
+    #[serde(default)]
+    pub off_start: f64,
 }
 
 impl Default for DfsSpec {
@@ -50,6 +56,7 @@ impl Default for DfsSpec {
             indicator_bounds: default_indicator_bounds(),
             scale_bounds: default_scale_bounds(),
             sigma0: default_sigma(),
+            off_start: 0.0,
         }
     }
 }
@@ -76,6 +83,14 @@ impl DfsGenome {
         }
         spec.indicator_bounds.check("indicator_bounds")?;
         spec.scale_bounds.check("scale_bounds")?;
+        if !(spec.off_start >= spec.indicator_bounds.lo
+            && spec.off_start <= spec.indicator_bounds.hi)
+        {
+            return Err(GenomeError::Spec(format!(
+                "off_start {} must lie within indicator_bounds [{}, {}]",
+                spec.off_start, spec.indicator_bounds.lo, spec.indicator_bounds.hi
+            )));
+        }
         if !(spec.sigma0 > 0.0) {
             return Err(GenomeError::Spec(format!(
                 "sigma0 {} must be positive",
@@ -165,10 +180,13 @@ impl DfsGenome {
         (lo, hi)
     }
 
-    /// The paper's start: indicators 0 except A's layers in the first repeat at 2 sigma
-    /// (clamped to the bounds), theta 0 (every scale 1).
+    /// The paper's start: indicators 0 (`off_start`) except A's layers in the first repeat at
+    /// 2 sigma (clamped to the bounds), theta 0 (every scale 1).
     pub fn initial(&self) -> Vec<f64> {
         let mut x = vec![0.0; self.dim()];
+        for v in x.iter_mut().take(self.slots()) {
+            *v = self.spec.off_start;
+        }
         let on = (2.0 * self.spec.sigma0).min(self.spec.indicator_bounds.hi);
         for v in x.iter_mut().take(self.layers[0]) {
             *v = on;

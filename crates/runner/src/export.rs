@@ -24,8 +24,9 @@ pub enum ExportFormat {
     Plain,
 }
 
-/// Write the best candidate of the run's last finished stage to `out`: a merged checkpoint for
-/// a parameter-space result, a path (or plain) checkpoint for a data-flow result.
+/// Write the run's result ([`RunState::result`]: the best-scoring stage's answer) to `out`: a
+/// merged checkpoint for a parameter-space result, a path (or plain) checkpoint for a data-flow
+/// result.
 pub fn export_run(
     run_dir: &Path,
     out: &Path,
@@ -42,15 +43,12 @@ pub fn export_run(
     let value: toml::Value = toml::from_str(&text).map_err(|e| RunError::Config(e.to_string()))?;
     let exp = Experiment::from_value(value).map_err(|e| RunError::Config(e.to_string()))?;
     let state = RunState::load(&run_dir.join("state.json"))?;
-    let (stage, st, chosen) = state
-        .stages
-        .iter()
-        .enumerate()
-        .rev()
-        .find_map(|(i, s)| s.chosen().map(|c| (i, s, c)))
-        .ok_or_else(|| {
-            RunError::Config(format!("{} has no valid candidate yet", run_dir.display()))
-        })?;
+    // The run's result: the best-scoring stage's answer (in a ps+dfs run the PS result when
+    // the DFS stage found no better path).
+    let (stage, chosen) = state.result().ok_or_else(|| {
+        RunError::Config(format!("{} has no valid candidate yet", run_dir.display()))
+    })?;
+    let st = &state.stages[stage];
     if st.kind == crate::stage::StageKind::Ps {
         let recipe = Recipe::from_toml(&chosen.decoded)?;
         let sources = Sources::open(&recipe, None)?;

@@ -267,10 +267,12 @@ pub(crate) fn finish(
     verbose: bool,
 ) -> Result<(), RunError> {
     let mut summary = Vec::new();
+    let result = state.result().map(|(i, _)| i);
     for (stage, st) in state.stages.iter().enumerate() {
         let Some(chosen) = st.chosen() else { continue };
         summary.push(json!({
             "stage": st.kind,
+            "result": result == Some(stage),
             "generation": chosen.generation,
             "index": chosen.index,
             "search_fitness": chosen.search_fitness,
@@ -379,6 +381,44 @@ fn test_table(
             rows.push(row);
             bar.inc();
         }
+    }
+    // A later stage that scored no better than an earlier one's answer (a DFS stage that found
+    // no better path than the PS result it searched over) is not the run's result: its row is
+    // kept as kind `stage`, and the run's row (the last `best`) repeats the result's scores.
+    if let (Some((r, result)), Some(last)) = (
+        state.result(),
+        state.stages.iter().rposition(|s| s.chosen().is_some()),
+    ) && r != last
+    {
+        let label = stage_label(exp, state.stages[last].kind);
+        let from = stage_label(exp, state.stages[r].kind);
+        let stage_row = rows
+            .iter_mut()
+            .rfind(|row| row.name == label)
+            .expect("every stage with an answer has a row");
+        let their = state.stages[last].chosen().expect("last has an answer");
+        stage_row.kind = "stage".into();
+        stage_row.name = format!(
+            "{} stage best (not the result)",
+            state.stages[last].kind.as_str().to_uppercase()
+        );
+        let mut row = rows
+            .iter()
+            .find(|row| row.name == from)
+            .expect("the result's stage has a row")
+            .clone();
+        row.name = label;
+        row.note = match (their.validation_fitness, result.validation_fitness) {
+            (Some(t), Some(v)) => format!(
+                "{from} (the {} stage validated {t:.4}, not above {v:.4}); search {:.4}",
+                state.stages[last].kind, result.search_fitness
+            ),
+            _ => format!(
+                "{from} (the {} stage searched {:.4}, not above {:.4})",
+                state.stages[last].kind, their.search_fitness, result.search_fitness
+            ),
+        };
+        rows.push(row);
     }
     for d in sources {
         let name = Path::new(&d)

@@ -274,6 +274,15 @@ fn execute_stages(
         {
             eprintln!("{line}");
         }
+        if kinds.len() > 1
+            && let Some((r, _)) = state.result()
+            && r + 1 < kinds.len()
+        {
+            eprintln!(
+                "result: the {} stage's answer (the later stages scored no better)",
+                kinds[r]
+            );
+        }
     }
     if state.stages.iter().all(|s| s.best.is_none()) {
         let s = summaries.iter().find(|s| s.rows > 0).or(summaries.first());

@@ -67,6 +67,15 @@ impl StageState {
     }
 }
 
+/// Which of two stage answers scores higher: on validation when both were validated, else on
+/// the search split. `true` when `later` is strictly better than `earlier`.
+fn beats(later: &Snapshot, earlier: &Snapshot) -> bool {
+    match (later.validation_fitness, earlier.validation_fitness) {
+        (Some(l), Some(e)) => l > e,
+        _ => later.search_fitness > earlier.search_fitness,
+    }
+}
+
 /// The whole run's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunState {
@@ -91,6 +100,23 @@ pub(crate) fn crash_point(kind: &str, count: u64) {
 }
 
 impl RunState {
+    /// The run's result: the answer of the stage that scores best, as (stage, snapshot). A
+    /// later stage replaces an earlier stage's answer only when it is strictly better (on
+    /// validation when both were validated, else on the search split): the DFS stage of a
+    /// `ps+dfs` run searches paths over the PS result, and the path through the PS result's own
+    /// layers is that result, so a DFS stage that finds nothing better leaves it the answer.
+    pub fn result(&self) -> Option<(usize, &Snapshot)> {
+        let mut out: Option<(usize, &Snapshot)> = None;
+        for (i, st) in self.stages.iter().enumerate() {
+            if let Some(c) = st.chosen()
+                && out.is_none_or(|(_, o)| beats(c, o))
+            {
+                out = Some((i, c));
+            }
+        }
+        out
+    }
+
     /// Write atomically: temporary file, fsync, rename, fsync the folder.
     pub fn save(&self, path: &Path, write_count: u64) -> Result<(), RunError> {
         let json = serde_json::to_vec(self)?;
@@ -111,5 +137,93 @@ impl RunState {
                 path.display()
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evomerge_search::{Bounds, OptimizerConfig};
+
+    fn snap(key: &str, search: f64, val: Option<f64>) -> Snapshot {
+        Snapshot {
+            generation: 0,
+            index: 0,
+            x: vec![0.5],
+            key: key.into(),
+            decoded: String::new(),
+            search_fitness: search,
+            validation_fitness: val,
+        }
+    }
+
+    fn stage(kind: StageKind, best: Snapshot, validated: Vec<Snapshot>) -> StageState {
+        let optimizer: OptimizerConfig = "random".parse().expect("optimizer");
+        StageState {
+            kind,
+            optimizer: optimizer
+                .build(
+                    Bounds::new(vec![0.0], vec![1.0]).expect("bounds"),
+                    &[0.5],
+                    0.1,
+                    1,
+                )
+                .expect("build"),
+            generations: 1,
+            evaluations: 1,
+            cache: BTreeMap::new(),
+            best: Some(best),
+            validated,
+            done: true,
+        }
+    }
+
+    fn run(stages: Vec<StageState>) -> RunState {
+        RunState {
+            evomerge_version: "test".into(),
+            stages,
+            elapsed_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_later_stage_is_the_result_only_when_it_scores_better() {
+        let ps = |v| {
+            let s = snap("ps", 0.3, Some(v));
+            stage(StageKind::Ps, s.clone(), vec![s])
+        };
+        let dfs = |v| {
+            let s = snap("dfs", 0.4, Some(v));
+            stage(StageKind::Dfs, s.clone(), vec![s])
+        };
+        // The DFS stage validates lower than its start (higher on search): the PS answer stays.
+        let r = run(vec![ps(0.228), dfs(0.184)]);
+        assert_eq!(
+            r.result().map(|(i, s)| (i, s.key.as_str())),
+            Some((0, "ps"))
+        );
+        // A tie keeps the earlier answer (the DFS stage must beat it).
+        let r = run(vec![ps(0.2), dfs(0.2)]);
+        assert_eq!(r.result().map(|(i, _)| i), Some(0));
+        let r = run(vec![ps(0.2), dfs(0.21)]);
+        assert_eq!(
+            r.result().map(|(i, s)| (i, s.key.as_str())),
+            Some((1, "dfs"))
+        );
+        // A single stage is its own result.
+        let r = run(vec![ps(0.1)]);
+        assert_eq!(r.result().map(|(i, _)| i), Some(0));
+        assert!(run(Vec::new()).result().is_none());
+    }
+
+    #[test]
+    fn without_validation_the_stages_compare_on_the_search_split() {
+        let ps = stage(StageKind::Ps, snap("ps", 0.30, None), Vec::new());
+        let dfs = stage(StageKind::Dfs, snap("dfs", 0.35, None), Vec::new());
+        let r = run(vec![ps, dfs]);
+        assert_eq!(r.result().map(|(i, _)| i), Some(1));
+        let ps = stage(StageKind::Ps, snap("ps", 0.30, None), Vec::new());
+        let dfs = stage(StageKind::Dfs, snap("dfs", 0.25, None), Vec::new());
+        assert_eq!(run(vec![ps, dfs]).result().map(|(i, _)| i), Some(0));
     }
 }

@@ -66,6 +66,37 @@ fn decoding_rules() {
 }
 
 #[test]
+fn off_start_moves_the_other_indicators_and_is_checked() {
+    let spec = DfsSpec {
+        off_start: -0.2,
+        ..DfsSpec::default()
+    };
+    let g = DfsGenome::new(spec.clone(), vec![3, 2]).unwrap();
+    let x = g.initial();
+    // A's first-repeat layers at 2 sigma, every other slot at off_start, theta 0
+    assert_eq!(&x[..3], &[0.2, 0.2, 0.2]);
+    assert!(x[3..g.slots()].iter().all(|v| *v == -0.2));
+    assert!(x[g.slots()..].iter().all(|v| *v == 0.0));
+    assert_eq!(hops(&g.decode(&x).unwrap()), vec![(0, 0), (0, 1), (0, 2)]);
+    // the paper's start leaves the other slots at 0
+    let paper = DfsGenome::new(DfsSpec::default(), vec![3, 2]).unwrap();
+    assert!(paper.initial()[3..paper.slots()].iter().all(|v| *v == 0.0));
+    let e = DfsGenome::new(
+        DfsSpec {
+            off_start: -1.5,
+            ..spec
+        },
+        vec![3, 2],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("off_start -1.5") && e.contains("indicator_bounds"),
+        "{e}"
+    );
+}
+
+#[test]
 fn exported_paths_reload_to_identical_logits() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = TinyLlama {

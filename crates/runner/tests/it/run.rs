@@ -81,6 +81,78 @@ fn a_run_completes_logs_every_candidate_and_reproduces_its_best() {
     );
 }
 
+/// A ps+dfs run's result is the better-validated of its stages' answers: results.csv's last
+/// `best` row, best.json's `result` mark and `export` agree on it. With every indicator
+/// starting far below zero (`off_start = -1`) and no scales, every DFS candidate is the path
+/// through the PS result's own layers, so the DFS stage cannot validate above it.
+#[test]
+fn a_ps_dfs_run_keeps_the_ps_result_when_the_dfs_stage_finds_nothing_better() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp_path = toy_experiment(
+        tmp.path(),
+        10,
+        "\n[budget_dfs]\nevaluations = 8\n\n[genome.dfs]\nrepeats = 1\nscales = false\noff_start = -1.0\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&exp_path).unwrap();
+    std::fs::write(
+        &exp_path,
+        text.replace("kind = \"ps\"", "kind = \"ps+dfs\""),
+    )
+    .unwrap();
+    let dir = start(&exp_path, &RunOptions::default()).unwrap();
+    let state = RunState::load(&dir.join("state.json")).unwrap();
+    let (r, result) = state.result().unwrap();
+    let ps = state.stages[0].chosen().unwrap();
+    let dfs = state.stages[1].chosen().unwrap();
+    assert!(dfs.validation_fitness.unwrap() <= ps.validation_fitness.unwrap());
+    assert_eq!((r, result), (0, ps));
+    let marks: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("best.json")).unwrap()).unwrap();
+    let marked: Vec<bool> = marks
+        .iter()
+        .map(|m| m["result"].as_bool().unwrap())
+        .collect();
+    assert_eq!(marked, vec![true, false]);
+    let results = rows(&dir.join("results.csv"));
+    let row = |name: &str| {
+        results
+            .iter()
+            .find(|r| &r[0] == name)
+            .unwrap_or_else(|| panic!("no {name} row in {results:?}"))
+            .clone()
+    };
+    let (ps_row, stage_row, run_row) = (
+        row("PS best"),
+        row("DFS stage best (not the result)"),
+        row("PS+DFS best"),
+    );
+    assert_eq!(
+        (&ps_row[1], &stage_row[1], &run_row[1]),
+        ("best", "stage", "best")
+    );
+    // the run's row is the last `best` row and repeats the PS result's test scores
+    let last_best = results.iter().rfind(|r| &r[1] == "best").unwrap();
+    assert_eq!(last_best, &run_row);
+    assert_eq!((&run_row[3], &run_row[4]), (&ps_row[3], &ps_row[4]));
+    assert!(run_row[5].contains("PS best") && run_row[5].contains("dfs stage validated"));
+    // export writes the PS result: a merged checkpoint with the recipe, not a layer path
+    let out = tmp.path().join("exported");
+    evomerge_runner::export_run(
+        &dir,
+        &out,
+        evomerge_runner::ExportFormat::Path,
+        false,
+        &evomerge_kernels::Device::flex(),
+    )
+    .unwrap();
+    let recipe = std::fs::read_to_string(out.join("evomerge_recipe.toml")).unwrap();
+    assert_eq!(
+        Recipe::from_toml(&recipe).unwrap(),
+        Recipe::from_toml(&ps.decoded).unwrap()
+    );
+}
+
 #[test]
 fn bad_experiments_fail_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
