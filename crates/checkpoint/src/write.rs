@@ -41,6 +41,12 @@ pub struct WriterOptions {
     pub max_shard_bytes: u64,
     /// Replace an existing output folder instead of refusing.
     pub force: bool,
+    /// Write the 4 KiB-aligned body of each large tensor with `O_DIRECT` (Linux), bypassing the
+    /// page cache: a buffered write allocates a page-cache page per 4 KiB and the final fsync
+    /// writes them back, which on a VM costs more CPU than the merge itself (1 GiB: 2.3 s of
+    /// system time buffered + fsync, 0.2 s direct). Falls back to buffered writes where the
+    /// filesystem refuses `O_DIRECT` (tmpfs, some network filesystems).
+    pub direct_io: bool,
 }
 
 impl Default for WriterOptions {
@@ -48,7 +54,38 @@ impl Default for WriterOptions {
         WriterOptions {
             max_shard_bytes: 5_000_000_000,
             force: false,
+            direct_io: true,
         }
+    }
+}
+
+/// Alignment of `O_DIRECT` offsets, lengths and buffers (the largest common logical block).
+const DIRECT_ALIGN: usize = 4096;
+/// Bytes copied into the aligned buffer and written per `O_DIRECT` call.
+const DIRECT_CHUNK: usize = 4 << 20;
+/// Tensors smaller than this are written buffered (their pages are few).
+const DIRECT_MIN: usize = 256 << 10;
+
+thread_local! {
+    /// Each writing thread's aligned bounce buffer for `O_DIRECT` writes (allocated on first use).
+    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Open `path` again for `O_DIRECT` writes; `None` where the OS or filesystem has none.
+fn open_direct(path: &Path) -> Option<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        None
     }
 }
 
@@ -63,6 +100,8 @@ struct Slot {
 struct ShardFile {
     file_name: String,
     file: File,
+    /// The same file opened with `O_DIRECT`, when direct writes are on and possible.
+    direct: Option<File>,
 }
 
 /// Writes a checkpoint folder. Every shard's header is written when the writer is created (the
@@ -79,6 +118,8 @@ pub struct CheckpointWriter {
     order: Vec<String>,
     total_bytes: u64,
     finished: bool,
+    /// Cleared when a direct write is refused: the rest is written buffered.
+    direct_ok: AtomicBool,
 }
 
 impl std::fmt::Debug for CheckpointWriter {
@@ -182,6 +223,7 @@ impl CheckpointWriter {
             order: Vec::new(),
             total_bytes: 0,
             finished: false,
+            direct_ok: AtomicBool::new(options.direct_io),
         };
         // From here on, an error drops `writer`, which removes the temporary folder.
         writer.plan(plan, options.max_shard_bytes)?;
@@ -220,7 +262,16 @@ impl CheckpointWriter {
                 .and_then(|_| file.set_len(8 + text.len() as u64 + sizes[i]))
                 .map_err(|e| CheckpointError::io(&path, e))?;
             header_lens.push(8 + text.len() as u64);
-            self.shards.push(ShardFile { file_name, file });
+            let direct = if self.direct_ok.load(Ordering::Relaxed) {
+                open_direct(&path)
+            } else {
+                None
+            };
+            self.shards.push(ShardFile {
+                file_name,
+                file,
+                direct,
+            });
         }
         for ((t, s), start) in plan.into_iter().zip(shard_of).zip(offsets) {
             let slot = Slot {
@@ -263,12 +314,75 @@ impl CheckpointWriter {
             });
         }
         let shard = &self.shards[slot.shard];
-        shard
-            .file
-            .write_all_at(bytes, slot.offset)
+        self.write_at(shard, bytes, slot.offset)
             .map_err(|e| CheckpointError::io(self.tmp_dir.join(&shard.file_name), e))?;
         slot.written.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Write `bytes` at `offset` of a shard: the unaligned head and tail through the page
+    /// cache, the 4 KiB-aligned body (of a tensor of at least `DIRECT_MIN` bytes) with
+    /// `O_DIRECT` in `DIRECT_CHUNK` pieces copied into an aligned buffer. No page is written
+    /// both ways: the body's pages hold nothing else. A refused direct write (`EINVAL`: the
+    /// filesystem takes no `O_DIRECT`) turns direct writes off and writes the rest buffered.
+    fn write_at(&self, shard: &ShardFile, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        let direct = shard
+            .direct
+            .as_ref()
+            .filter(|_| bytes.len() >= DIRECT_MIN && self.direct_ok.load(Ordering::Relaxed));
+        let Some(direct) = direct else {
+            return shard.file.write_all_at(bytes, offset);
+        };
+        let align = DIRECT_ALIGN as u64;
+        let body_start = offset.next_multiple_of(align);
+        let body_end = (offset + bytes.len() as u64) / align * align;
+        if body_end <= body_start {
+            return shard.file.write_all_at(bytes, offset);
+        }
+        let head = (body_start - offset) as usize;
+        let tail = (body_end - offset) as usize;
+        shard.file.write_all_at(&bytes[..head], offset)?;
+        shard.file.write_all_at(&bytes[tail..], body_end)?;
+        DIRECT_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            if buf.len() < DIRECT_CHUNK + DIRECT_ALIGN {
+                *buf = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
+            }
+            let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+            let aligned = &mut buf[start..start + DIRECT_CHUNK];
+            let mut pos = head;
+            while pos < tail {
+                let n = (tail - pos).min(DIRECT_CHUNK);
+                aligned[..n].copy_from_slice(&bytes[pos..pos + n]);
+                let mut done = 0;
+                while done < n {
+                    match direct.write_at(&aligned[done..n], offset + (pos + done) as u64) {
+                        Ok(0) => {
+                            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+                        }
+                        // A short direct write can leave an unaligned rest: write it buffered.
+                        Ok(w) if (done + w) % DIRECT_ALIGN != 0 => {
+                            let from = pos + done + w;
+                            return shard
+                                .file
+                                .write_all_at(&bytes[from..tail], offset + from as u64);
+                        }
+                        Ok(w) => done += w,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            self.direct_ok.store(false, Ordering::Relaxed);
+                            let from = pos + done;
+                            return shard
+                                .file
+                                .write_all_at(&bytes[from..tail], offset + from as u64);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                pos += n;
+            }
+            Ok(())
+        })
     }
 
     /// Write a tensor given as `f32` values, cast to its planned dtype on the way (in chunks, so
@@ -296,9 +410,7 @@ impl CheckpointWriter {
         for chunk in values.chunks(CHUNK) {
             buf.clear();
             slot.dtype.encode_f32(chunk, &mut buf);
-            shard
-                .file
-                .write_all_at(&buf, offset)
+            self.write_at(shard, &buf, offset)
                 .map_err(|e| CheckpointError::io(self.tmp_dir.join(&shard.file_name), e))?;
             offset += buf.len() as u64;
         }
@@ -472,6 +584,7 @@ mod tests {
                 WriterOptions {
                     max_shard_bytes: max,
                     force: false,
+                    ..WriterOptions::default()
                 },
             )
             .unwrap();
@@ -496,6 +609,58 @@ mod tests {
             // nothing else left next to the output
             assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
         }
+    }
+
+    /// Large tensors at unaligned offsets, written from several threads out of order, in
+    /// several direct chunks and through `write_f32`'s chunks: the files are byte-identical
+    /// with and without `O_DIRECT`, and the values read back.
+    #[test]
+    fn direct_and_buffered_writes_give_identical_files() {
+        let plan = vec![
+            OutputTensor::new("small", Dtype::BF16, vec![3]),
+            OutputTensor::new("big", Dtype::BF16, vec![5_000_003]),
+            OutputTensor::new("f32", Dtype::F32, vec![1_500_001]),
+            OutputTensor::new("mid", Dtype::F16, vec![131_075]),
+            OutputTensor::new("tail", Dtype::BF16, vec![5]),
+        ];
+        let big: Vec<u8> = (0..5_000_003 * 2).map(|i| (i * 7 % 251) as u8).collect();
+        let f32s: Vec<f32> = (0..1_500_001).map(|i| i as f32 * 0.25 - 7.0).collect();
+        let mid: Vec<u8> = (0..131_075 * 2).map(|i| (i * 13 % 241) as u8).collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for direct_io in [true, false] {
+            let out = tmp.path().join(format!("m{direct_io}"));
+            let w = CheckpointWriter::create(
+                &out,
+                plan.clone(),
+                WriterOptions {
+                    direct_io,
+                    ..WriterOptions::default()
+                },
+            )
+            .unwrap();
+            std::thread::scope(|s| {
+                s.spawn(|| w.write_f32("f32", &f32s).unwrap());
+                s.spawn(|| w.write_bytes("big", &big).unwrap());
+                s.spawn(|| {
+                    w.write_bytes("tail", &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+                        .unwrap()
+                });
+                s.spawn(|| w.write_bytes("mid", &mid).unwrap());
+                s.spawn(|| w.write_bytes("small", &[9, 8, 7, 6, 5, 4]).unwrap());
+            });
+            // where the filesystem takes O_DIRECT, the writer kept using it
+            let probe = open_direct(&w.tmp_dir.join("model.safetensors")).is_some();
+            assert_eq!(w.direct_ok.load(Ordering::Relaxed), direct_io && probe);
+            w.finish(None, None).unwrap();
+            let c = Checkpoint::open(&out).unwrap();
+            assert_eq!(c.bytes("big").unwrap(), &big[..]);
+            assert_eq!(c.bytes("mid").unwrap(), &mid[..]);
+            assert_eq!(c.read_f32("f32").unwrap(), f32s);
+            assert_eq!(c.bytes("tail").unwrap(), &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+            files.push(std::fs::read(out.join("model.safetensors")).unwrap());
+        }
+        assert!(files[0] == files[1], "direct and buffered files differ");
     }
 
     #[test]

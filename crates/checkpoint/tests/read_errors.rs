@@ -21,6 +21,7 @@ fn write_model(dir: &Path, max_shard_bytes: u64, with_head: bool) {
         WriterOptions {
             max_shard_bytes,
             force: false,
+            ..WriterOptions::default()
         },
     )
     .unwrap();

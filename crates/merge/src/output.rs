@@ -70,6 +70,7 @@ pub(crate) fn create_writer(
         WriterOptions {
             max_shard_bytes: options.max_shard_bytes,
             force: options.force,
+            ..WriterOptions::default()
         },
     )?)
 }

@@ -215,6 +215,7 @@ impl Weights {
             WriterOptions {
                 max_shard_bytes,
                 force: true,
+                ..WriterOptions::default()
             },
         )?;
         for (n, _, v) in &self.tensors {

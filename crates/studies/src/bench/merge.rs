@@ -83,6 +83,7 @@ fn write_synthetic(
         WriterOptions {
             max_shard_bytes: 2_000_000_000,
             force: true,
+            ..WriterOptions::default()
         },
     )?;
     for (name, shape) in &shapes {
@@ -175,6 +176,7 @@ fn copy_baseline(sources: &Sources, plan: &Plan, out: &Path, jobs: usize) -> Res
         WriterOptions {
             max_shard_bytes: 5_000_000_000,
             force: true,
+            ..WriterOptions::default()
         },
     )?;
     let start = Instant::now();
