@@ -49,6 +49,7 @@ python3 - "$out" "$seeds" "${WORLD_ARGS:-}" "${worlds[@]}" > "$out/summary.md" <
 import csv, glob, os, statistics as st, sys
 out, seeds, world_args, worlds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 per = {}    # (name, kind) -> world -> [test fitness %, one per run]
+staged = {}  # staged experiment -> [runs, runs whose last stage became the result]
 best = {}   # world -> best source's test fitness %
 for w in worlds:
     # every finished run under the world's folder (runs of several calls with other SEEDS
@@ -57,9 +58,15 @@ for w in worlds:
         experiment = os.path.basename(os.path.dirname(os.path.dirname(res)))
         with open(res, newline="") as f:
             rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["fitness"]]
-        # a staged run (PS+DFS) reports each stage's best; the run's result is the last one
+        # a staged run (PS+DFS) reports each stage's best; the run's result is the last one.
+        # A `stage` row is a later stage's answer that did not become the result (a DFS stage
+        # that validated no higher than the PS result): counted, not tabulated.
         bests = [r for r in rows if r["kind"] == "best"]
-        for row in bests[-1:] + [r for r in rows if r["kind"] != "best"]:
+        if len(bests) > 1:
+            staged[experiment] = staged.get(experiment, [0, 0])
+            staged[experiment][0] += 1
+            staged[experiment][1] += not any(r["kind"] == "stage" for r in rows)
+        for row in bests[-1:] + [r for r in rows if r["kind"] not in ("best", "stage")]:
             name = experiment if row["kind"] == "best" else row["name"]
             per.setdefault((name, row["kind"]), {}).setdefault(w, []).append(100 * float(row["fitness"]))
     # the best of the models merged: the three experts and the base they share
@@ -124,6 +131,10 @@ def pair(a, b, what, strict):
                  f"{st.mean(d):+.1f} ± {sd(d):.1f} over worlds (target {'>' if strict else '>='} 0): "
                  f"{verdict(ok)}")
 pair("mini-ps-dfs", "mini-ps", "PS+DFS vs PS", False)
+if "mini-ps-dfs" in staged:
+    runs, won = staged["mini-ps-dfs"]
+    lines.append(f"  (the DFS stage's answer became the result in {won} of {runs} PS+DFS runs; in the "
+                 f"others it validated no higher than the PS result, which stayed the answer)")
 dfs = world_means("mini-dfs")
 if dfs:
     gains = [dfs[w] - best[w] for w in dfs]
