@@ -1593,8 +1593,15 @@ pub fn gta(
         // thin, rescale and weight each task vector in place
         for (j, tv) in tvs.iter().enumerate() {
             if let Some(Some(bits)) = drawn.get(ci).map(|c| &c[j]) {
-                apply_bits(&s.tv[j][..len], bits, &mut s.x[..len]);
-                std::mem::swap(&mut s.tv[j], &mut s.x);
+                // the mask and the scaling in one sweep: ((d * bit) * m) * w, as the two
+                // passes below compute it
+                let m = match factors[j] {
+                    Factor::Mul(m) => Some(m),
+                    Factor::One => None,
+                    Factor::Div(_) => unreachable!("L1-drawn masks are rescaled by Mul or One"),
+                };
+                apply_bits_scaled(&mut s.tv[j][..len], bits, m, tv.weight);
+                continue;
             } else if !matches!(keeps[j], Keep::All) {
                 mask_chunk(&keeps[j], tv, ci, start, len, s, j);
                 std::mem::swap(&mut s.tv[j], &mut s.x);
@@ -1679,7 +1686,9 @@ const BYTE_FACTORS: [[f32; 8]; 256] = {
 };
 
 /// `out_i = d_i * bit_i` (bits as [`mask_bits`] packs them), eight entries a table lookup:
-/// the same products (and signed zeros) as multiplying by each bit as f32.
+/// the same products (and signed zeros) as multiplying by each bit as f32 (the reference of
+/// the fused [`apply_bits_scaled`] in the tests).
+#[cfg(test)]
 fn apply_bits(d: &[f32], bits: &[u64], out: &mut [f32]) {
     let bytes = bits.iter().flat_map(|w| w.to_le_bytes());
     for ((o, d), b) in out.chunks_mut(8).zip(d.chunks(8)).zip(bytes) {
@@ -1691,6 +1700,38 @@ fn apply_bits(d: &[f32], bits: &[u64], out: &mut [f32]) {
         } else {
             for ((o, d), f) in o.iter_mut().zip(d).zip(f) {
                 *o = d * f;
+            }
+        }
+    }
+}
+
+/// `d_i = ((d_i * bit_i) * m) * w` in place (`d_i = (d_i * bit_i) * w` without `m`): DARE's
+/// thinning (`apply_bits` in the tests) and the rescale-and-weight loop of [`gta`] in one sweep, the same
+/// products as the two passes.
+fn apply_bits_scaled(d: &mut [f32], bits: &[u64], m: Option<f32>, w: f32) {
+    let bytes = bits.iter().flat_map(|x| x.to_le_bytes());
+    for (d, b) in d.chunks_mut(8).zip(bytes) {
+        let f = &BYTE_FACTORS[b as usize];
+        if d.len() < 8 {
+            for (d, f) in d.iter_mut().zip(f) {
+                *d = match m {
+                    Some(m) => ((*d * f) * m) * w,
+                    None => (*d * f) * w,
+                };
+            }
+            continue;
+        }
+        let d = <&mut [f32; 8]>::try_from(d).expect("eight");
+        match m {
+            Some(m) => {
+                for k in 0..8 {
+                    d[k] = ((d[k] * f[k]) * m) * w;
+                }
+            }
+            None => {
+                for k in 0..8 {
+                    d[k] = (d[k] * f[k]) * w;
+                }
             }
         }
     }
@@ -1885,6 +1926,18 @@ mod tests {
             for i in 0..n {
                 let want = d[i] * ((u[i] < 0.3) as u32 as f32);
                 assert_eq!(got[i].to_bits(), want.to_bits(), "n = {n}, i = {i}");
+            }
+            // the fused sweep of the merge pass: the same products as thinning, then scaling
+            for (m, w) in [(None, 0.7f32), (Some(1.9f32), 0.7)] {
+                let mut fused = d.clone();
+                apply_bits_scaled(&mut fused, &bits, m, w);
+                for i in 0..n {
+                    let want = match m {
+                        Some(m) => (got[i] * m) * w,
+                        None => got[i] * w,
+                    };
+                    assert_eq!(fused[i].to_bits(), want.to_bits(), "n = {n}, i = {i}");
+                }
             }
         }
     }
