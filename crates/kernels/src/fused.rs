@@ -1706,8 +1706,8 @@ fn apply_bits(d: &[f32], bits: &[u64], out: &mut [f32]) {
 }
 
 /// `d_i = ((d_i * bit_i) * m) * w` in place (`d_i = (d_i * bit_i) * w` without `m`): DARE's
-/// thinning (`apply_bits` in the tests) and the rescale-and-weight loop of [`gta`] in one sweep, the same
-/// products as the two passes.
+/// thinning (`apply_bits` in the tests) and the rescale-and-weight loop of [`gta`] in one
+/// sweep, the same products as the two passes.
 fn apply_bits_scaled(d: &mut [f32], bits: &[u64], m: Option<f32>, w: f32) {
     let bytes = bits.iter().flat_map(|x| x.to_le_bytes());
     for (d, b) in d.chunks_mut(8).zip(bytes) {
