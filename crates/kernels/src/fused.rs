@@ -1628,10 +1628,10 @@ pub fn gta(
         for (j, tv) in tvs.iter().enumerate() {
             if let Some(Some(bits)) = drawn.get(ci).map(|c| &c[j]) {
                 // the mask and the scaling in one sweep: ((d * bit) * m) * w, as the two
-                // passes below compute it
+                // passes below compute it (m = 1 for `Factor::One`: multiplying by 1 is exact)
                 let m = match factors[j] {
-                    Factor::Mul(m) => Some(m),
-                    Factor::One => None,
+                    Factor::Mul(m) => m,
+                    Factor::One => 1.0,
                     Factor::Div(_) => unreachable!("L1-drawn masks are rescaled by Mul or One"),
                 };
                 apply_bits_scaled(&mut s.tv[j][..len], bits, m, tv.weight);
@@ -1719,52 +1719,22 @@ const BYTE_FACTORS: [[f32; 8]; 256] = {
     t
 };
 
-/// `out_i = d_i * bit_i` (bits as [`mask_bits`] packs them), eight entries a table lookup:
-/// the same products (and signed zeros) as multiplying by each bit as f32 (the reference of
-/// the fused [`apply_bits_scaled`] in the tests).
-#[cfg(test)]
-fn apply_bits(d: &[f32], bits: &[u64], out: &mut [f32]) {
-    let bytes = bits.iter().flat_map(|w| w.to_le_bytes());
-    for ((o, d), b) in out.chunks_mut(8).zip(d.chunks(8)).zip(bytes) {
-        let f = &BYTE_FACTORS[b as usize];
-        if let (Ok(o), Ok(d)) = (<&mut [f32; 8]>::try_from(&mut *o), <&[f32; 8]>::try_from(d)) {
-            for k in 0..8 {
-                o[k] = d[k] * f[k];
-            }
-        } else {
-            for ((o, d), f) in o.iter_mut().zip(d).zip(f) {
-                *o = d * f;
-            }
-        }
-    }
-}
-
-/// `d_i = ((d_i * bit_i) * m) * w` in place (`d_i = (d_i * bit_i) * w` without `m`): DARE's
-/// thinning (`apply_bits` in the tests) and the rescale-and-weight loop of [`gta`] in one
-/// sweep, the same products as the two passes.
-fn apply_bits_scaled(d: &mut [f32], bits: &[u64], m: Option<f32>, w: f32) {
+/// `d_i = ((d_i * bit_i) * m) * w` in place, bits as [`mask_bits`] packs them, eight entries
+/// a table lookup of 0.0 / 1.0 factors: DARE's thinning (the same products and signed zeros as
+/// multiplying by each bit as f32) and the rescale-and-weight of [`gta`] in one sweep.
+fn apply_bits_scaled(d: &mut [f32], bits: &[u64], m: f32, w: f32) {
     let bytes = bits.iter().flat_map(|x| x.to_le_bytes());
     for (d, b) in d.chunks_mut(8).zip(bytes) {
         let f = &BYTE_FACTORS[b as usize];
-        if d.len() < 8 {
-            for (d, f) in d.iter_mut().zip(f) {
-                *d = match m {
-                    Some(m) => ((*d * f) * m) * w,
-                    None => (*d * f) * w,
-                };
-            }
-            continue;
-        }
-        let d = <&mut [f32; 8]>::try_from(d).expect("eight");
-        match m {
-            Some(m) => {
+        match <&mut [f32; 8]>::try_from(&mut *d) {
+            Ok(d) => {
                 for k in 0..8 {
                     d[k] = ((d[k] * f[k]) * m) * w;
                 }
             }
-            None => {
-                for k in 0..8 {
-                    d[k] = (d[k] * f[k]) * w;
+            Err(_) => {
+                for (d, f) in d.iter_mut().zip(f) {
+                    *d = ((*d * f) * m) * w;
                 }
             }
         }
@@ -1955,21 +1925,14 @@ mod tests {
             let d: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 50.0).collect();
             let bits = mask_bits(&u[..n], 0.3);
             assert_eq!(bits.len(), n.div_ceil(64));
-            let mut got = vec![f32::NAN; n];
-            apply_bits(&d, &bits, &mut got);
-            for i in 0..n {
-                let want = d[i] * ((u[i] < 0.3) as u32 as f32);
-                assert_eq!(got[i].to_bits(), want.to_bits(), "n = {n}, i = {i}");
-            }
-            // the fused sweep of the merge pass: the same products as thinning, then scaling
-            for (m, w) in [(None, 0.7f32), (Some(1.9f32), 0.7)] {
+            // thinning alone, and the fused sweep of the merge pass: the same products as
+            // thinning, then scaling (without an L1 factor, m = 1 is the product without it)
+            for (m, w) in [(1.0f32, 1.0f32), (1.0, 0.7), (1.9, 0.7)] {
                 let mut fused = d.clone();
                 apply_bits_scaled(&mut fused, &bits, m, w);
                 for i in 0..n {
-                    let want = match m {
-                        Some(m) => (got[i] * m) * w,
-                        None => got[i] * w,
-                    };
+                    let kept = d[i] * ((u[i] < 0.3) as u32 as f32);
+                    let want = if m == 1.0 { kept * w } else { (kept * m) * w };
                     assert_eq!(fused[i].to_bits(), want.to_bits(), "n = {n}, i = {i}");
                 }
             }
