@@ -363,59 +363,53 @@ fn test_table(
         eprintln!("scoring the test split: best, sources, baselines ...");
     }
     let bar = Progress::new("test table", "models", total as u64, verbose);
+    // A later stage that scored no better than an earlier one's answer (a DFS stage that found
+    // no better path than the PS result it searched over) is not the run's result: its row is
+    // kind `stage`, and the run's row (the last `best`) repeats the result's scores.
+    let result = state.result();
+    let last = state.stages.iter().rposition(|s| s.chosen().is_some());
+    let mut result_row = None;
     for (stage, st) in state.stages.iter().enumerate() {
         if let Some(chosen) = st.chosen() {
             let c = snapshot_candidate(dir, exp, stage, st.kind, chosen, setup)?;
-            let mut row = score_row(
-                setup,
-                c.as_ref(),
-                stage_label(exp, st.kind),
-                "best",
-                exp.seed,
-            )?;
+            let superseded = Some(stage) == last && result.is_some_and(|(r, _)| r != stage);
+            let (name, kind) = if superseded {
+                let kind = st.kind.as_str().to_uppercase();
+                (format!("{kind} stage best (not the result)"), "stage")
+            } else {
+                (stage_label(exp, st.kind), "best")
+            };
+            let mut row = score_row(setup, c.as_ref(), name, kind, exp.seed)?;
             if let Some(v) = chosen.validation_fitness {
                 row.note = format!("validation {v:.4}; search {:.4}", chosen.search_fitness);
             } else {
                 row.note = format!("search {:.4}", chosen.search_fitness);
             }
+            if result.is_some_and(|(r, _)| r == stage) {
+                result_row = Some(row.clone());
+            }
             rows.push(row);
             bar.inc();
         }
     }
-    // A later stage that scored no better than an earlier one's answer (a DFS stage that found
-    // no better path than the PS result it searched over) is not the run's result: its row is
-    // kept as kind `stage`, and the run's row (the last `best`) repeats the result's scores.
-    if let (Some((r, result)), Some(last)) = (
-        state.result(),
-        state.stages.iter().rposition(|s| s.chosen().is_some()),
-    ) && r != last
+    if let (Some((r, result)), Some(last), Some(mut row)) = (result, last, result_row)
+        && r != last
     {
-        let label = stage_label(exp, state.stages[last].kind);
-        let from = stage_label(exp, state.stages[r].kind);
-        let stage_row = rows
-            .iter_mut()
-            .rfind(|row| row.name == label)
-            .expect("every stage with an answer has a row");
-        let their = state.stages[last].chosen().expect("last has an answer");
-        stage_row.kind = "stage".into();
-        stage_row.name = format!(
-            "{} stage best (not the result)",
-            state.stages[last].kind.as_str().to_uppercase()
-        );
-        let mut row = rows
-            .iter()
-            .find(|row| row.name == from)
-            .expect("the result's stage has a row")
-            .clone();
-        row.name = label;
-        row.note = match (their.validation_fitness, result.validation_fitness) {
+        let (later, their) = (state.stages[last].kind, state.stages[last].chosen());
+        let from = row.name.clone();
+        row.name = stage_label(exp, later);
+        row.note = match (
+            their.and_then(|t| t.validation_fitness),
+            result.validation_fitness,
+        ) {
             (Some(t), Some(v)) => format!(
-                "{from} (the {} stage validated {t:.4}, not above {v:.4}); search {:.4}",
-                state.stages[last].kind, result.search_fitness
+                "{from} (the {later} stage validated {t:.4}, not above {v:.4}); search {:.4}",
+                result.search_fitness
             ),
             _ => format!(
-                "{from} (the {} stage searched {:.4}, not above {:.4})",
-                state.stages[last].kind, their.search_fitness, result.search_fitness
+                "{from} (the {later} stage searched {:.4}, not above {:.4})",
+                their.map_or(f64::NAN, |t| t.search_fitness),
+                result.search_fitness
             ),
         };
         rows.push(row);
