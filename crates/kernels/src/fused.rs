@@ -24,7 +24,10 @@
 //! low bits inside the chosen bucket) finds the threshold value and how many entries lie below
 //! it; entries equal to the threshold are ranked by position, as [`crate::sparsify`] ranks
 //! them, with per-chunk counts when only part of the tied entries is kept. The kept set is
-//! exactly the one of `select_nth` on `|x|` (ties included).
+//! exactly the one of `select_nth` on `|x|` (ties included). Tensors of 2^20 entries and more
+//! first try one pass instead of two (`sampled`): a 1/32 sample brackets each threshold, one
+//! pass collects the keys inside the brackets, and the same thresholds come out (a bracket
+//! that misses falls back to the two passes).
 //!
 //! DARE's random mask reads the same [`MaskRng`] stream as the burn path, seeked to each
 //! chunk's first element, so results do not depend on the chunking or the thread count.
@@ -35,6 +38,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 mod arcee;
+mod sampled;
 mod sphere;
 
 pub use arcee::{arcee_fusion, arcee_fusion_sorted, arcee_row_kl, quantile_index};
@@ -182,9 +186,27 @@ struct Scratch {
     div: Vec<f32>,
 }
 
+thread_local! {
+    /// The chunk-sized buffers the last job on this thread dropped: the next job takes them
+    /// instead of allocating (each allocation of a few hundred KB is a fresh mapping whose
+    /// pages the kernel faults in and clears, 1.8 MB a job for three inputs).
+    static SPARE: std::cell::RefCell<Option<Scratch>> = const { std::cell::RefCell::new(None) };
+}
+
 impl Scratch {
+    /// Chunk-sized buffers for `tvs` task vectors (their contents are left over from earlier
+    /// work: every pass writes what it reads, as it must for the second chunk of a job).
     fn new(tvs: usize) -> Scratch {
-        Scratch::with_len(tvs, CHUNK)
+        match SPARE.with(|s| s.borrow_mut().take()) {
+            Some(mut s) => {
+                s.tv.truncate(tvs);
+                while s.tv.len() < tvs {
+                    s.tv.push(vec![0.0; CHUNK]);
+                }
+                s
+            }
+            None => Scratch::with_len(tvs, CHUNK),
+        }
     }
 
     /// Buffers of `len` entries (a row, for the row-wise passes).
@@ -197,6 +219,32 @@ impl Scratch {
             u: vec![0.0; len],
             div: vec![0.0; len],
         }
+    }
+}
+
+impl Drop for Scratch {
+    /// Chunk-sized buffers go to this thread's spare when it is empty; otherwise (another
+    /// scratch got there first, or row-sized buffers) they are freed.
+    fn drop(&mut self) {
+        if self.base.len() != CHUNK {
+            return;
+        }
+        // a thread being torn down has no spare to keep them in
+        let _ = SPARE.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut()
+                && spare.is_none()
+            {
+                // filling an empty slot drops nothing, so no other scratch's drop runs here
+                *spare = Some(Scratch {
+                    base: std::mem::take(&mut self.base),
+                    x: std::mem::take(&mut self.x),
+                    res: std::mem::take(&mut self.res),
+                    tv: std::mem::take(&mut self.tv),
+                    u: std::mem::take(&mut self.u),
+                    div: std::mem::take(&mut self.div),
+                });
+            }
+        });
     }
 }
 
@@ -1545,7 +1593,14 @@ pub fn gta(
         };
         keeps.push(keep);
     }
-    let resolved = resolve_windows(n, &base, tvs, &windows);
+    let resolved = if windows.is_empty() {
+        Vec::new()
+    } else if n >= sampled::MIN_SAMPLED {
+        sampled::resolve_windows_sampled(n, &base, tvs, &windows)
+            .unwrap_or_else(|| resolve_windows(n, &base, tvs, &windows))
+    } else {
+        resolve_windows(n, &base, tvs, &windows)
+    };
     for (&(j, _, _), w) in windows.iter().zip(resolved) {
         keeps[j] = Keep::Ranks(w);
     }

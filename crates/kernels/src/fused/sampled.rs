@@ -1,0 +1,410 @@
+//! Magnitude thresholds in one full pass instead of two: a sample of the task vector (1/32 of
+//! its entries, in blocks at pseudo-random offsets) brackets each threshold's key, then one
+//! pass over the tensor counts the keys below each bracket and collects the keys inside it;
+//! the threshold is the collected key at the remaining rank. The result is exact, the same
+//! [`RankWindow`] as the two-pass histogram selection gives: the sample only decides which keys
+//! are collected, and when a bracket misses its rank (a sample unlike the tensor) the caller
+//! falls back to the two-pass selection.
+
+use super::{
+    CHUNK, HostTaskVector, HostTensor, RankWindow, Scratch, chunk_len, deltas, key, min_len,
+};
+use rayon::prelude::*;
+
+/// Entries per sampled block.
+const BLOCK: usize = 64;
+/// One block is sampled in every `STRIDE` entries (1/32 of the tensor).
+const STRIDE: usize = 2048;
+/// Tensors below this many entries take the two-pass selection (the sample would be small
+/// and the passes are cheap).
+pub(super) const MIN_SAMPLED: usize = 1 << 20;
+
+/// The first entry of sampled block `k`: a fixed pseudo-random offset inside stride `k`, so
+/// the sample does not sit on the same columns of every row.
+fn block_start(k: usize) -> usize {
+    let h = (k as u64 ^ 0x5bd1_e995).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    k * STRIDE + ((h >> 32) as usize) % (STRIDE - BLOCK + 1)
+}
+
+/// The sorted keys of a sample of each listed input's delta.
+fn sample_keys(
+    n: usize,
+    base: &HostTensor,
+    tvs: &[HostTaskVector],
+    which: &[usize],
+) -> Vec<Vec<u32>> {
+    let blocks = n / STRIDE;
+    const GROUP: usize = 256;
+    let parts: Vec<Vec<Vec<u32>>> = (0..blocks.div_ceil(GROUP))
+        .into_par_iter()
+        .map(|g| {
+            let (mut b, mut x) = ([0f32; BLOCK], [0f32; BLOCK]);
+            let mut keys = vec![Vec::with_capacity(GROUP * BLOCK); which.len()];
+            for k in g * GROUP..((g + 1) * GROUP).min(blocks) {
+                let at = block_start(k);
+                base.decode(at, &mut b);
+                for (out, &j) in keys.iter_mut().zip(which) {
+                    tvs[j].input.decode(at, &mut x);
+                    out.extend(x.iter().zip(&b).map(|(x, b)| key(x - b)));
+                }
+            }
+            keys
+        })
+        .collect();
+    (0..which.len())
+        .map(|w| {
+            let mut all: Vec<u32> = parts.iter().flat_map(|p| p[w].iter().copied()).collect();
+            all.sort_unstable();
+            all
+        })
+        .collect()
+}
+
+/// Two keys `a <= b` from the sorted sample between which the key at rank `r` of an
+/// `n`-entry tensor lies with near certainty: the sample's count below the true threshold
+/// spreads binomially (the stratified sample spreads less), six standard deviations and a
+/// block either side.
+fn bracket(sample: &[u32], n: usize, r: usize) -> (u32, u32) {
+    let m = sample.len() as f64;
+    let q = (r as f64 + 0.5) / n as f64;
+    let at = q * m;
+    let margin = 6.0 * (q * (1.0 - q) * m).sqrt() + BLOCK as f64;
+    let (lo, hi) = (at - margin, at + margin);
+    let a = if lo <= 0.0 { 0 } else { sample[lo as usize] };
+    let b = if hi >= m - 1.0 {
+        u32::MAX
+    } else {
+        sample[hi.ceil() as usize]
+    };
+    (a, b)
+}
+
+/// What the pass found in one chunk for one threshold's bracket `a..=b`: how many keys lie
+/// below `a`, equal `a`, equal `b` (when `b != a`), and the keys strictly between.
+struct Part {
+    below: usize,
+    eq_a: usize,
+    eq_b: usize,
+    inside: Vec<u32>,
+}
+
+/// Per bracket `a..=b` (keys, so at most `i32::MAX`): the keys of `d` below `a`, equal to `a`,
+/// equal to `b`, strictly between; both brackets in one sweep, in 32-bit lanes.
+#[inline(always)]
+fn count(d: &[f32], [a0, b0, a1, b1]: [i32; 4]) -> [[u32; 4]; 2] {
+    let mut c = [[0u32; 4]; 2];
+    for v in d {
+        let k = (v.to_bits() & 0x7fff_ffff) as i32;
+        c[0][0] += (k < a0) as u32;
+        c[0][1] += (k == a0) as u32;
+        c[0][2] += (k == b0) as u32;
+        c[0][3] += ((k > a0) & (k < b0)) as u32;
+        c[1][0] += (k < a1) as u32;
+        c[1][1] += (k == a1) as u32;
+        c[1][2] += (k == b1) as u32;
+        c[1][3] += ((k > a1) & (k < b1)) as u32;
+    }
+    c
+}
+
+/// [`count`] eight entries an instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn count_avx2(d: &[f32], ab: [i32; 4]) -> [[u32; 4]; 2] {
+    count(d, ab)
+}
+
+/// Append the keys of `d` strictly between `a` and `b` to `out`, in order: sixteen entries are
+/// tested at once (vectorised) and only blocks holding such a key are walked one by one (a
+/// bracket holds a percent or two of a tensor's keys).
+#[inline(always)]
+fn collect_inside(d: &[f32], a: u32, b: u32, out: &mut Vec<u32>) {
+    let inside = |v: &f32| {
+        let k = key(*v);
+        (k > a) & (k < b)
+    };
+    for block in d.chunks(16) {
+        if block.iter().fold(false, |any, v| any | inside(v)) {
+            out.extend(block.iter().filter(|v| inside(v)).map(|v| key(*v)));
+        }
+    }
+}
+
+/// [`collect_inside`] with eight-entry instructions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn collect_inside_avx2(d: &[f32], a: u32, b: u32, out: &mut Vec<u32>) {
+    collect_inside(d, a, b, out)
+}
+
+impl Part {
+    /// The parts of a chunk's deltas `d` for the brackets `(a0, b0)` and `(a1, b1)`: counted
+    /// in one vectorised sweep, then the keys strictly inside collected where there are any.
+    fn of(d: &[f32], (a0, b0): (u32, u32), (a1, b1): (u32, u32)) -> [Part; 2] {
+        assert!(d.len() <= u32::MAX as usize);
+        // keys have no sign bit: a bracket open at the top ends at the largest key
+        let top = |b: u32| b.min(i32::MAX as u32);
+        let (b0, b1) = (top(b0), top(b1));
+        let ab = [a0 as i32, b0 as i32, a1 as i32, b1 as i32];
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the feature the function is compiled for
+        let c = if avx2 {
+            unsafe { count_avx2(d, ab) }
+        } else {
+            count(d, ab)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let c = count(d, ab);
+        let part = |c: [u32; 4], a: u32, b: u32| {
+            let mut inside = Vec::new();
+            if c[3] > 0 {
+                inside.reserve_exact(c[3] as usize);
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: as above
+                    unsafe { collect_inside_avx2(d, a, b, &mut inside) };
+                } else {
+                    collect_inside(d, a, b, &mut inside);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                collect_inside(d, a, b, &mut inside);
+                debug_assert_eq!(inside.len(), c[3] as usize);
+            }
+            Part {
+                below: c[0] as usize,
+                eq_a: c[1] as usize,
+                eq_b: if b == a { 0 } else { c[2] as usize },
+                inside,
+            }
+        };
+        [part(c[0], a0, b0), part(c[1], a1, b1)]
+    }
+}
+
+/// The threshold at rank `r` from every chunk's part of its bracket `a..=b`: its key, the
+/// keys below it, the keys equal to it, and (`seen`) per chunk how many equal keys come
+/// before that chunk; `None` when the bracket does not hold rank `r`.
+fn threshold(parts: &[&Part], a: u32, b: u32, r: usize) -> Option<(u32, usize, usize, Vec<usize>)> {
+    let below: usize = parts.iter().map(|p| p.below).sum();
+    let eq_a: usize = parts.iter().map(|p| p.eq_a).sum();
+    let inside: usize = parts.iter().map(|p| p.inside.len()).sum();
+    let eq_b: usize = parts.iter().map(|p| p.eq_b).sum();
+    let prefix = |count: &dyn Fn(&Part) -> usize| -> Vec<usize> {
+        let mut at = 0;
+        parts
+            .iter()
+            .map(|p| {
+                let here = at;
+                at += count(p);
+                here
+            })
+            .collect()
+    };
+    if r < below {
+        None
+    } else if r < below + eq_a {
+        Some((a, below, eq_a, prefix(&|p| p.eq_a)))
+    } else if r < below + eq_a + inside {
+        let mut all: Vec<u32> = parts
+            .iter()
+            .flat_map(|p| p.inside.iter().copied())
+            .collect();
+        let (_, &mut t, _) = all.select_nth_unstable(r - below - eq_a);
+        let less = below + eq_a + all.iter().filter(|&&k| k < t).count();
+        let eq = all.iter().filter(|&&k| k == t).count();
+        Some((
+            t,
+            less,
+            eq,
+            prefix(&|p| p.inside.iter().filter(|&&k| k == t).count()),
+        ))
+    } else if b != a && r < below + eq_a + inside + eq_b {
+        Some((b, below + eq_a + inside, eq_b, prefix(&|p| p.eq_b)))
+    } else {
+        None
+    }
+}
+
+/// The rank windows `(input, lo, hi)` (non-empty, `hi <= n`) resolved from a sample and one
+/// pass, or `None` when a bracket missed (the caller then takes the two-pass selection).
+pub(super) fn resolve_windows_sampled(
+    n: usize,
+    base: &HostTensor,
+    tvs: &[HostTaskVector],
+    windows: &[(usize, usize, usize)],
+) -> Option<Vec<RankWindow>> {
+    let which: Vec<usize> = windows.iter().map(|w| w.0).collect();
+    let samples = sample_keys(n, base, tvs, &which);
+    if samples.iter().any(|s| s.len() < 2 * BLOCK) {
+        return None;
+    }
+    // each window's two thresholds: the keys at ranks lo and hi - 1
+    let brackets: Vec<[(u32, u32); 2]> = windows
+        .iter()
+        .zip(&samples)
+        .map(|(&(_, lo, hi), s)| [bracket(s, n, lo), bracket(s, n, hi - 1)])
+        .collect();
+    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+    // per chunk, per window, the parts of its two brackets
+    let per_chunk: Vec<Vec<[Part; 2]>> = chunks
+        .par_iter()
+        .with_min_len(min_len(chunks.len()))
+        .map_init(
+            || Scratch::new(tvs.len()),
+            |s, &ci| {
+                let start = ci * CHUNK;
+                let len = chunk_len(n, start);
+                deltas(base, tvs, &which, start, len, s);
+                which
+                    .iter()
+                    .zip(&brackets)
+                    .map(|(&j, &[lo, hi])| Part::of(&s.tv[j][..len], lo, hi))
+                    .collect()
+            },
+        )
+        .collect();
+    let mut out = Vec::with_capacity(windows.len());
+    for (wi, &(_, lo, hi)) in windows.iter().enumerate() {
+        let top = |b: u32| b.min(i32::MAX as u32);
+        let [(a0, b0), (a1, b1)] = brackets[wi];
+        let (b0, b1) = (top(b0), top(b1));
+        let parts = |t: usize| -> Vec<&Part> { per_chunk.iter().map(|c| &c[wi][t]).collect() };
+        let (p_lo, p_hi) = (parts(0), parts(1));
+        let (t_lo, less_lo, eq_lo, before_lo) = threshold(&p_lo, a0, b0, lo)?;
+        let (t_hi, less_hi, eq_hi, before_hi) = threshold(&p_hi, a1, b1, hi - 1)?;
+        // entries tied at a threshold take ranks less..less + eq by position: each chunk needs
+        // the count of tied entries before it only when the window keeps part of them
+        let split = |less: usize, eq: usize| {
+            let kept = (less + eq).min(hi).saturating_sub(less.max(lo));
+            kept != 0 && kept != eq
+        };
+        let (split_lo, split_hi) = (split(less_lo, eq_lo), t_hi != t_lo && split(less_hi, eq_hi));
+        let (mut seen_lo, mut seen_hi) = (Vec::new(), Vec::new());
+        if split_lo || split_hi {
+            seen_lo = before_lo;
+            seen_hi = if t_hi != t_lo {
+                before_hi
+            } else {
+                vec![0; chunks.len()]
+            };
+        }
+        out.push(RankWindow {
+            lo,
+            hi,
+            t_lo,
+            t_hi,
+            less_lo,
+            less_hi,
+            eq_lo,
+            eq_hi,
+            seen_lo,
+            seen_hi,
+        });
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{HostDtype, resolve_windows};
+    use super::*;
+    use crate::MaskRng;
+    use half::bf16;
+
+    fn tv(input: HostTensor) -> HostTaskVector {
+        HostTaskVector {
+            input,
+            weight: 1.0,
+            density: 0.5,
+            gamma: 0.0,
+            epsilon: 0.0,
+            rng: MaskRng::new(0, "t", 0),
+        }
+    }
+
+    fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter()
+            .flat_map(|x| bf16::from_f32(*x).to_bits().to_le_bytes())
+            .collect()
+    }
+
+    fn same(a: &RankWindow, b: &RankWindow) -> bool {
+        (
+            a.lo, a.hi, a.t_lo, a.t_hi, a.less_lo, a.less_hi, a.eq_lo, a.eq_hi,
+        ) == (
+            b.lo, b.hi, b.t_lo, b.t_hi, b.less_lo, b.less_hi, b.eq_lo, b.eq_hi,
+        ) && (a.seen_lo.is_empty() && b.seen_lo.is_empty()
+            || a.seen_lo == b.seen_lo && a.seen_hi == b.seen_hi)
+    }
+
+    /// On bf16 inputs shaped like fine-tunes (rows of different scales, outlier columns), on
+    /// inputs with few distinct values (thresholds inside long ties, split across chunks) and
+    /// on sorted magnitudes, the sampled windows are the exact ones; on a tensor whose sampled
+    /// blocks are unlike the rest, a bracket misses and `None` sends the caller to the
+    /// two-pass selection.
+    #[test]
+    fn sampled_windows_equal_the_two_pass_ones() {
+        let n = 3 * MIN_SAMPLED / 2 + 12_345;
+        let u = MaskRng::new(7, "sampled", 0).uniform(3 * n);
+        let cols = 2048;
+        let base: Vec<f32> = (0..n).map(|i| u[i] - 0.5).collect();
+        let fine = |m: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    let row_scale = 1.0 + ((i / cols) % 7) as f32;
+                    let outlier = if i % cols == 17 { 30.0 } else { 1.0 };
+                    base[i] + (u[m * n + i] - 0.5) * 1e-2 * row_scale * outlier
+                })
+                .collect()
+        };
+        let ties: Vec<f32> = (0..n)
+            .map(|i| base[i] + ((i * 7919) % 5) as f32 * 0.25)
+            .collect();
+        let sorted: Vec<f32> = (0..n).map(|i| base[i] + i as f32 * 1e-4).collect();
+        // large deltas exactly where the sample looks, small ones elsewhere
+        let mut unlike: Vec<f32> = base.iter().map(|b| b + 1e-3).collect();
+        for k in 0..n / STRIDE {
+            for v in &mut unlike[block_start(k)..block_start(k) + BLOCK] {
+                *v += 1.0;
+            }
+        }
+        let bytes: Vec<Vec<u8>> = [base.clone(), fine(1), fine(2), ties, sorted, unlike]
+            .iter()
+            .map(|v| bf16_bytes(v))
+            .collect();
+        let base = HostTensor::Stored(&bytes[0], HostDtype::BF16);
+        let tvs: Vec<HostTaskVector> = bytes[1..]
+            .iter()
+            .map(|x| tv(HostTensor::Stored(x, HostDtype::BF16)))
+            .collect();
+        let (mut split, mut missed) = (0, 0);
+        for j in 0..tvs.len() {
+            for (lo, hi) in [
+                (n / 2, n),
+                (n - n / 10, n),
+                (n / 5, n / 5 + n / 3),
+                (n - 1, n),
+                (0, n / 2),
+                (12_345, 12_346),
+            ] {
+                let w = [(j, lo, hi)];
+                let exact = resolve_windows(n, &base, &tvs, &w);
+                split += usize::from(!exact[0].seen_lo.is_empty());
+                match resolve_windows_sampled(n, &base, &tvs, &w) {
+                    Some(got) => {
+                        assert!(same(&got[0], &exact[0]), "input {j} window {lo}..{hi}");
+                        assert!(j != 4 || lo != n / 2, "the unlike sample did not miss");
+                    }
+                    None => {
+                        missed += 1;
+                        assert_eq!(j, 4, "input {j} window {lo}..{hi} fell back")
+                    }
+                }
+            }
+        }
+        // split ties were compared, and the unlike sample missed
+        assert!(split > 0 && missed > 0, "{split} split, {missed} missed");
+    }
+}
