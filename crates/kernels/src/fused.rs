@@ -122,6 +122,45 @@ impl HostTensor<'_> {
     }
 }
 
+impl HostTensor<'_> {
+    /// `out[i] = self[start + i] - minus[i]`: the decode and the subtraction in one sweep for
+    /// bf16 (the same f32 difference as decoding first).
+    pub fn decode_minus(&self, start: usize, minus: &[f32], out: &mut [f32]) {
+        let n = out.len();
+        assert_eq!(minus.len(), n);
+        if let HostTensor::Stored(b, HostDtype::BF16) = *self {
+            let b = &b[start * 2..(start + n) * 2];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has the feature the function is compiled for
+                unsafe { decode_bf16_minus_avx2(b, minus, out) };
+                return;
+            }
+            decode_bf16_minus(b, minus, out);
+            return;
+        }
+        self.decode(start, out);
+        for (o, m) in out.iter_mut().zip(minus) {
+            *o -= m;
+        }
+    }
+}
+
+/// bf16 bytes minus f32 values.
+#[inline(always)]
+fn decode_bf16_minus(b: &[u8], minus: &[f32], out: &mut [f32]) {
+    for ((o, c), m) in out.iter_mut().zip(b.chunks_exact(2)).zip(minus) {
+        *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) - m;
+    }
+}
+
+/// [`decode_bf16_minus`] eight entries an instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn decode_bf16_minus_avx2(b: &[u8], minus: &[f32], out: &mut [f32]) {
+    decode_bf16_minus(b, minus, out)
+}
+
 /// bf16 bytes (little-endian) to f32: the high half of the f32 bits.
 #[inline(always)]
 fn decode_bf16(b: &[u8], out: &mut [f32]) {
@@ -1234,7 +1273,7 @@ impl RankWindow {
     /// without the sequential tie counter except in the (at most two) chunks that a split
     /// tie is cut in.
     #[inline]
-    fn apply(&self, ci: usize, d: &[f32], x: &mut [f32]) {
+    fn apply(&self, ci: usize, d: &[f32], x: &mut [f32], post: impl Fn(f32) -> f32) {
         let (t_lo, t_hi, lo, hi) = (self.t_lo, self.t_hi, self.lo, self.hi);
         let keep_lo = self.ties_kept(ci, &self.seen_lo, self.less_lo, self.eq_lo);
         let keep_hi = if t_hi == t_lo {
@@ -1247,7 +1286,7 @@ impl RankWindow {
                 let k = key(*v);
                 let keep =
                     (k > t_lo && k < t_hi) | (keep_lo & (k == t_lo)) | (keep_hi & (k == t_hi));
-                *o = v * (keep as u32 as f32);
+                *o = post(v * (keep as u32 as f32));
             }
             return;
         }
@@ -1264,7 +1303,7 @@ impl RankWindow {
             seen_hi += e_hi as usize;
             let keep =
                 inside | (e_lo & (r_lo >= lo) & (r_lo < hi)) | (e_hi & (r_hi >= lo) & (r_hi < hi));
-            *o = v * (keep as u32 as f32);
+            *o = post(v * (keep as u32 as f32));
         }
     }
 }
@@ -1286,14 +1325,9 @@ fn deltas(
 ) {
     base.decode(start, &mut s.base[..len]);
     for &j in which {
-        tvs[j].input.decode(start, &mut s.x[..len]);
-        for ((d, x), b) in s.tv[j][..len]
-            .iter_mut()
-            .zip(&s.x[..len])
-            .zip(&s.base[..len])
-        {
-            *d = x - b;
-        }
+        tvs[j]
+            .input
+            .decode_minus(start, &s.base[..len], &mut s.tv[j][..len]);
     }
 }
 
@@ -1637,7 +1671,7 @@ pub fn gta(
                     let sums = l1
                         .iter()
                         .map(|&j| {
-                            mask_chunk(&keeps[j], &tvs[j], ci, start, len, s, j);
+                            mask_chunk(&keeps[j], &tvs[j], ci, start, len, s, j, |x| x);
                             if let Keep::Random(p) = keeps[j] {
                                 bits[j] = Some(mask_bits(&s.u[..len], p));
                             }
@@ -1691,28 +1725,16 @@ pub fn gta(
                 };
                 apply_bits_scaled(&mut s.tv[j][..len], bits, m, tv.weight);
                 continue;
-            } else if !matches!(keeps[j], Keep::All) {
-                mask_chunk(&keeps[j], tv, ci, start, len, s, j);
-                std::mem::swap(&mut s.tv[j], &mut s.x);
             }
+            // the mask, the rescale and the weight in one sweep: `(masked * m) * w`,
+            // `(masked / f) * w` or `masked * w`, the products the separate passes formed
             let w = tv.weight;
             match factors[j] {
-                Factor::Mul(m) => {
-                    for d in &mut s.tv[j][..len] {
-                        *d = (*d * m) * w;
-                    }
-                }
-                Factor::Div(f) => {
-                    for d in &mut s.tv[j][..len] {
-                        *d = (*d / f) * w;
-                    }
-                }
-                Factor::One => {
-                    for d in &mut s.tv[j][..len] {
-                        *d *= w;
-                    }
-                }
+                Factor::Mul(m) => mask_chunk(&keeps[j], tv, ci, start, len, s, j, |x| (x * m) * w),
+                Factor::Div(f) => mask_chunk(&keeps[j], tv, ci, start, len, s, j, |x| (x / f) * w),
+                Factor::One => mask_chunk(&keeps[j], tv, ci, start, len, s, j, |x| x * w),
             }
+            std::mem::swap(&mut s.tv[j], &mut s.x);
         }
         combine(s, tvs, len, consensus, normalize, weight_sum, lambda);
     })
@@ -1796,8 +1818,10 @@ fn apply_bits_scaled(d: &mut [f32], bits: &[u64], m: f32, w: f32) {
     }
 }
 
-/// Input `j`'s thinned delta of this chunk into `s.x` (from `s.tv[j]`).
+/// Input `j`'s thinned delta of this chunk into `s.x` (from `s.tv[j]`), each entry passed
+/// through `post` (the rescale and weight of the merge pass; identity for the L1 sums).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn mask_chunk(
     keep: &Keep,
     tv: &HostTaskVector,
@@ -1806,6 +1830,7 @@ fn mask_chunk(
     len: usize,
     s: &mut Scratch,
     j: usize,
+    post: impl Fn(f32) -> f32,
 ) {
     if let Keep::Della {
         low,
@@ -1815,20 +1840,24 @@ fn mask_chunk(
         ref ranks,
     } = *keep
     {
-        della_chunk(low, span, cols, inverse, ranks, tv, start, len, s, j);
+        della_chunk(low, span, cols, inverse, ranks, tv, start, len, s, j, post);
         return;
     }
     let (d, x) = (&s.tv[j][..len], &mut s.x[..len]);
     match keep {
-        Keep::All => x.copy_from_slice(d),
-        Keep::None => x.fill(0.0),
+        Keep::All => {
+            for (o, d) in x.iter_mut().zip(d) {
+                *o = post(*d);
+            }
+        }
+        Keep::None => x.fill(post(0.0)),
         Keep::Random(p) => {
             tv.rng.uniform_at(start as u64, &mut s.u[..len]);
             for ((o, d), u) in x.iter_mut().zip(d).zip(&s.u[..len]) {
-                *o = d * ((*u < *p) as u32 as f32);
+                *o = post(d * ((*u < *p) as u32 as f32));
             }
         }
-        Keep::Ranks(w) => w.apply(ci, d, x),
+        Keep::Ranks(w) => w.apply(ci, d, x, post),
         Keep::Della { .. } => unreachable!("handled above"),
     }
 }
@@ -1849,6 +1878,7 @@ fn della_chunk(
     len: usize,
     s: &mut Scratch,
     j: usize,
+    post: impl Fn(f32) -> f32,
 ) {
     tv.rng.uniform_at(start as u64, &mut s.u[..len]);
     let denom = cols.saturating_sub(1) as f32;
@@ -1863,21 +1893,141 @@ fn della_chunk(
     match ranks {
         RankStore::U16(r) => {
             for (((o, d), u), r) in x.iter_mut().zip(d).zip(u).zip(&r[start..start + len]) {
-                *o = one(*r as u32, *d, *u);
+                *o = post(one(*r as u32, *d, *u));
             }
         }
         RankStore::U32(r) => {
             for (((o, d), u), r) in x.iter_mut().zip(d).zip(u).zip(&r[start..start + len]) {
-                *o = one(*r, *d, *u);
+                *o = post(one(*r, *d, *u));
             }
         }
     }
+}
+
+/// The settings of [`combine`].
+struct Combine {
+    consensus: Consensus,
+    normalize: bool,
+    weight_sum: f32,
+    lambda: f32,
+}
+
+/// [`combine`] of `N` task vectors (`rows`, weights `w`) entry by entry: per entry the vote,
+/// the kept sum and the kept weights over the `N` values, then the normalisation and the base,
+/// each as [`combine`]'s loops compute it (the same f32 operations in the same order).
+#[inline(always)]
+fn combine_fixed<const N: usize>(
+    job: &Combine,
+    rows: [&[f32]; N],
+    w: [f32; N],
+    base: &[f32],
+    res: &mut [f32],
+) {
+    #[inline(always)]
+    fn sign(v: f32) -> f32 {
+        ((v > 0.0) as i32 - (v < 0.0) as i32) as f32
+    }
+    let len = res.len();
+    assert!(base.len() == len && rows.iter().all(|r| r.len() == len));
+    let finish = |m: f32, b: f32| b + if job.lambda != 1.0 { m * job.lambda } else { m };
+    match job.consensus {
+        Consensus::None => {
+            for i in 0..len {
+                let mut m = rows[0][i];
+                for r in &rows[1..] {
+                    m += r[i];
+                }
+                if job.normalize {
+                    m /= job.weight_sum;
+                }
+                res[i] = finish(m, base[i]);
+            }
+        }
+        Consensus::Sum | Consensus::Count => {
+            let count = job.consensus == Consensus::Count;
+            for i in 0..len {
+                let vote = |v: f32| if count { sign(v) } else { v };
+                let mut a = vote(rows[0][i]);
+                for r in &rows[1..] {
+                    a += vote(r[i]);
+                }
+                let a = if a >= 0.0 { 1.0 } else { -1.0 };
+                let (mut m, mut d) = (0.0f32, 0.0f32);
+                for (r, w) in rows.iter().zip(w) {
+                    let v = r[i];
+                    let keep = (sign(v) == a) as u32 as f32;
+                    m += v * keep;
+                    d += keep * w;
+                }
+                if job.normalize {
+                    m /= if d == 0.0 { 1.0 } else { d };
+                }
+                res[i] = finish(m, base[i]);
+            }
+        }
+    }
+}
+
+/// [`combine_fixed`] eight entries an instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn combine_fixed_avx2<const N: usize>(
+    job: &Combine,
+    rows: [&[f32]; N],
+    w: [f32; N],
+    base: &[f32],
+    res: &mut [f32],
+) {
+    combine_fixed(job, rows, w, base, res)
 }
 
 /// Sign election and the (normalised) sum of the weighted task vectors in `s.tv`, added to
 /// `s.base`, into `s.res` — the operation order of [`crate::generalized_task_arithmetic`],
 /// computed column-wise over the chunk (one loop per task vector).
 fn combine(
+    s: &mut Scratch,
+    tvs: &[HostTaskVector],
+    len: usize,
+    consensus: Consensus,
+    normalize: bool,
+    weight_sum: f32,
+    lambda: f32,
+) {
+    let Scratch { base, res, tv, .. } = s;
+    let (base, res) = (&base[..len], &mut res[..len]);
+    // two to four task vectors (the usual merges): element by element across them, in one
+    // vectorised sweep, with the same operations in the same order as the loops below
+    macro_rules! fixed {
+        ($n:literal) => {{
+            let rows: [&[f32]; $n] = std::array::from_fn(|t| &tv[t][..len]);
+            let w: [f32; $n] = std::array::from_fn(|t| tvs[t].weight);
+            let job = Combine {
+                consensus,
+                normalize,
+                weight_sum,
+                lambda,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has the feature the function is compiled for
+                unsafe { combine_fixed_avx2(&job, rows, w, base, res) };
+                return;
+            }
+            combine_fixed(&job, rows, w, base, res);
+            return;
+        }};
+    }
+    match tvs.len() {
+        2 => fixed!(2),
+        3 => fixed!(3),
+        4 => fixed!(4),
+        _ => {}
+    }
+    combine_columns(s, tvs, len, consensus, normalize, weight_sum, lambda);
+}
+
+/// [`combine`] one loop per task vector over the chunk (any number of task vectors).
+fn combine_columns(
     s: &mut Scratch,
     tvs: &[HostTaskVector],
     len: usize,
@@ -1971,6 +2121,59 @@ fn combine(
 mod tests {
     use super::*;
 
+    /// The entry-by-entry combine of 2-4 task vectors gives the column loops' bits, for every
+    /// consensus, with and without normalisation and lambda, on values with zeros, signed
+    /// zeros, opposite signs that cancel and repeated magnitudes.
+    #[test]
+    fn fixed_combine_equals_the_column_loops_bit_for_bit() {
+        let len = 1000;
+        let u = MaskRng::new(3, "combine", 0).uniform(5 * len);
+        let value = |i: usize| -> f32 {
+            match i % 7 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => 0.25,
+                3 => -0.25,
+                _ => (u[i] - 0.5) * 3.0,
+            }
+        };
+        for n in 2..=4usize {
+            let tvs: Vec<HostTaskVector> = (0..n)
+                .map(|t| HostTaskVector {
+                    input: HostTensor::F32(&[]),
+                    weight: [1.0, 0.5, 0.3, 2.0][t],
+                    density: 1.0,
+                    gamma: 0.0,
+                    epsilon: 0.0,
+                    rng: MaskRng::new(0, "t", t),
+                })
+                .collect();
+            let mut s = Scratch::with_len(n, len);
+            for (t, row) in s.tv.iter_mut().enumerate() {
+                for (i, v) in row.iter_mut().enumerate() {
+                    *v = value((t + 1) * len + i);
+                }
+            }
+            for (i, b) in s.base.iter_mut().enumerate() {
+                *b = u[i];
+            }
+            for consensus in [Consensus::None, Consensus::Sum, Consensus::Count] {
+                for normalize in [false, true] {
+                    for lambda in [1.0f32, 0.7] {
+                        let weight_sum = tvs.iter().map(|t| t.weight).sum();
+                        combine(&mut s, &tvs, len, consensus, normalize, weight_sum, lambda);
+                        let fixed: Vec<u32> = s.res.iter().map(|v| v.to_bits()).collect();
+                        combine_columns(
+                            &mut s, &tvs, len, consensus, normalize, weight_sum, lambda,
+                        );
+                        let columns: Vec<u32> = s.res.iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(fixed, columns, "{n} {consensus:?} {normalize} {lambda}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The packed DARE masks and their application are the per-entry `d * (u < p) as f32`,
     /// on lengths that are not multiples of 8 or 64 too.
     #[test]
@@ -2015,6 +2218,16 @@ mod tests {
                 abs_sum_f64_lanes(&vals[..n]).to_bits(),
                 "n = {n}"
             );
+            // the decode fused with the subtraction of the base
+            let minus: Vec<f32> = u[..n].iter().map(|x| x * 1e-2).collect();
+            let mut got = vec![f32::NAN; n];
+            HostTensor::Stored(&bytes, HostDtype::BF16).decode_minus(0, &minus, &mut got);
+            let want: Vec<u32> = want
+                .iter()
+                .zip(&minus)
+                .map(|(w, m)| (w - m).to_bits())
+                .collect();
+            assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
         }
     }
 
