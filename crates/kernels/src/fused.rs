@@ -422,10 +422,7 @@ fn input_deltas(
 ) {
     base.decode(start, &mut s.base[..len]);
     for (j, t) in inputs.iter().enumerate() {
-        t.decode(start, &mut s.tv[j][..len]);
-        for (d, b) in s.tv[j][..len].iter_mut().zip(&s.base[..len]) {
-            *d -= b;
-        }
+        t.decode_minus(start, &s.base[..len], &mut s.tv[j][..len]);
     }
 }
 
@@ -480,6 +477,31 @@ pub fn ram(
                 let start = ci * CHUNK;
                 let len = chunk_len(n, start);
                 deltas(start, len, &mut s);
+                macro_rules! fixed {
+                    ($n:literal) => {{
+                        let rows: [&[f32]; $n] = std::array::from_fn(|j| &s.tv[j][..len]);
+                        #[cfg(target_arch = "x86_64")]
+                        let got = if std::arch::is_x86_feature_detected!("avx2") {
+                            // SAFETY: the CPU has the feature the function is compiled for
+                            unsafe { ram_counts_avx2(rows, epsilon) }
+                        } else {
+                            ram_counts(rows, epsilon)
+                        };
+                        #[cfg(not(target_arch = "x86_64"))]
+                        let got = ram_counts(rows, epsilon);
+                        for (cj, (sh, un)) in c.iter_mut().zip(got) {
+                            cj.0 += sh as u64;
+                            cj.1 += un as u64;
+                        }
+                        return (s, c);
+                    }};
+                }
+                match m {
+                    2 => fixed!(2),
+                    3 => fixed!(3),
+                    4 => fixed!(4),
+                    _ => {}
+                }
                 for i in 0..len {
                     let k = (0..m).filter(|&j| changed(s.tv[j][i])).count();
                     for (j, cj) in c.iter_mut().enumerate() {
@@ -512,6 +534,27 @@ pub fn ram(
     for_each_chunk(n, m, out, |_, start, s| {
         let len = chunk_len(n, start);
         deltas(start, len, s);
+        macro_rules! fixed {
+            ($n:literal) => {{
+                let rows: [&[f32]; $n] = std::array::from_fn(|j| &s.tv[j][..len]);
+                let b: [f32; $n] = std::array::from_fn(|j| boosts[j]);
+                let (base, res) = (&s.base[..len], &mut s.res[..len]);
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has the feature the function is compiled for
+                    unsafe { ram_merge_avx2(rows, b, epsilon, base, res) };
+                    return;
+                }
+                ram_merge(rows, b, epsilon, base, res);
+                return;
+            }};
+        }
+        match m {
+            2 => fixed!(2),
+            3 => fixed!(3),
+            4 => fixed!(4),
+            _ => {}
+        }
         for i in 0..len {
             let c = (0..m).filter(|&j| changed(s.tv[j][i])).count() as u32;
             let sum: f32 = (0..m)
@@ -527,6 +570,71 @@ pub fn ram(
             s.res[i] = s.base[i] + sum;
         }
     })
+}
+
+/// RAM's counts for `N` task vectors: per model, its changed entries (`|v| > epsilon`) that
+/// another model changes too, and those only it changes.
+#[inline(always)]
+fn ram_counts<const N: usize>(rows: [&[f32]; N], epsilon: f32) -> [(u32, u32); N] {
+    let len = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == len) && len <= u32::MAX as usize);
+    let (mut shared, mut unique) = ([0u32; N], [0u32; N]);
+    for i in 0..len {
+        let changed: [u32; N] = std::array::from_fn(|j| (rows[j][i].abs() > epsilon) as u32);
+        let multi = (changed.iter().sum::<u32>() > 1) as u32;
+        for j in 0..N {
+            shared[j] += changed[j] & multi;
+            unique[j] += changed[j] & (1 - multi);
+        }
+    }
+    std::array::from_fn(|j| (shared[j], unique[j]))
+}
+
+/// [`ram_counts`] eight entries an instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn ram_counts_avx2<const N: usize>(rows: [&[f32]; N], epsilon: f32) -> [(u32, u32); N] {
+    ram_counts(rows, epsilon)
+}
+
+/// RAM's merge of `N` task vectors entry by entry: the changed entries summed (in model order,
+/// from the neutral element of `f32`'s `Sum`, as the iterator sum does), a model's entry times
+/// its boost where only it changed, else divided by the count of models that changed it.
+#[inline(always)]
+fn ram_merge<const N: usize>(
+    rows: [&[f32]; N],
+    boosts: [f32; N],
+    epsilon: f32,
+    base: &[f32],
+    res: &mut [f32],
+) {
+    let len = res.len();
+    assert!(base.len() == len && rows.iter().all(|r| r.len() == len));
+    let zero: f32 = std::iter::empty::<f32>().sum();
+    for i in 0..len {
+        let changed: [bool; N] = std::array::from_fn(|j| rows[j][i].abs() > epsilon);
+        let c = changed.iter().map(|&c| c as u32).sum::<u32>();
+        let mut sum = zero;
+        for j in 0..N {
+            let v = rows[j][i];
+            let term = if c == 1 { v * boosts[j] } else { v / c as f32 };
+            sum = if changed[j] { sum + term } else { sum };
+        }
+        res[i] = base[i] + sum;
+    }
+}
+
+/// [`ram_merge`] eight entries an instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn ram_merge_avx2<const N: usize>(
+    rows: [&[f32]; N],
+    boosts: [f32; N],
+    epsilon: f32,
+    base: &[f32],
+    res: &mut [f32],
+) {
+    ram_merge(rows, boosts, epsilon, base, res)
 }
 
 /// Model Stock, as [`crate::model_stock`]: `t * mean(others) + (1 - t) * base` with `t = N cos
