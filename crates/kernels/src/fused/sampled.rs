@@ -26,7 +26,7 @@ fn block_start(k: usize) -> usize {
     k * STRIDE + ((h >> 32) as usize) % (STRIDE - BLOCK + 1)
 }
 
-/// The sorted keys of a sample of each listed input's delta.
+/// The keys of a sample of each listed input's delta (unordered).
 fn sample_keys(
     n: usize,
     base: &HostTensor,
@@ -52,29 +52,29 @@ fn sample_keys(
         })
         .collect();
     (0..which.len())
-        .map(|w| {
-            let mut all: Vec<u32> = parts.iter().flat_map(|p| p[w].iter().copied()).collect();
-            all.sort_unstable();
-            all
-        })
+        .map(|w| parts.iter().flat_map(|p| p[w].iter().copied()).collect())
         .collect()
 }
 
-/// Two keys `a <= b` from the sorted sample between which the key at rank `r` of an
-/// `n`-entry tensor lies with near certainty: the sample's count below the true threshold
-/// spreads binomially (the stratified sample spreads less), six standard deviations and a
-/// block either side.
-fn bracket(sample: &[u32], n: usize, r: usize) -> (u32, u32) {
+/// Two keys `a <= b` from the sample between which the key at rank `r` of an `n`-entry
+/// tensor lies with near certainty: the sample's count below the true threshold spreads
+/// binomially (the stratified sample spreads less), six standard deviations and a block
+/// either side. The two order statistics are selected in place (no sort).
+fn bracket(sample: &mut [u32], n: usize, r: usize) -> (u32, u32) {
     let m = sample.len() as f64;
     let q = (r as f64 + 0.5) / n as f64;
     let at = q * m;
     let margin = 6.0 * (q * (1.0 - q) * m).sqrt() + BLOCK as f64;
     let (lo, hi) = (at - margin, at + margin);
-    let a = if lo <= 0.0 { 0 } else { sample[lo as usize] };
+    let a = if lo <= 0.0 {
+        0
+    } else {
+        *sample.select_nth_unstable(lo as usize).1
+    };
     let b = if hi >= m - 1.0 {
         u32::MAX
     } else {
-        sample[hi.ceil() as usize]
+        *sample.select_nth_unstable(hi.ceil() as usize).1
     };
     (a, b)
 }
@@ -137,6 +137,41 @@ fn collect_inside_avx2(d: &[f32], a: u32, b: u32, out: &mut Vec<u32>) {
     collect_inside(d, a, b, out)
 }
 
+/// [`collect_inside`] sixteen entries an instruction: the keys inside are compressed to the
+/// front of a register and the whole register stored (the compressing store is slow on some
+/// CPUs); `out` needs room for 16 more keys than it receives.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn collect_inside_avx512(d: &[f32], a: u32, b: u32, out: &mut Vec<u32>) {
+    use std::arch::x86_64::*;
+    let (va, vb) = (_mm512_set1_epi32(a as i32), _mm512_set1_epi32(b as i32));
+    let sign_off = _mm512_set1_epi32(0x7fff_ffff);
+    let blocks = d.chunks_exact(16);
+    let rest = blocks.remainder();
+    for block in blocks {
+        // SAFETY: `block` holds 16 f32 (an unaligned load of 64 bytes)
+        let k = _mm512_and_si512(
+            unsafe { _mm512_loadu_si512(block.as_ptr().cast()) },
+            sign_off,
+        );
+        let inside = _mm512_cmpgt_epu32_mask(k, va) & _mm512_cmplt_epu32_mask(k, vb);
+        if inside != 0 {
+            out.reserve(16);
+            let len = out.len();
+            // SAFETY: room for 16 keys was reserved after `len`; the first popcount of them
+            // are the compressed keys, which `set_len` takes
+            unsafe {
+                _mm512_storeu_si512(
+                    out.as_mut_ptr().add(len).cast(),
+                    _mm512_maskz_compress_epi32(inside, k),
+                );
+                out.set_len(len + inside.count_ones() as usize);
+            }
+        }
+    }
+    collect_inside(rest, a, b, out);
+}
+
 impl Part {
     /// The parts of a chunk's deltas `d` for the brackets `(a0, b0)` and `(a1, b1)`: counted
     /// in one vectorised sweep, then the keys strictly inside collected where there are any.
@@ -157,12 +192,17 @@ impl Part {
         };
         #[cfg(not(target_arch = "x86_64"))]
         let c = count(d, ab);
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
         let part = |c: [u32; 4], a: u32, b: u32| {
             let mut inside = Vec::new();
             if c[3] > 0 {
-                inside.reserve_exact(c[3] as usize);
+                inside.reserve_exact(c[3] as usize + 16);
                 #[cfg(target_arch = "x86_64")]
-                if avx2 {
+                if avx512 {
+                    // SAFETY: the CPU has the feature the function is compiled for
+                    unsafe { collect_inside_avx512(d, a, b, &mut inside) };
+                } else if avx2 {
                     // SAFETY: as above
                     unsafe { collect_inside_avx2(d, a, b, &mut inside) };
                 } else {
@@ -236,14 +276,14 @@ pub(super) fn resolve_windows_sampled(
     windows: &[(usize, usize, usize)],
 ) -> Option<Vec<RankWindow>> {
     let which: Vec<usize> = windows.iter().map(|w| w.0).collect();
-    let samples = sample_keys(n, base, tvs, &which);
+    let mut samples = sample_keys(n, base, tvs, &which);
     if samples.iter().any(|s| s.len() < 2 * BLOCK) {
         return None;
     }
     // each window's two thresholds: the keys at ranks lo and hi - 1
     let brackets: Vec<[(u32, u32); 2]> = windows
         .iter()
-        .zip(&samples)
+        .zip(&mut samples)
         .map(|(&(_, lo, hi), s)| [bracket(s, n, lo), bracket(s, n, hi - 1)])
         .collect();
     let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
@@ -337,6 +377,40 @@ mod tests {
             b.lo, b.hi, b.t_lo, b.t_hi, b.less_lo, b.less_hi, b.eq_lo, b.eq_hi,
         ) && (a.seen_lo.is_empty() && b.seen_lo.is_empty()
             || a.seen_lo == b.seen_lo && a.seen_hi == b.seen_hi)
+    }
+
+    /// The AVX-512 and AVX2 collections of the keys inside a bracket (where the CPU has
+    /// them) equal the scalar one, on lengths that are not multiples of 16.
+    #[test]
+    fn collections_of_the_keys_inside_agree() {
+        let u = MaskRng::new(5, "inside", 0).uniform(10_007);
+        let d: Vec<f32> = u.iter().map(|x| (x - 0.5) * 1e-2).collect();
+        for (a, b) in [
+            (key(1e-3), key(2e-3)),
+            (0, key(4.9e-3)),
+            (key(4e-3), u32::MAX >> 1),
+        ] {
+            for n in [0, 15, 16, 17, 1000, 10_007] {
+                let mut want = Vec::new();
+                collect_inside(&d[..n], a, b, &mut want);
+                assert!(want.iter().all(|&k| k > a && k < b));
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        let mut got = Vec::new();
+                        // SAFETY: the CPU has the feature
+                        unsafe { collect_inside_avx2(&d[..n], a, b, &mut got) };
+                        assert_eq!(got, want);
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        let mut got = Vec::new();
+                        // SAFETY: the CPU has the feature
+                        unsafe { collect_inside_avx512(&d[..n], a, b, &mut got) };
+                        assert_eq!(got, want);
+                    }
+                }
+            }
+        }
     }
 
     /// On bf16 inputs shaped like fine-tunes (rows of different scales, outlier columns), on
