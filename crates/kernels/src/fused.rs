@@ -1123,13 +1123,40 @@ pub fn nuslerp(
                 let len = chunk_len(n, start);
                 let Scratch { base: tmp, tv, .. } = &mut s;
                 let (a, b) = tv.split_at_mut(1);
-                decode_delta(v0, base, start, &mut tmp[..len], &mut a[0][..len]);
-                decode_delta(v1, base, start, &mut tmp[..len], &mut b[0][..len]);
-                for (i, (x, y)) in a[0][..len].iter().zip(&b[0][..len]).enumerate() {
-                    let q = &mut acc[groups.of(start + i)];
-                    q[0] += (x * x) as f64;
-                    q[1] += (y * y) as f64;
-                    q[2] += (x * y) as f64;
+                decode_pair(
+                    v0,
+                    v1,
+                    base,
+                    start,
+                    &mut tmp[..len],
+                    &mut a[0][..len],
+                    &mut b[0][..len],
+                );
+                let (a, b) = (&a[0][..len], &b[0][..len]);
+                match groups {
+                    // a group's run inside the chunk summed in lanes (the order of the f64
+                    // additions is fixed by the chunking, as the chunk-wise fold already is)
+                    Groups::Whole | Groups::Rows(_) => {
+                        let mut i = 0;
+                        while i < len {
+                            let gi = groups.of(start + i);
+                            let end = match groups {
+                                Groups::Rows(c) => ((gi + 1) * c - start).min(len),
+                                _ => len,
+                            };
+                            let q = lane_sums(&a[i..end], &b[i..end]);
+                            (0..3).for_each(|k| acc[gi][k] += q[k]);
+                            i = end;
+                        }
+                    }
+                    Groups::Columns(_) => {
+                        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                            let q = &mut acc[groups.of(start + i)];
+                            q[0] += (x * x) as f64;
+                            q[1] += (y * y) as f64;
+                            q[2] += (x * y) as f64;
+                        }
+                    }
                 }
                 (s, acc)
             },
@@ -1158,17 +1185,85 @@ pub fn nuslerp(
             base: tmp, tv, res, ..
         } = s;
         let (a, b) = tv.split_at_mut(1);
-        decode_delta(v0, base, start, &mut tmp[..len], &mut a[0][..len]);
-        decode_delta(v1, base, start, &mut tmp[..len], &mut b[0][..len]);
-        if let Some(bs) = base {
-            bs.decode(start, &mut tmp[..len]);
-        }
-        for (i, r) in res[..len].iter_mut().enumerate() {
-            let (w0, w1) = w[groups.of(start + i)];
-            let v = a[0][i] * w0 + b[0][i] * w1;
-            *r = if base.is_some() { tmp[i] + v } else { v };
+        decode_pair(
+            v0,
+            v1,
+            base,
+            start,
+            &mut tmp[..len],
+            &mut a[0][..len],
+            &mut b[0][..len],
+        );
+        let (a, b, tmp, res) = (&a[0][..len], &b[0][..len], &tmp[..len], &mut res[..len]);
+        // run by run of one group, its coefficients hoisted
+        let mut i = 0;
+        while i < len {
+            let gi = groups.of(start + i);
+            let end = match groups {
+                Groups::Rows(c) => ((gi + 1) * c - start).min(len),
+                Groups::Whole => len,
+                Groups::Columns(_) => i + 1,
+            };
+            let (w0, w1) = w[gi];
+            let r = &mut res[i..end];
+            let (a, b, t) = (&a[i..end], &b[i..end], &tmp[i..end]);
+            if base.is_some() {
+                for (((r, x), y), t) in r.iter_mut().zip(a).zip(b).zip(t) {
+                    *r = t + (x * w0 + y * w1);
+                }
+            } else {
+                for ((r, x), y) in r.iter_mut().zip(a).zip(b) {
+                    *r = x * w0 + y * w1;
+                }
+            }
+            i = end;
         }
     })
+}
+
+/// Sums of `x^2`, `y^2` and `x * y` (each product in f32, as the entry-wise loop forms it,
+/// summed in f64) over eight lanes, the lanes added in order at the end.
+fn lane_sums(a: &[f32], b: &[f32]) -> [f64; 3] {
+    let mut l = [[0f64; 8]; 3];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            l[0][k] += (x[k] * x[k]) as f64;
+            l[1][k] += (y[k] * y[k]) as f64;
+            l[2][k] += (x[k] * y[k]) as f64;
+        }
+    }
+    for (k, (x, y)) in ra.iter().zip(rb).enumerate() {
+        l[0][k] += (x * x) as f64;
+        l[1][k] += (y * y) as f64;
+        l[2][k] += (x * y) as f64;
+    }
+    l.map(|lanes| lanes.iter().sum())
+}
+
+/// `v0` and `v1` (minus `base` when given) for elements `start..`, the base decoded once into
+/// `tmp` (left there for the caller).
+fn decode_pair(
+    v0: HostTensor,
+    v1: HostTensor,
+    base: Option<HostTensor>,
+    start: usize,
+    tmp: &mut [f32],
+    a: &mut [f32],
+    b: &mut [f32],
+) {
+    match base {
+        Some(bs) => {
+            bs.decode(start, tmp);
+            v0.decode_minus(start, tmp, a);
+            v1.decode_minus(start, tmp, b);
+        }
+        None => {
+            v0.decode(start, a);
+            v1.decode(start, b);
+        }
+    }
 }
 
 /// One task vector of a fused [`gta`]: the fine-tuned input, its weight and its sparsification
