@@ -574,6 +574,8 @@ pub fn ram(
 
 /// RAM's counts for `N` task vectors: per model, its changed entries (`|v| > epsilon`) that
 /// another model changes too, and those only it changes.
+// entry `i` of every row: an index over the entries vectorises across the N rows
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn ram_counts<const N: usize>(rows: [&[f32]; N], epsilon: f32) -> [(u32, u32); N] {
     let len = rows[0].len();
@@ -600,6 +602,8 @@ fn ram_counts_avx2<const N: usize>(rows: [&[f32]; N], epsilon: f32) -> [(u32, u3
 /// RAM's merge of `N` task vectors entry by entry: the changed entries summed (in model order,
 /// from the neutral element of `f32`'s `Sum`, as the iterator sum does), a model's entry times
 /// its boost where only it changed, else divided by the count of models that changed it.
+// entry `i` of every row: an index over the entries vectorises across the N rows
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn ram_merge<const N: usize>(
     rows: [&[f32]; N],
@@ -2118,6 +2122,8 @@ struct Combine {
 /// [`combine`] of `N` task vectors (`rows`, weights `w`) entry by entry: per entry the vote,
 /// the kept sum and the kept weights over the `N` values, then the normalisation and the base,
 /// each as [`combine`]'s loops compute it (the same f32 operations in the same order).
+// entry `i` of every row: an index over the entries vectorises across the N rows
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn combine_fixed<const N: usize>(
     job: &Combine,
