@@ -784,17 +784,25 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
             if k > 0 {
                 // the k-th largest variance; entries above it are kept, and of those equal to
                 // it the first ones by position (parallel: per-chunk counts of the ties)
-                let kth = nth_largest(&var, k - 1);
-                let above = var.par_iter().filter(|v| v.total_cmp(&kth).is_gt()).count();
+                // (a sample and one pass on large tensors, else the exact radix selection
+                // and two counting passes: the same value and counts)
+                let (kth, above, before) = match sampled::kth_sampled(&var, n - k, f64_key) {
+                    Some((key, less, eq, before)) => (f64_of_key(key), n - less - eq, before),
+                    None => {
+                        let kth = nth_largest(&var, k - 1);
+                        let above = var.par_iter().filter(|v| v.total_cmp(&kth).is_gt()).count();
+                        let mut before: Vec<usize> = var
+                            .par_chunks(CHUNK)
+                            .map(|c| c.iter().filter(|v| v.total_cmp(&kth).is_eq()).count())
+                            .collect();
+                        let mut seen = 0;
+                        for b in before.iter_mut() {
+                            (*b, seen) = (seen, seen + *b);
+                        }
+                        (kth, above, before)
+                    }
+                };
                 let ties = k - above;
-                let mut before: Vec<usize> = var
-                    .par_chunks(CHUNK)
-                    .map(|c| c.iter().filter(|v| v.total_cmp(&kth).is_eq()).count())
-                    .collect();
-                let mut seen = 0;
-                for b in before.iter_mut() {
-                    (*b, seen) = (seen, seen + *b);
-                }
                 keep.par_chunks_mut(CHUNK)
                     .zip(var.par_chunks(CHUNK))
                     .zip(before)
@@ -942,12 +950,20 @@ fn abs_sum_f64_lanes(a: &[f32]) -> f64 {
 /// The value of rank `r` in descending `f64::total_cmp` order (`r = 0`: the largest): a
 /// parallel radix selection over the 64 bits of the values' sortable keys, 16 at a time,
 /// without copying or sorting them.
+/// The key of `x` whose unsigned order is `f64::total_cmp`'s.
+fn f64_key(x: f64) -> u64 {
+    let b = x.to_bits();
+    if b >> 63 == 1 { !b } else { b | (1 << 63) }
+}
+
+/// The f64 of a [`f64_key`].
+fn f64_of_key(b: u64) -> f64 {
+    f64::from_bits(if b >> 63 == 1 { b & !(1 << 63) } else { !b })
+}
+
 fn nth_largest(values: &[f64], r: usize) -> f64 {
     const BINS: usize = 1 << 16;
-    let key = |x: f64| -> u64 {
-        let b = x.to_bits();
-        if b >> 63 == 1 { !b } else { b | (1 << 63) }
-    };
+    let key = f64_key;
     // ascending rank of the wanted value; the key's bits above `shift + 16` are fixed to `prefix`
     let mut rank = values.len() - 1 - r;
     let mut prefix = 0u64;
@@ -983,8 +999,7 @@ fn nth_largest(values: &[f64], r: usize) -> f64 {
         rank -= below;
         prefix |= (bin as u64) << shift;
     }
-    let b = prefix;
-    f64::from_bits(if b >> 63 == 1 { b & !(1 << 63) } else { !b })
+    f64_of_key(prefix)
 }
 
 /// SLERP between `v0` (`t = 0`) and `v1` over the flattened tensors, as [`crate::slerp`].

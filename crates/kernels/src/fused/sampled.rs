@@ -56,23 +56,97 @@ fn sample_keys(
         .collect()
 }
 
+/// The entry of ascending rank `r` of `values` under the monotone key `key` (f64 variances,
+/// SCE): its key, how many entries lie below it, how many equal it, and per `CHUNK` of
+/// `values` how many equal entries come before that chunk; from a 1/32 sample and one pass
+/// (a bracket of the sample, then the entries inside it). `None` when the tensor is small or
+/// the bracket misses (the caller takes the exact radix selection).
+pub(super) fn kth_sampled(
+    values: &[f64],
+    r: usize,
+    key: impl Fn(f64) -> u64 + Sync,
+) -> Option<(u64, usize, usize, Vec<usize>)> {
+    let n = values.len();
+    if n < MIN_SAMPLED || r >= n {
+        return None;
+    }
+    let mut sample: Vec<u64> = (0..n / STRIDE)
+        .flat_map(|k| values[block_start(k)..block_start(k) + BLOCK].iter())
+        .map(|v| key(*v))
+        .collect();
+    let (a, b) = bracket(&mut sample, n, r, u64::MAX);
+    // per chunk: below a, equal a, equal b (b != a), strictly inside
+    let parts: Vec<(usize, usize, usize, Vec<u64>)> = values
+        .par_chunks(CHUNK)
+        .map(|c| {
+            let (mut below, mut eq_a, mut eq_b) = (0usize, 0usize, 0usize);
+            let mut inside = Vec::new();
+            for v in c {
+                let k = key(*v);
+                below += (k < a) as usize;
+                eq_a += (k == a) as usize;
+                eq_b += (k == b && b != a) as usize;
+                if k > a && k < b {
+                    inside.push(k);
+                }
+            }
+            (below, eq_a, eq_b, inside)
+        })
+        .collect();
+    let below: usize = parts.iter().map(|p| p.0).sum();
+    let eq_a: usize = parts.iter().map(|p| p.1).sum();
+    let inside: usize = parts.iter().map(|p| p.3.len()).sum();
+    let eq_b: usize = parts.iter().map(|p| p.2).sum();
+    let prefix = |count: &dyn Fn(&(usize, usize, usize, Vec<u64>)) -> usize| -> Vec<usize> {
+        let mut at = 0;
+        parts
+            .iter()
+            .map(|p| {
+                let here = at;
+                at += count(p);
+                here
+            })
+            .collect()
+    };
+    if r < below {
+        None
+    } else if r < below + eq_a {
+        Some((a, below, eq_a, prefix(&|p| p.1)))
+    } else if r < below + eq_a + inside {
+        let mut all: Vec<u64> = parts.iter().flat_map(|p| p.3.iter().copied()).collect();
+        let (_, &mut t, _) = all.select_nth_unstable(r - below - eq_a);
+        let less = below + eq_a + all.iter().filter(|&&k| k < t).count();
+        let eq = all.iter().filter(|&&k| k == t).count();
+        Some((
+            t,
+            less,
+            eq,
+            prefix(&|p| p.3.iter().filter(|&&k| k == t).count()),
+        ))
+    } else if b != a && r < below + eq_a + inside + eq_b {
+        Some((b, below + eq_a + inside, eq_b, prefix(&|p| p.2)))
+    } else {
+        None
+    }
+}
+
 /// Two keys `a <= b` from the sample between which the key at rank `r` of an `n`-entry
 /// tensor lies with near certainty: the sample's count below the true threshold spreads
 /// binomially (the stratified sample spreads less), six standard deviations and a block
 /// either side. The two order statistics are selected in place (no sort).
-fn bracket(sample: &mut [u32], n: usize, r: usize) -> (u32, u32) {
+fn bracket<K: Copy + Ord + Default>(sample: &mut [K], n: usize, r: usize, top: K) -> (K, K) {
     let m = sample.len() as f64;
     let q = (r as f64 + 0.5) / n as f64;
     let at = q * m;
     let margin = 6.0 * (q * (1.0 - q) * m).sqrt() + BLOCK as f64;
     let (lo, hi) = (at - margin, at + margin);
     let a = if lo <= 0.0 {
-        0
+        K::default()
     } else {
         *sample.select_nth_unstable(lo as usize).1
     };
     let b = if hi >= m - 1.0 {
-        u32::MAX
+        top
     } else {
         *sample.select_nth_unstable(hi.ceil() as usize).1
     };
@@ -284,7 +358,7 @@ pub(super) fn resolve_windows_sampled(
     let brackets: Vec<[(u32, u32); 2]> = windows
         .iter()
         .zip(&mut samples)
-        .map(|(&(_, lo, hi), s)| [bracket(s, n, lo), bracket(s, n, hi - 1)])
+        .map(|(&(_, lo, hi), s)| [bracket(s, n, lo, u32::MAX), bracket(s, n, hi - 1, u32::MAX)])
         .collect();
     let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
     // per chunk, per window, the parts of its two brackets
@@ -411,6 +485,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// SCE's k-th variance from the sample and one pass equals the radix selection's, with the
+    /// counts below and equal and the ties before each chunk; a sample unlike the array misses.
+    #[test]
+    fn sampled_kth_equals_the_radix_selection() {
+        use super::super::{f64_key, f64_of_key, nth_largest};
+        let n = MIN_SAMPLED + 54_321;
+        let u = MaskRng::new(11, "kth", 0).uniform(n);
+        let smooth: Vec<f64> = u.iter().map(|x| (*x as f64).powi(3)).collect();
+        // mostly zeros and a few repeated values: the threshold sits in long ties
+        let tied: Vec<f64> = u
+            .iter()
+            .map(|x| {
+                if *x < 0.6 {
+                    0.0
+                } else {
+                    ((x * 8.0) as u32) as f64 * 0.125
+                }
+            })
+            .collect();
+        let mut unlike = vec![1e-9; n];
+        for k in 0..n / STRIDE {
+            unlike[block_start(k)..block_start(k) + BLOCK].fill(1.0);
+        }
+        let mut missed = 0;
+        for (name, v) in [("smooth", &smooth), ("tied", &tied), ("unlike", &unlike)] {
+            for k in [1, n / 100, n / 3, n / 2, n - 1, n] {
+                let kth = nth_largest(v, k - 1);
+                match kth_sampled(v, n - k, f64_key) {
+                    Some((key, less, eq, before)) => {
+                        assert_eq!(f64_of_key(key).to_bits(), kth.to_bits(), "{name} k={k}");
+                        assert_eq!(less, v.iter().filter(|x| x.total_cmp(&kth).is_lt()).count());
+                        assert_eq!(eq, v.iter().filter(|x| x.total_cmp(&kth).is_eq()).count());
+                        let want: Vec<usize> = v
+                            .chunks(CHUNK)
+                            .scan(0, |at, c| {
+                                let here = *at;
+                                *at += c.iter().filter(|x| x.total_cmp(&kth).is_eq()).count();
+                                Some(here)
+                            })
+                            .collect();
+                        assert_eq!(before, want, "{name} k={k}");
+                    }
+                    None => {
+                        assert_eq!(name, "unlike", "k={k}");
+                        missed += 1;
+                    }
+                }
+            }
+        }
+        assert!(missed > 0);
     }
 
     /// On bf16 inputs shaped like fine-tunes (rows of different scales, outlier columns), on
