@@ -4,7 +4,8 @@
 //! the threshold is the collected key at the remaining rank. The result is exact, the same
 //! [`RankWindow`] as the two-pass histogram selection gives: the sample only decides which keys
 //! are collected, and when a bracket misses its rank (a sample unlike the tensor) the caller
-//! falls back to the two-pass selection.
+//! falls back to the two-pass selection. SCE's k-th largest variance is found the same way
+//! ([`kth_sampled`]) over its f64 variances.
 
 use super::{
     CHUNK, HostTaskVector, HostTensor, RankWindow, Scratch, chunk_len, deltas, key, min_len,
@@ -76,58 +77,28 @@ pub(super) fn kth_sampled(
         .collect();
     let (a, b) = bracket(&mut sample, n, r, u64::MAX);
     // per chunk: below a, equal a, equal b (b != a), strictly inside
-    let parts: Vec<(usize, usize, usize, Vec<u64>)> = values
+    let parts: Vec<Part<u64>> = values
         .par_chunks(CHUNK)
         .map(|c| {
-            let (mut below, mut eq_a, mut eq_b) = (0usize, 0usize, 0usize);
-            let mut inside = Vec::new();
+            let mut p = Part {
+                below: 0,
+                eq_a: 0,
+                eq_b: 0,
+                inside: Vec::new(),
+            };
             for v in c {
                 let k = key(*v);
-                below += (k < a) as usize;
-                eq_a += (k == a) as usize;
-                eq_b += (k == b && b != a) as usize;
+                p.below += (k < a) as usize;
+                p.eq_a += (k == a) as usize;
+                p.eq_b += (k == b && b != a) as usize;
                 if k > a && k < b {
-                    inside.push(k);
+                    p.inside.push(k);
                 }
             }
-            (below, eq_a, eq_b, inside)
+            p
         })
         .collect();
-    let below: usize = parts.iter().map(|p| p.0).sum();
-    let eq_a: usize = parts.iter().map(|p| p.1).sum();
-    let inside: usize = parts.iter().map(|p| p.3.len()).sum();
-    let eq_b: usize = parts.iter().map(|p| p.2).sum();
-    let prefix = |count: &dyn Fn(&(usize, usize, usize, Vec<u64>)) -> usize| -> Vec<usize> {
-        let mut at = 0;
-        parts
-            .iter()
-            .map(|p| {
-                let here = at;
-                at += count(p);
-                here
-            })
-            .collect()
-    };
-    if r < below {
-        None
-    } else if r < below + eq_a {
-        Some((a, below, eq_a, prefix(&|p| p.1)))
-    } else if r < below + eq_a + inside {
-        let mut all: Vec<u64> = parts.iter().flat_map(|p| p.3.iter().copied()).collect();
-        let (_, &mut t, _) = all.select_nth_unstable(r - below - eq_a);
-        let less = below + eq_a + all.iter().filter(|&&k| k < t).count();
-        let eq = all.iter().filter(|&&k| k == t).count();
-        Some((
-            t,
-            less,
-            eq,
-            prefix(&|p| p.3.iter().filter(|&&k| k == t).count()),
-        ))
-    } else if b != a && r < below + eq_a + inside + eq_b {
-        Some((b, below + eq_a + inside, eq_b, prefix(&|p| p.2)))
-    } else {
-        None
-    }
+    threshold(&parts.iter().collect::<Vec<_>>(), a, b, r)
 }
 
 /// Two keys `a <= b` from the sample between which the key at rank `r` of an `n`-entry
@@ -155,11 +126,11 @@ fn bracket<K: Copy + Ord + Default>(sample: &mut [K], n: usize, r: usize, top: K
 
 /// What the pass found in one chunk for one threshold's bracket `a..=b`: how many keys lie
 /// below `a`, equal `a`, equal `b` (when `b != a`), and the keys strictly between.
-struct Part {
+struct Part<K = u32> {
     below: usize,
     eq_a: usize,
     eq_b: usize,
-    inside: Vec<u32>,
+    inside: Vec<K>,
 }
 
 /// Per bracket `a..=b` (keys, so at most `i32::MAX`): the keys of `d` below `a`, equal to `a`,
@@ -246,7 +217,7 @@ fn collect_inside_avx512(d: &[f32], a: u32, b: u32, out: &mut Vec<u32>) {
     collect_inside(rest, a, b, out);
 }
 
-impl Part {
+impl Part<u32> {
     /// The parts of a chunk's deltas `d` for the brackets `(a0, b0)` and `(a1, b1)`: counted
     /// in one vectorised sweep, then the keys strictly inside collected where there are any.
     fn of(d: &[f32], (a0, b0): (u32, u32), (a1, b1): (u32, u32)) -> [Part; 2] {
@@ -300,12 +271,17 @@ impl Part {
 /// The threshold at rank `r` from every chunk's part of its bracket `a..=b`: its key, the
 /// keys below it, the keys equal to it, and (`seen`) per chunk how many equal keys come
 /// before that chunk; `None` when the bracket does not hold rank `r`.
-fn threshold(parts: &[&Part], a: u32, b: u32, r: usize) -> Option<(u32, usize, usize, Vec<usize>)> {
+fn threshold<K: Copy + Ord>(
+    parts: &[&Part<K>],
+    a: K,
+    b: K,
+    r: usize,
+) -> Option<(K, usize, usize, Vec<usize>)> {
     let below: usize = parts.iter().map(|p| p.below).sum();
     let eq_a: usize = parts.iter().map(|p| p.eq_a).sum();
     let inside: usize = parts.iter().map(|p| p.inside.len()).sum();
     let eq_b: usize = parts.iter().map(|p| p.eq_b).sum();
-    let prefix = |count: &dyn Fn(&Part) -> usize| -> Vec<usize> {
+    let prefix = |count: &dyn Fn(&Part<K>) -> usize| -> Vec<usize> {
         let mut at = 0;
         parts
             .iter()
@@ -321,7 +297,7 @@ fn threshold(parts: &[&Part], a: u32, b: u32, r: usize) -> Option<(u32, usize, u
     } else if r < below + eq_a {
         Some((a, below, eq_a, prefix(&|p| p.eq_a)))
     } else if r < below + eq_a + inside {
-        let mut all: Vec<u32> = parts
+        let mut all: Vec<K> = parts
             .iter()
             .flat_map(|p| p.inside.iter().copied())
             .collect();
