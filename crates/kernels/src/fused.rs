@@ -1975,8 +1975,43 @@ enum Factor {
 type ChunkMasks = Vec<Option<Vec<u64>>>;
 
 /// DARE's keep decisions `u < p` of a chunk's draws, one bit an entry (entry `i` is bit
-/// `i % 64` of word `i / 64`), eight at a time so the comparisons vectorise.
+/// `i % 64` of word `i / 64`): eight comparisons and one move-mask an instruction each with
+/// AVX2, else [`mask_bits_scalar`].
 fn mask_bits(u: &[f32], p: f32) -> Vec<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function is compiled for
+        return unsafe { mask_bits_avx2(u, p) };
+    }
+    mask_bits_scalar(u, p)
+}
+
+/// [`mask_bits`] with AVX2: `u < p` as an ordered comparison (NaN is not below `p`, as
+/// Rust's `<`), the eight lanes' signs gathered into one byte of the word.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn mask_bits_avx2(u: &[f32], p: f32) -> Vec<u64> {
+    use std::arch::x86_64::*;
+    let mut out = vec![0u64; u.len().div_ceil(64)];
+    let pv = _mm256_set1_ps(p);
+    let eights = u.chunks_exact(8);
+    let rest = eights.remainder();
+    for (i, c) in eights.enumerate() {
+        // SAFETY: `c` holds eight f32 (an unaligned load of 32 bytes)
+        let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        let m = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(v, pv)) as u32 as u64;
+        out[i / 8] |= m << ((i % 8) * 8);
+    }
+    let done = u.len() - rest.len();
+    for (k, x) in rest.iter().enumerate() {
+        let i = done + k;
+        out[i / 64] |= u64::from(*x < p) << (i % 64);
+    }
+    out
+}
+
+/// [`mask_bits`] eight entries a byte, without SIMD intrinsics.
+fn mask_bits_scalar(u: &[f32], p: f32) -> Vec<u64> {
     let byte = |c: &[f32; 8]| -> u8 {
         let mut b = 0u8;
         for (k, u) in c.iter().enumerate() {
@@ -2407,6 +2442,18 @@ mod tests {
             let d: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 50.0).collect();
             let bits = mask_bits(&u[..n], 0.3);
             assert_eq!(bits.len(), n.div_ceil(64));
+            assert_eq!(bits, mask_bits_scalar(&u[..n], 0.3), "n = {n}");
+            // draws equal to p, NaN draws, p at the ends of [0, 1]
+            let mut edge = u[..n].to_vec();
+            edge.iter_mut().step_by(3).for_each(|x| *x = 0.3);
+            edge.iter_mut().step_by(7).for_each(|x| *x = f32::NAN);
+            for p in [0.3f32, 0.0, 1.0, f32::MIN_POSITIVE] {
+                assert_eq!(
+                    mask_bits(&edge, p),
+                    mask_bits_scalar(&edge, p),
+                    "n = {n}, p = {p}"
+                );
+            }
             // thinning alone, and the fused sweep of the merge pass: the same products as
             // thinning, then scaling (without an L1 factor, m = 1 is the product without it)
             for (m, w) in [(1.0f32, 1.0f32), (1.0, 0.7), (1.9, 0.7)] {
