@@ -1085,12 +1085,12 @@ fn decode_delta(
     tmp: &mut [f32],
     out: &mut [f32],
 ) {
-    v.decode(start, out);
-    if let Some(b) = base {
-        b.decode(start, tmp);
-        for (o, b) in out.iter_mut().zip(tmp.iter()) {
-            *o -= b;
+    match base {
+        Some(b) => {
+            b.decode(start, tmp);
+            v.decode_minus(start, tmp, out);
         }
+        None => v.decode(start, out),
     }
 }
 
@@ -1851,11 +1851,9 @@ pub fn gta(
     }
     let resolved = if windows.is_empty() {
         Vec::new()
-    } else if n >= sampled::MIN_SAMPLED {
+    } else {
         sampled::resolve_windows_sampled(n, &base, tvs, &windows)
             .unwrap_or_else(|| resolve_windows(n, &base, tvs, &windows))
-    } else {
-        resolve_windows(n, &base, tvs, &windows)
     };
     for (&(j, _, _), w) in windows.iter().zip(resolved) {
         keeps[j] = Keep::Ranks(w);

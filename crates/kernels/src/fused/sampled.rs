@@ -18,7 +18,7 @@ const BLOCK: usize = 64;
 const STRIDE: usize = 2048;
 /// Tensors below this many entries take the two-pass selection (the sample would be small
 /// and the passes are cheap).
-pub(super) const MIN_SAMPLED: usize = 1 << 20;
+const MIN_SAMPLED: usize = 1 << 20;
 
 /// The first entry of sampled block `k`: a fixed pseudo-random offset inside stride `k`, so
 /// the sample does not sit on the same columns of every row.
@@ -318,13 +318,17 @@ fn threshold<K: Copy + Ord>(
 }
 
 /// The rank windows `(input, lo, hi)` (non-empty, `hi <= n`) resolved from a sample and one
-/// pass, or `None` when a bracket missed (the caller then takes the two-pass selection).
+/// pass, or `None` for a tensor under [`MIN_SAMPLED`] entries or when a bracket missed (the
+/// caller then takes the two-pass selection).
 pub(super) fn resolve_windows_sampled(
     n: usize,
     base: &HostTensor,
     tvs: &[HostTaskVector],
     windows: &[(usize, usize, usize)],
 ) -> Option<Vec<RankWindow>> {
+    if n < MIN_SAMPLED {
+        return None;
+    }
     let which: Vec<usize> = windows.iter().map(|w| w.0).collect();
     let mut samples = sample_keys(n, base, tvs, &which);
     if samples.iter().any(|s| s.len() < 2 * BLOCK) {
