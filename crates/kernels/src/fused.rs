@@ -11,7 +11,9 @@
 //! - [`linear`]: the weighted average; [`map2`]: any per-element function of two inputs
 //!   (NearSwap); [`ram`]: RAM / RAM+ (a counting pass, then the merge); [`model_stock`]: a
 //!   reduction pass (whole tensor or per row), then the interpolation; [`sce`]: variances and
-//!   their top-k threshold, the model weights, then the merge.
+//!   their top-k threshold (on large tensors from a sample and one counting pass, the
+//!   variances recomputed per chunk instead of stored), the kept bits and the model weights
+//!   in one pass, then the merge.
 //! - [`slerp`]: SLERP over the flattened tensors (one reduction pass for the norms and the
 //!   dot product, one interpolation pass); [`nuslerp`]: the same per group (whole tensor,
 //!   row or column); [`multislerp`] and [`karcher`]: the Gram matrix of the inputs, the
@@ -746,116 +748,135 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
     }
     let deltas = |start, len, s: &mut Scratch| input_deltas(base, inputs, start, len, s);
     let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
-    // which entries are kept (None: all)
-    let keep: Option<Vec<bool>> = if select_topk < 1.0 {
-        let mut keep = vec![false; n];
-        if select_topk > 0.0 {
-            let mf = m as f64;
-            let mut var = vec![0f64; n];
-            var.par_chunks_mut(CHUNK).enumerate().for_each_init(
-                || (Scratch::new(m), vec![0f64; CHUNK]),
-                |(s, mean), (ci, v)| {
-                    let start = ci * CHUNK;
-                    let len = v.len();
-                    deltas(start, len, s);
-                    // per entry: the mean over the models, then the mean squared deviation (the
-                    // same f64 operations in the same order as entry by entry, model-major so
-                    // the loops vectorise)
-                    let mean = &mut mean[..len];
-                    mean.fill(0.0);
-                    for t in &s.tv {
-                        for (a, x) in mean.iter_mut().zip(&t[..len]) {
-                            *a += *x as f64;
-                        }
-                    }
-                    mean.iter_mut().for_each(|a| *a /= mf);
-                    v.fill(0.0);
-                    for t in &s.tv {
-                        for ((o, a), x) in v.iter_mut().zip(&*mean).zip(&t[..len]) {
-                            let d = *x as f64 - a;
-                            *o += d * d;
-                        }
-                    }
-                    v.iter_mut().for_each(|o| *o /= mf);
-                },
-            );
-            let nonzero = var.par_iter().filter(|v| **v != 0.0).count();
-            let k = (nonzero as f64 * select_topk as f64) as usize;
-            if k > 0 {
-                // the k-th largest variance; entries above it are kept, and of those equal to
-                // it the first ones by position (parallel: per-chunk counts of the ties)
-                // (a sample and one pass on large tensors, else the exact radix selection
-                // and two counting passes: the same value and counts)
-                let (kth, above, before) = match sampled::kth_sampled(&var, n - k, f64_key) {
-                    Some((key, less, eq, before)) => (f64_of_key(key), n - less - eq, before),
-                    None => {
-                        let kth = nth_largest(&var, k - 1);
-                        let above = var.par_iter().filter(|v| v.total_cmp(&kth).is_gt()).count();
-                        let mut before: Vec<usize> = var
-                            .par_chunks(CHUNK)
-                            .map(|c| c.iter().filter(|v| v.total_cmp(&kth).is_eq()).count())
-                            .collect();
-                        let mut seen = 0;
-                        for b in before.iter_mut() {
-                            (*b, seen) = (seen, seen + *b);
-                        }
-                        (kth, above, before)
-                    }
-                };
-                let ties = k - above;
-                keep.par_chunks_mut(CHUNK)
-                    .zip(var.par_chunks(CHUNK))
-                    .zip(before)
-                    .for_each(|((kc, vc), mut seen)| {
-                        for (kp, v) in kc.iter_mut().zip(vc) {
-                            *kp = match v.total_cmp(&kth) {
-                                std::cmp::Ordering::Greater => true,
-                                std::cmp::Ordering::Equal => {
-                                    seen += 1;
-                                    seen <= ties
-                                }
-                                std::cmp::Ordering::Less => false,
-                            };
-                        }
-                    });
-            }
-        }
-        Some(keep)
+    // (NaN keeps everything, as the stored path always did)
+    let select = if select_topk >= 1.0 || select_topk.is_nan() {
+        SceSelect::All
+    } else if select_topk <= 0.0 {
+        SceSelect::Nothing
     } else {
-        None
-    };
-    let masked = |start: usize, len: usize, s: &mut Scratch| {
-        deltas(start, len, s);
-        if let Some(keep) = &keep {
-            for j in 0..m {
-                // a select, not a branch: the kept entries are random
-                for (d, k) in s.tv[j][..len].iter_mut().zip(&keep[start..start + len]) {
-                    *d = if *k { *d } else { 0.0 };
+        let k_of = |nonzero: usize| (nonzero as f64 * select_topk as f64) as usize;
+        // from a sample and one counting pass over variances computed chunk by chunk (large
+        // tensors), else (or when the sample's bracket misses) from the stored variances
+        let streamed = sampled::kth_streamed(
+            n,
+            k_of,
+            || (Scratch::new(m), vec![0f64; CHUNK]),
+            |(s, mean), start, v| {
+                deltas(start, v.len(), s);
+                sce_variances(&s.tv, &mut mean[..v.len()], v);
+            },
+        );
+        match streamed {
+            Some((_, None)) => SceSelect::Nothing,
+            Some((k, Some((key, less, eq, before)))) => SceSelect::Above {
+                key,
+                ties: k - (n - less - eq),
+                before,
+                var: None,
+            },
+            None => {
+                let mut var = vec![0f64; n];
+                var.par_chunks_mut(CHUNK).enumerate().for_each_init(
+                    || (Scratch::new(m), vec![0f64; CHUNK]),
+                    |(s, mean), (ci, v)| {
+                        deltas(ci * CHUNK, v.len(), s);
+                        sce_variances(&s.tv, &mut mean[..v.len()], v);
+                    },
+                );
+                let nonzero = var.par_iter().filter(|v| **v != 0.0).count();
+                let k = k_of(nonzero);
+                if k == 0 {
+                    SceSelect::Nothing
+                } else {
+                    // the k-th largest variance; entries above it are kept, and of those
+                    // equal to it the first ones by position (parallel: per-chunk counts of
+                    // the ties) (a sample and one pass on large tensors, else the exact radix
+                    // selection and two counting passes: the same value and counts)
+                    let (kth, above, before) = match sampled::kth_sampled(&var, n - k, f64_key) {
+                        Some((key, less, eq, before)) => (f64_of_key(key), n - less - eq, before),
+                        None => {
+                            let kth = nth_largest(&var, k - 1);
+                            let above =
+                                var.par_iter().filter(|v| v.total_cmp(&kth).is_gt()).count();
+                            let mut before: Vec<usize> = var
+                                .par_chunks(CHUNK)
+                                .map(|c| c.iter().filter(|v| v.total_cmp(&kth).is_eq()).count())
+                                .collect();
+                            let mut seen = 0;
+                            for b in before.iter_mut() {
+                                (*b, seen) = (seen, seen + *b);
+                            }
+                            (kth, above, before)
+                        }
+                    };
+                    SceSelect::Above {
+                        key: f64_key(kth),
+                        ties: k - above,
+                        before,
+                        var: Some(var),
+                    }
                 }
             }
         }
     };
-    // each model's mean squared (kept) task vector, as a share of their sum
-    let sq: Vec<f64> = chunks
+    // per chunk: the kept entries (one bit each; `None`: all) and each model's sum of squared
+    // kept deltas (variances recomputed from the decoded deltas when they were not stored)
+    let per_chunk: Vec<(Option<Vec<u64>>, Vec<f64>)> = chunks
         .par_iter()
         .with_min_len(min_len(chunks.len()))
-        .fold(
-            || (Scratch::new(m), vec![0f64; m]),
-            |(mut s, mut q), &ci| {
+        .map_init(
+            || (Scratch::new(m), vec![0f64; CHUNK], vec![0f64; CHUNK]),
+            |(s, mean, v), &ci| {
                 let start = ci * CHUNK;
                 let len = chunk_len(n, start);
-                masked(start, len, &mut s);
-                for (j, qj) in q.iter_mut().enumerate() {
-                    *qj += dot_f64(&s.tv[j][..len], &s.tv[j][..len]);
+                deltas(start, len, s);
+                let bits = match &select {
+                    SceSelect::All => None,
+                    SceSelect::Nothing => Some(vec![0u64; len.div_ceil(64)]),
+                    SceSelect::Above {
+                        key,
+                        ties,
+                        before,
+                        var,
+                    } => {
+                        let v = match var {
+                            Some(var) => &var[start..start + len],
+                            None => {
+                                sce_variances(&s.tv, &mut mean[..len], &mut v[..len]);
+                                &v[..len]
+                            }
+                        };
+                        Some(keep_bits(v, *key, *ties, before[ci]))
+                    }
+                };
+                if let Some(bits) = &bits {
+                    for t in s.tv.iter_mut() {
+                        select_bits(&mut t[..len], bits);
+                    }
                 }
-                (s, q)
+                let sq = s.tv.iter().map(|t| dot_f64(&t[..len], &t[..len])).collect();
+                (bits, sq)
             },
         )
-        .map(|(_, q)| q)
-        .reduce(
-            || vec![0f64; m],
-            |a, b| a.iter().zip(b).map(|(x, y)| x + y).collect(),
-        );
+        .collect();
+    drop(select);
+    // each model's mean squared (kept) task vector, as a share of their sum (summed in chunk
+    // order: the same for every thread schedule)
+    let mut sq = vec![0f64; m];
+    for (_, q) in &per_chunk {
+        for (a, b) in sq.iter_mut().zip(q) {
+            *a += b;
+        }
+    }
+    let kept: Vec<Option<Vec<u64>>> = per_chunk.into_iter().map(|(b, _)| b).collect();
+    let masked = |ci: usize, start: usize, len: usize, s: &mut Scratch| {
+        deltas(start, len, s);
+        if let Some(bits) = &kept[ci] {
+            for t in s.tv.iter_mut() {
+                select_bits(&mut t[..len], bits);
+            }
+        }
+    };
     let means: Vec<f64> = sq.iter().map(|q| q / n as f64).collect();
     let total: f64 = means.iter().sum();
     let weights: Vec<f32> = if total.abs() < 1e-6 {
@@ -863,12 +884,9 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
     } else {
         means.iter().map(|v| (v / total) as f32).collect()
     };
-    for_each_chunk(n, m, out, |_, start, s| {
+    for_each_chunk(n, m, out, |ci, start, s| {
         let len = chunk_len(n, start);
-        masked(start, len, s);
-        // model by model over the chunk, without branches (the signs are random): the
-        // unweighted sum's sign, then the weighted sum and the weight of the agreeing entries
-        // (adding a zero where an entry disagrees leaves the sums as skipping it does)
+        masked(ci, start, len, s);
         let Scratch {
             base,
             x,
@@ -878,26 +896,206 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
             ..
         } = s;
         let (sum, num, den) = (&mut x[..len], &mut res[..len], &mut div[..len]);
-        sum.copy_from_slice(&tv[0][..len]);
-        for t in &tv[1..] {
-            for (a, v) in sum.iter_mut().zip(&t[..len]) {
-                *a += v;
-            }
-        }
-        num.fill(0.0);
-        den.fill(0.0);
-        for (t, wt) in tv.iter().zip(&weights) {
-            for (((nu, de), v), a) in num.iter_mut().zip(den.iter_mut()).zip(&t[..len]).zip(&*sum) {
-                let agree = ((*v != 0.0) & ((*v > 0.0) == (*a >= 0.0))) as u32 as f32;
-                *nu += v * wt * agree;
-                *de += wt * agree;
-            }
-        }
-        for ((r, b), d) in num.iter_mut().zip(&base[..len]).zip(den.iter()) {
-            *r = b + *r / d.max(1e-6);
-        }
+        sce_combine(tv, &weights, &base[..len], sum, num, den);
     })
 }
+
+/// SCE's merge of one chunk's kept deltas `tv` into `num`: [`sce_combine_lanes`], compiled for
+/// AVX2 where the CPU has it.
+fn sce_combine(
+    tv: &[Vec<f32>],
+    weights: &[f32],
+    base: &[f32],
+    sum: &mut [f32],
+    num: &mut [f32],
+    den: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function is compiled for
+        return unsafe { sce_combine_avx2(tv, weights, base, sum, num, den) };
+    }
+    sce_combine_lanes(tv, weights, base, sum, num, den)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sce_combine_avx2(
+    tv: &[Vec<f32>],
+    weights: &[f32],
+    base: &[f32],
+    sum: &mut [f32],
+    num: &mut [f32],
+    den: &mut [f32],
+) {
+    sce_combine_lanes(tv, weights, base, sum, num, den)
+}
+
+/// Model by model over the chunk, without branches (the signs are random): the unweighted
+/// sum's sign, then the weighted sum and the weight of the agreeing entries (adding a zero
+/// where an entry disagrees leaves the sums as skipping it does), then `base + num / den`.
+#[inline(always)]
+fn sce_combine_lanes(
+    tv: &[Vec<f32>],
+    weights: &[f32],
+    base: &[f32],
+    sum: &mut [f32],
+    num: &mut [f32],
+    den: &mut [f32],
+) {
+    let len = sum.len();
+    sum.copy_from_slice(&tv[0][..len]);
+    for t in &tv[1..] {
+        for (a, v) in sum.iter_mut().zip(&t[..len]) {
+            *a += v;
+        }
+    }
+    num.fill(0.0);
+    den.fill(0.0);
+    for (t, wt) in tv.iter().zip(weights) {
+        for (((nu, de), v), a) in num.iter_mut().zip(den.iter_mut()).zip(&t[..len]).zip(&*sum) {
+            let agree = ((*v != 0.0) & ((*v > 0.0) == (*a >= 0.0))) as u32 as f32;
+            *nu += v * wt * agree;
+            *de += wt * agree;
+        }
+    }
+    for ((r, b), d) in num.iter_mut().zip(base).zip(den.iter()) {
+        *r = b + *r / d.max(1e-6);
+    }
+}
+
+/// What SCE keeps: every entry, none, or those whose variance's key is above `key` plus the
+/// first `ties` equal to it by position (`before[chunk]` of them come before each chunk), with
+/// the variances when they were stored.
+enum SceSelect {
+    All,
+    Nothing,
+    Above {
+        key: u64,
+        ties: usize,
+        before: Vec<usize>,
+        var: Option<Vec<f64>>,
+    },
+}
+
+/// Per entry of a chunk, the variance over the models' deltas `tv` (f64): the mean over the
+/// models, then the mean squared deviation (the same f64 operations in the same order as
+/// entry by entry, model-major so the loops vectorise). `mean` is scratch.
+fn sce_variances(tv: &[Vec<f32>], mean: &mut [f64], var: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function is compiled for
+        return unsafe { sce_variances_avx2(tv, mean, var) };
+    }
+    sce_variances_lanes(tv, mean, var)
+}
+
+/// [`sce_variances`] four f64 an instruction (the same operations per entry).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sce_variances_avx2(tv: &[Vec<f32>], mean: &mut [f64], var: &mut [f64]) {
+    sce_variances_lanes(tv, mean, var)
+}
+
+#[inline(always)]
+fn sce_variances_lanes(tv: &[Vec<f32>], mean: &mut [f64], var: &mut [f64]) {
+    let len = var.len();
+    let mf = tv.len() as f64;
+    // dividing by a power of two rounds as multiplying by its reciprocal does (both are the
+    // exact quotient rounded once), and the product is several times cheaper
+    let div = |x: &mut f64| {
+        if tv.len().is_power_of_two() {
+            *x *= 1.0 / mf
+        } else {
+            *x /= mf
+        }
+    };
+    mean.fill(0.0);
+    for t in tv {
+        for (a, x) in mean.iter_mut().zip(&t[..len]) {
+            *a += *x as f64;
+        }
+    }
+    mean.iter_mut().for_each(div);
+    var.fill(0.0);
+    for t in tv {
+        for ((o, a), x) in var.iter_mut().zip(&*mean).zip(&t[..len]) {
+            let d = *x as f64 - a;
+            *o += d * d;
+        }
+    }
+    var.iter_mut().for_each(div);
+}
+
+/// SCE's kept entries of a chunk, one bit each (entry `i`: bit `i % 64` of word `i / 64`):
+/// variance keys above `key`, and of those equal to it the first `ties` counting `seen` equal
+/// ones before the chunk.
+fn keep_bits(v: &[f64], key: u64, ties: usize, seen: usize) -> Vec<u64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function is compiled for
+        return unsafe { keep_bits_avx2(v, key, ties, seen) };
+    }
+    keep_bits_lanes(v, key, ties, seen)
+}
+
+/// [`keep_bits`] with four-lane comparisons.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn keep_bits_avx2(v: &[f64], key: u64, ties: usize, seen: usize) -> Vec<u64> {
+    keep_bits_lanes(v, key, ties, seen)
+}
+
+#[inline(always)]
+fn keep_bits_lanes(v: &[f64], key: u64, ties: usize, mut seen: usize) -> Vec<u64> {
+    let mut words = vec![0u64; v.len().div_ceil(64)];
+    for (w, c) in words.iter_mut().zip(v.chunks(64)) {
+        let (mut gt, mut eq) = (0u64, 0u64);
+        for (i, x) in c.iter().enumerate() {
+            let k = f64_key(*x);
+            gt |= ((k > key) as u64) << i;
+            eq |= ((k == key) as u64) << i;
+        }
+        while eq != 0 {
+            seen += 1;
+            if seen <= ties {
+                gt |= eq & eq.wrapping_neg();
+            }
+            eq &= eq - 1;
+        }
+        *w = gt;
+    }
+    words
+}
+
+/// `d_i = if bit_i { d_i } else { 0.0 }` (a select: a dropped entry is +0.0 whatever it was),
+/// eight entries a table lookup of lane masks, and-ed with the values' bits.
+fn select_bits(d: &mut [f32], bits: &[u64]) {
+    let bytes = bits.iter().flat_map(|x| x.to_le_bytes());
+    for (d, b) in d.chunks_mut(8).zip(bytes) {
+        let mask = &BYTE_MASKS[b as usize];
+        for (x, k) in d.iter_mut().zip(mask) {
+            *x = f32::from_bits(x.to_bits() & k);
+        }
+    }
+}
+
+/// Per byte of keep bits, the eight lanes' masks (all ones where the bit is set).
+const BYTE_MASKS: [[u32; 8]; 256] = {
+    let mut t = [[0u32; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut k = 0;
+        while k < 8 {
+            if (b >> k) & 1 == 1 {
+                t[b][k] = u32::MAX;
+            }
+            k += 1;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// `sum_e a_e b_e` in f64 (products and sum) over eight lanes, so the loop vectorises: the
 /// reductions of SCE (`a = b`) and of the spherical means.
@@ -947,10 +1145,8 @@ fn abs_sum_f64_lanes(a: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// The value of rank `r` in descending `f64::total_cmp` order (`r = 0`: the largest): a
-/// parallel radix selection over the 64 bits of the values' sortable keys, 16 at a time,
-/// without copying or sorting them.
 /// The key of `x` whose unsigned order is `f64::total_cmp`'s.
+#[inline(always)]
 fn f64_key(x: f64) -> u64 {
     let b = x.to_bits();
     if b >> 63 == 1 { !b } else { b | (1 << 63) }
@@ -961,6 +1157,9 @@ fn f64_of_key(b: u64) -> f64 {
     f64::from_bits(if b >> 63 == 1 { b & !(1 << 63) } else { !b })
 }
 
+/// The value of rank `r` in descending `f64::total_cmp` order (`r = 0`: the largest): a
+/// parallel radix selection over the 64 bits of the values' sortable keys, 16 at a time,
+/// without copying or sorting them.
 fn nth_largest(values: &[f64], r: usize) -> f64 {
     const BINS: usize = 1 << 16;
     let key = f64_key;
@@ -2555,6 +2754,108 @@ mod tests {
             .collect();
         let want: Vec<u32> = (0..50).collect();
         assert_eq!(ranker.rank(&row), &want[..], "equal magnitudes");
+    }
+
+    /// SCE on tensors large enough for the streamed selection (no stored variances) gives what
+    /// an entry-by-entry reference gives: variances in f64, the `floor(nonzero * topk)` largest
+    /// kept with ties by position (quantized deltas: long ties, zero variances), weights from
+    /// the kept squares, the sign-agreeing weighted mean; two models (a power of two: the
+    /// divisions become products) and three.
+    #[test]
+    fn sce_on_large_tensors_matches_an_entrywise_reference() {
+        let n = (1 << 20) + 4099;
+        let draw = |seed: u64, q: f32| -> Vec<f32> {
+            MaskRng::new(seed, "sce", 0)
+                .uniform(n)
+                .into_iter()
+                .map(|u| ((u * 2.0 - 1.0) * q).round() / q)
+                .collect()
+        };
+        let base = draw(1, 64.0);
+        for (m, topk) in [(2usize, 0.3f32), (3, 0.5), (3, 0.9)] {
+            let inputs: Vec<Vec<f32>> = (0..m)
+                .map(|j| {
+                    let d = draw(10 + j as u64, 4.0);
+                    base.iter().zip(&d).map(|(b, d)| b + d / 8.0).collect()
+                })
+                .collect();
+            let deltas: Vec<Vec<f32>> = inputs
+                .iter()
+                .map(|x| x.iter().zip(&base).map(|(x, b)| x - b).collect())
+                .collect();
+            let mf = m as f64;
+            let var: Vec<f64> = (0..n)
+                .map(|i| {
+                    let mut mean = 0.0;
+                    for d in &deltas {
+                        mean += d[i] as f64;
+                    }
+                    mean /= mf;
+                    let mut v = 0.0;
+                    for d in &deltas {
+                        let e = d[i] as f64 - mean;
+                        v += e * e;
+                    }
+                    v / mf
+                })
+                .collect();
+            let nonzero = var.iter().filter(|v| **v != 0.0).count();
+            let k = (nonzero as f64 * topk as f64) as usize;
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| var[b].total_cmp(&var[a]).then(a.cmp(&b)));
+            let mut keep = vec![false; n];
+            for &i in &order[..k] {
+                keep[i] = true;
+            }
+            assert!(keep.iter().any(|k| !k) && keep.iter().any(|k| *k));
+            let masked: Vec<Vec<f32>> = deltas
+                .iter()
+                .map(|d| {
+                    d.iter()
+                        .zip(&keep)
+                        .map(|(d, k)| if *k { *d } else { 0.0 })
+                        .collect()
+                })
+                .collect();
+            let means: Vec<f64> = masked
+                .iter()
+                .map(|d| d.iter().map(|x| *x as f64 * *x as f64).sum::<f64>() / n as f64)
+                .collect();
+            let total: f64 = means.iter().sum();
+            let w: Vec<f32> = means.iter().map(|v| (v / total) as f32).collect();
+            let want: Vec<f32> = (0..n)
+                .map(|i| {
+                    let sum: f32 = masked.iter().map(|d| d[i]).sum();
+                    let (mut num, mut den) = (0f32, 0f32);
+                    for (d, w) in masked.iter().zip(&w) {
+                        let v = d[i];
+                        if v != 0.0 && (v > 0.0) == (sum >= 0.0) {
+                            num += v * w;
+                            den += w;
+                        }
+                    }
+                    base[i] + num / den.max(1e-6)
+                })
+                .collect();
+            let hosts: Vec<HostTensor> = inputs.iter().map(|x| HostTensor::F32(x)).collect();
+            let mut got = vec![0f32; n];
+            sce(HostTensor::F32(&base), &hosts, topk, HostOut::F32(&mut got)).unwrap();
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-6,
+                "m={m} topk={topk}: max |fused - reference| = {worst}"
+            );
+            // the kept set exactly: where the reference drops every model, the base comes back
+            let dropped = (0..n)
+                .filter(|&i| !keep[i])
+                .filter(|&i| got[i] != base[i])
+                .count();
+            assert_eq!(dropped, 0, "m={m} topk={topk}");
+        }
     }
 
     /// DELLA over rows longer than 65536 entries (4-byte ranks, a row across several chunks)

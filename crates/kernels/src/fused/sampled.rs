@@ -5,7 +5,8 @@
 //! [`RankWindow`] as the two-pass histogram selection gives: the sample only decides which keys
 //! are collected, and when a bracket misses its rank (a sample unlike the tensor) the caller
 //! falls back to the two-pass selection. SCE's k-th largest variance is found the same way
-//! ([`kth_sampled`]) over its f64 variances.
+//! from variances computed chunk by chunk and never stored ([`kth_streamed`]), or over a
+//! stored f64 array ([`kth_sampled`]) when that misses.
 
 use super::{
     CHUNK, HostTaskVector, HostTensor, RankWindow, Scratch, chunk_len, deltas, key, min_len,
@@ -99,6 +100,131 @@ pub(super) fn kth_sampled(
         })
         .collect();
     threshold(&parts.iter().collect::<Vec<_>>(), a, b, r)
+}
+
+/// SCE's selection straight from each chunk's variances, which `vars(state, start, out)`
+/// computes for `out.len()` entries from `start` (no n-entry array of them): the count of
+/// nonzero variances, `k = k_of(nonzero)`, and the key of ascending rank `n - k` with the counts
+/// of [`kth_sampled`] (`None` in the second place when `k == 0`). A 1/32 sample brackets the
+/// rank (with the spread of the sample's nonzero count on top) and one pass counts and
+/// collects; `None` when the tensor is small or the bracket misses (the caller stores the
+/// variances and takes [`kth_sampled`] or the radix selection).
+#[allow(clippy::type_complexity)]
+pub(super) fn kth_streamed<S>(
+    n: usize,
+    k_of: impl Fn(usize) -> usize,
+    init: impl Fn() -> S + Sync + Send,
+    vars: impl Fn(&mut S, usize, &mut [f64]) + Sync,
+) -> Option<(usize, Option<(u64, usize, usize, Vec<usize>)>)> {
+    use super::f64_key;
+    if n < MIN_SAMPLED {
+        return None;
+    }
+    let blocks = n / STRIDE;
+    const GROUP: usize = 256;
+    let mut sample: Vec<u64> = (0..blocks.div_ceil(GROUP))
+        .into_par_iter()
+        .map_init(
+            || (init(), [0f64; BLOCK]),
+            |(st, v), g| {
+                let mut keys = Vec::with_capacity(GROUP * BLOCK);
+                for k in g * GROUP..((g + 1) * GROUP).min(blocks) {
+                    vars(st, block_start(k), v);
+                    keys.extend(v.iter().map(|x| f64_key(*x)));
+                }
+                keys
+            },
+        )
+        .flatten()
+        .collect();
+    let zero = f64_key(0.0);
+    let m = sample.len() as f64;
+    let zeros = sample.iter().filter(|k| **k == zero).count() as f64;
+    // the nonzero count, six standard deviations either side (blocks sampled whole, so the
+    // spread of a block count, in entries)
+    let p = zeros / m;
+    let spread = 6.0 * (p * (1.0 - p) / blocks as f64).sqrt() * n as f64 + BLOCK as f64;
+    let nonzero = (1.0 - p) * n as f64;
+    let clamp = |x: f64| x.clamp(0.0, n as f64) as usize;
+    let (k_lo, k_hi) = (k_of(clamp(nonzero - spread)), k_of(clamp(nonzero + spread)));
+    let (r_lo, r_hi) = (n - k_hi.min(n), n - k_lo.min(n));
+    let a = bracket(&mut sample, n, r_lo.min(n - 1), u64::MAX).0;
+    let b = bracket(&mut sample, n, r_hi.min(n - 1), u64::MAX).1;
+    let parts: Vec<(Part<u64>, usize)> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map_init(
+            || (init(), vec![0f64; CHUNK]),
+            |(st, v), ci| {
+                let start = ci * CHUNK;
+                let v = &mut v[..chunk_len(n, start)];
+                vars(st, start, v);
+                count_f64(v, a, b)
+            },
+        )
+        .collect();
+    let zeros: usize = parts.iter().map(|p| p.1).sum();
+    let k = k_of(n - zeros);
+    if k == 0 {
+        return Some((0, None));
+    }
+    let parts: Vec<&Part<u64>> = parts.iter().map(|p| &p.0).collect();
+    threshold(&parts, a, b, n - k.min(n)).map(|t| (k, Some(t)))
+}
+
+/// One chunk of variances against the bracket `a..=b` of their keys: the [`Part`] and how many
+/// are zero.
+fn count_f64(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function is compiled for
+        return unsafe { count_f64_avx2(v, a, b) };
+    }
+    count_f64_lanes(v, a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn count_f64_avx2(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
+    count_f64_lanes(v, a, b)
+}
+
+#[inline(always)]
+fn count_f64_lanes(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
+    use super::f64_key;
+    let (mut below, mut eq_a, mut eq_b, mut inside, mut zeros) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for x in v {
+        let k = f64_key(*x);
+        below += (k < a) as u64;
+        eq_a += (k == a) as u64;
+        eq_b += (k == b) as u64;
+        inside += ((k > a) & (k < b)) as u64;
+        zeros += (*x == 0.0) as u64;
+    }
+    let mut keys = Vec::with_capacity(inside as usize);
+    if inside > 0 {
+        for block in v.chunks(16) {
+            if block.iter().fold(false, |any, x| {
+                let k = f64_key(*x);
+                any | ((k > a) & (k < b))
+            }) {
+                for x in block {
+                    let k = f64_key(*x);
+                    if (k > a) & (k < b) {
+                        keys.push(k);
+                    }
+                }
+            }
+        }
+    }
+    (
+        Part {
+            below: below as usize,
+            eq_a: eq_a as usize,
+            eq_b: if b == a { 0 } else { eq_b as usize },
+            inside: keys,
+        },
+        zeros as usize,
+    )
 }
 
 /// Two keys `a <= b` from the sample between which the key at rank `r` of an `n`-entry
@@ -467,6 +593,83 @@ mod tests {
         }
     }
 
+    /// SCE's streamed selection (variances computed chunk by chunk, none stored) finds the
+    /// same k, threshold and counts as the radix selection over the stored array, with the
+    /// zeros left out of k; a sample unlike the tensor must miss (the caller then stores).
+    #[test]
+    fn streamed_kth_equals_the_radix_selection() {
+        use super::super::{f64_key, f64_of_key, nth_largest};
+        let n = MIN_SAMPLED + 54_321;
+        let u = MaskRng::new(12, "kth", 0).uniform(n);
+        let smooth: Vec<f64> = u.iter().map(|x| (*x as f64).powi(3)).collect();
+        let tied: Vec<f64> = u
+            .iter()
+            .map(|x| {
+                if *x < 0.6 {
+                    0.0
+                } else {
+                    ((x * 8.0) as u32) as f64 * 0.125
+                }
+            })
+            .collect();
+        let mut unlike: Vec<f64> = smooth.iter().map(|x| x + 1.0).collect();
+        for k in 0..n / STRIDE {
+            unlike[block_start(k)..block_start(k) + BLOCK].fill(1e-9);
+        }
+        let mut missed = 0;
+        for (name, v) in [("smooth", &smooth), ("tied", &tied), ("unlike", &unlike)] {
+            let nonzero = v.iter().filter(|x| **x != 0.0).count();
+            for topk in [0.001f64, 0.1, 0.5, 0.9, 0.999999] {
+                let k_of = |nz: usize| (nz as f64 * topk) as usize;
+                let got = kth_streamed(
+                    n,
+                    k_of,
+                    || (),
+                    |_, start, out: &mut [f64]| out.copy_from_slice(&v[start..start + out.len()]),
+                );
+                let Some((k, kth)) = got else {
+                    assert_eq!(name, "unlike", "topk={topk}");
+                    missed += 1;
+                    continue;
+                };
+                assert_eq!(k, k_of(nonzero), "{name} topk={topk}");
+                let (key, less, eq, before) = kth.expect("k > 0");
+                let want = nth_largest(v, k - 1);
+                assert_eq!(
+                    f64_of_key(key).to_bits(),
+                    want.to_bits(),
+                    "{name} topk={topk}"
+                );
+                assert_eq!(key, f64_key(want));
+                assert_eq!(
+                    less,
+                    v.iter().filter(|x| x.total_cmp(&want).is_lt()).count()
+                );
+                assert_eq!(eq, v.iter().filter(|x| x.total_cmp(&want).is_eq()).count());
+                let seen: Vec<usize> = v
+                    .chunks(CHUNK)
+                    .scan(0, |at, c| {
+                        let here = *at;
+                        *at += c.iter().filter(|x| x.total_cmp(&want).is_eq()).count();
+                        Some(here)
+                    })
+                    .collect();
+                assert_eq!(before, seen, "{name} topk={topk}");
+            }
+        }
+        assert!(missed > 0);
+        // below the sampled size, no answer (the caller's stored path)
+        let small = vec![1.0; 1000];
+        assert!(
+            kth_streamed(
+                1000,
+                |nz| nz / 2,
+                || (),
+                |_, s, o: &mut [f64]| o.copy_from_slice(&small[s..s + o.len()])
+            )
+            .is_none()
+        );
+    }
     /// SCE's k-th variance from the sample and one pass equals the radix selection's, with the
     /// counts below and equal and the ties before each chunk; a sample unlike the array misses.
     #[test]
