@@ -1529,12 +1529,11 @@ enum RankStore {
 impl RankStore {
     /// The ranks of `input - base` within rows of `cols`, rows ranked in parallel.
     fn new(base: &HostTensor, input: &HostTensor, n: usize, cols: usize) -> RankStore {
-        fn fill<T: Copy + Send + Default>(
+        fn fill<T: Rank + Send + Default>(
             base: &HostTensor,
             input: &HostTensor,
             n: usize,
             cols: usize,
-            cast: fn(u32) -> T,
         ) -> Vec<T> {
             let mut out = vec![T::default(); n];
             // a few rows per job, about one chunk's worth
@@ -1545,23 +1544,45 @@ impl RankStore {
                     for (ri, row) in block.chunks_mut(cols).enumerate() {
                         let at = (bi * rows + ri) * cols;
                         base.decode(at, b);
-                        input.decode(at, d);
-                        for (x, y) in d.iter_mut().zip(b.iter()) {
-                            *x -= y;
-                        }
-                        for (o, r) in row.iter_mut().zip(ranker.rank(d)) {
-                            *o = cast(*r);
-                        }
+                        input.decode_minus(at, b, d);
+                        ranker.rank_into(d, row);
                     }
                 },
             );
             out
         }
         if cols <= 1 << 16 {
-            RankStore::U16(fill(base, input, n, cols, |r| r as u16))
+            RankStore::U16(fill(base, input, n, cols))
         } else {
-            RankStore::U32(fill(base, input, n, cols, |r| r))
+            RankStore::U32(fill(base, input, n, cols))
         }
+    }
+}
+
+/// A rank as [`RowRanker::rank_into`] writes it: 16 or 32 bits (DELLA's rank stores) or f32
+/// (the burn path's rank tensor).
+pub trait Rank: Copy {
+    fn of(r: u32) -> Self;
+}
+
+impl Rank for u16 {
+    #[inline(always)]
+    fn of(r: u32) -> u16 {
+        r as u16
+    }
+}
+
+impl Rank for u32 {
+    #[inline(always)]
+    fn of(r: u32) -> u32 {
+        r
+    }
+}
+
+impl Rank for f32 {
+    #[inline(always)]
+    fn of(r: u32) -> f32 {
+        r as f32
     }
 }
 
@@ -1570,11 +1591,15 @@ impl RankStore {
 /// the same mask everywhere. An LSD radix sort of (magnitude bits, position) keys over only
 /// the bits in which the row's magnitudes differ, in as few digits of at most 11 bits as cover
 /// them, counted in one sweep, then one scatter pass a digit (a pass whose digit is the same
-/// everywhere is skipped); its buffers are kept between rows.
+/// everywhere is skipped); the last pass writes each entry's rank instead of moving its key.
+/// Keys are 32 bits when the varying bits and the position fit (most rows of bf16 deltas),
+/// else 64. Its buffers are kept between rows.
 #[derive(Debug, Default, Clone)]
 pub struct RowRanker {
     keys: Vec<u64>,
     tmp: Vec<u64>,
+    keys32: Vec<u32>,
+    tmp32: Vec<u32>,
     ranks: Vec<u32>,
     counts: Vec<u32>,
 }
@@ -1582,18 +1607,21 @@ pub struct RowRanker {
 impl RowRanker {
     /// The rank of each entry of `row`.
     pub fn rank(&mut self, row: &[f32]) -> &[u32] {
+        let mut ranks = std::mem::take(&mut self.ranks);
+        ranks.resize(row.len(), 0);
+        self.rank_into(row, &mut ranks);
+        self.ranks = ranks;
+        &self.ranks
+    }
+
+    /// The rank of each entry of `row` into `out` (as long as `row`).
+    pub fn rank_into<T: Rank>(&mut self, row: &[f32], out: &mut [T]) {
         let n = row.len();
         assert!(
             u32::try_from(n).is_ok(),
             "a row of {n} entries is too long to rank"
         );
-        self.keys.clear();
-        self.keys.extend(
-            row.iter()
-                .enumerate()
-                .map(|(i, v)| ((key(*v) as u64) << 32) | i as u64),
-        );
-        self.tmp.resize(n, 0);
+        assert_eq!(out.len(), n, "one rank per entry");
         // only the bits that differ between the row's magnitudes decide the order (deltas of
         // bf16 inputs vary in a dozen or so): they are split into as few digits of at most
         // 11 bits as cover them, least significant first, all counted in one sweep; LSD
@@ -1604,50 +1632,137 @@ impl RowRanker {
         });
         let varying = or ^ and;
         if varying == 0 {
-            self.ranks.clear();
-            self.ranks.extend(0..n as u32);
-            return &self.ranks;
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = T::of(i as u32);
+            }
+            return;
         }
         let low = varying.trailing_zeros();
         let span = 32 - varying.leading_zeros() - low;
         let passes = span.div_ceil(11);
         let bits = span.div_ceil(passes);
-        let mut digits = [(0u32, 0u64); 3];
-        for (p, d) in digits.iter_mut().enumerate().take(passes as usize) {
-            *d = (32 + low + p as u32 * bits, (1u64 << bits) - 1);
+        // bits of a position
+        let pbits = u32::BITS - (n as u32 - 1).leading_zeros();
+        if span + pbits <= 32 {
+            // (varying bits, position) in 32 bits
+            let span_mask = if span == 32 {
+                u32::MAX
+            } else {
+                (1u32 << span) - 1
+            };
+            self.keys32.clear();
+            self.keys32.extend(
+                row.iter()
+                    .enumerate()
+                    .map(|(i, v)| (((key(*v) >> low) & span_mask) << pbits) | i as u32),
+            );
+            self.tmp32.resize(n, 0);
+            let shifts: Vec<u32> = (0..passes).map(|p| pbits + p * bits).collect();
+            let pmask = ((1u64 << pbits) - 1) as u32;
+            lsd_ranks(
+                &mut self.keys32,
+                &mut self.tmp32,
+                &mut self.counts,
+                &shifts,
+                bits,
+                |k, s| ((k >> s) & ((1 << bits) - 1)) as usize,
+                |k| (k & pmask) as usize,
+                out,
+            );
+        } else {
+            self.keys.clear();
+            self.keys.extend(
+                row.iter()
+                    .enumerate()
+                    .map(|(i, v)| ((key(*v) as u64) << 32) | i as u64),
+            );
+            self.tmp.resize(n, 0);
+            let shifts: Vec<u32> = (0..passes).map(|p| 32 + low + p * bits).collect();
+            lsd_ranks(
+                &mut self.keys,
+                &mut self.tmp,
+                &mut self.counts,
+                &shifts,
+                bits,
+                |k, s| ((k >> s) & ((1 << bits) - 1)) as usize,
+                |k| (k & 0xffff_ffff) as usize,
+                out,
+            );
         }
-        let digits = &digits[..passes as usize];
-        let width = 1usize << bits;
-        self.counts.clear();
-        self.counts.resize(width * digits.len(), 0);
-        for k in &self.keys {
-            for (c, (shift, mask)) in self.counts.chunks_exact_mut(width).zip(digits) {
-                c[((k >> shift) & mask) as usize] += 1;
+    }
+}
+
+/// The LSD passes of [`RowRanker`] over `keys` (in position order), one digit of `bits` bits
+/// at each of `shifts`: every digit counted in one sweep, a pass whose digit is the same for
+/// every key skipped, the last pass writing the ranks (`out[pos(key)]`) instead of moving keys.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn lsd_ranks<K: Copy, T: Rank>(
+    keys: &mut Vec<K>,
+    tmp: &mut Vec<K>,
+    counts: &mut Vec<u32>,
+    shifts: &[u32],
+    bits: u32,
+    digit: impl Fn(K, u32) -> usize,
+    pos: impl Fn(K) -> usize,
+    out: &mut [T],
+) {
+    let n = keys.len();
+    let width = 1usize << bits;
+    counts.clear();
+    counts.resize(width * shifts.len(), 0);
+    // the digits' counts side by side (no per-key loop over the digits)
+    match *shifts {
+        [s0] => {
+            for k in keys.iter() {
+                counts[digit(*k, s0)] += 1;
             }
         }
-        for (counts, &(shift, mask)) in self.counts.chunks_exact_mut(width).zip(digits) {
-            if counts.contains(&(n as u32)) {
-                continue;
+        [s0, s1] => {
+            let (c0, c1) = counts.split_at_mut(width);
+            for k in keys.iter() {
+                c0[digit(*k, s0)] += 1;
+                c1[digit(*k, s1)] += 1;
             }
-            let mut at = 0;
-            for c in counts.iter_mut() {
-                let here = *c;
-                *c = at;
-                at += here;
-            }
-            for k in &self.keys {
-                let d = ((k >> shift) & mask) as usize;
-                self.tmp[counts[d] as usize] = *k;
-                counts[d] += 1;
-            }
-            std::mem::swap(&mut self.keys, &mut self.tmp);
         }
-        self.ranks.clear();
-        self.ranks.resize(n, 0);
-        for (r, k) in self.keys.iter().enumerate() {
-            self.ranks[(*k & 0xffff_ffff) as usize] = r as u32;
+        _ => {
+            for k in keys.iter() {
+                for (p, &s) in shifts.iter().enumerate() {
+                    counts[p * width + digit(*k, s)] += 1;
+                }
+            }
         }
-        &self.ranks
+    }
+    let active: Vec<usize> = (0..shifts.len())
+        .filter(|&p| !counts[p * width..(p + 1) * width].contains(&(n as u32)))
+        .collect();
+    for (at, &p) in active.iter().enumerate() {
+        let c = &mut counts[p * width..(p + 1) * width];
+        let mut sum = 0;
+        for x in c.iter_mut() {
+            let here = *x;
+            *x = sum;
+            sum += here;
+        }
+        let s = shifts[p];
+        if at + 1 == active.len() {
+            for k in keys.iter() {
+                let d = digit(*k, s);
+                out[pos(*k)] = T::of(c[d]);
+                c[d] += 1;
+            }
+            return;
+        }
+        for k in keys.iter() {
+            let d = digit(*k, s);
+            tmp[c[d] as usize] = *k;
+            c[d] += 1;
+        }
+        std::mem::swap(keys, tmp);
+    }
+    // no digit varies (cannot happen for a row whose magnitudes differ): position order
+    for (r, k) in keys.iter().enumerate() {
+        out[pos(*k)] = T::of(r as u32);
     }
 }
 

@@ -210,9 +210,7 @@ pub fn sparsify(
                     .par_chunks(c)
                     .zip(ranks.par_chunks_mut(c))
                     .for_each_init(crate::fused::RowRanker::default, |ranker, (row, out)| {
-                        for (o, k) in out.iter_mut().zip(ranker.rank(row)) {
-                            *o = *k as f32;
-                        }
+                        ranker.rank_into(row, out)
                     });
                 Tensor::<2>::from_data(TensorData::new(ranks, [r, c]), &x.device())
             };
