@@ -19,7 +19,7 @@
 //!   row or column); [`multislerp`] and [`karcher`]: the Gram matrix of the inputs, the
 //!   spherical mean computed on the inputs' coefficients, one output pass.
 //! - [`arcee_fusion`]: each row's KL divergence, the exact quartiles of the importances (a
-//!   radix selection over their bits), the masked merge.
+//!   sample and one counting pass, or a radix selection over their bits), the masked merge.
 //!
 //! Magnitude selection (TIES' top-k, breadcrumbs' rank window) is exact without sorting or
 //! copying: a two-pass radix selection over the bits of `|delta|` (16 high bits, then the 16

@@ -2,8 +2,10 @@
 //! entry is `|other - base|` times its row's KL divergence between the softmaxes of the other
 //! and the base rows; entries whose importance reaches `median + 1.5 IQR` take the other
 //! model's value. Passes: the rows' KL divergences (row-parallel, f64, a value per row); the
-//! three quartiles, exact, by a radix selection over the importances' bits (two histogram
-//! passes, the importances recomputed from the KL values); the merge.
+//! three quartiles, exact, from a 1/32 sample and one counting pass on tensors of 2^20 entries
+//! and more (`sampled::keys_at_ranks`), else (or when a bracket misses) by a radix selection
+//! over the importances' bits (two histogram passes), the importances recomputed from the KL
+//! values each time; the merge.
 
 use super::{
     CHUNK, HostOut, HostTensor, Scratch, bin_of_rank, check_lengths, chunk_len, for_each_chunk,
@@ -329,7 +331,22 @@ pub fn arcee_fusion(base: HostTensor, other: HostTensor, cols: usize, out: HostO
         .iter()
         .map(|&q| quantile_index(q, n))
         .collect();
-    let q = select_ranks(n, &ranks, importances);
+    // from a sample and one counting pass (large tensors), else two histogram passes
+    let sampled = super::sampled::keys_at_ranks(
+        n,
+        &ranks,
+        || Scratch::new(0),
+        |s, start, keys| {
+            importances(start, keys.len(), s);
+            for (k, v) in keys.iter_mut().zip(&s.res) {
+                *k = total_key(*v);
+            }
+        },
+    );
+    let q = match sampled {
+        Some(keys) => keys.into_iter().map(from_total_key).collect(),
+        None => select_ranks(n, &ranks, importances),
+    };
     let threshold = q[1] + 1.5 * (q[2] - q[0]);
     for_each_chunk(n, 0, out, |_, start, s| {
         let len = chunk_len(n, start);

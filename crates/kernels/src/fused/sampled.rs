@@ -227,6 +227,108 @@ fn count_f64_lanes(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
     )
 }
 
+/// The keys at the ascending ranks `ranks` of the `n` keys that `keys(state, start, out)`
+/// computes for `out.len()` entries from `start` (any monotone u32 key; Arcee Fusion's
+/// quartiles of its importances): a 1/32 sample brackets each rank and one pass counts and
+/// collects. `None` when the tensor is small or a bracket misses (the caller takes its exact
+/// histogram passes).
+pub(super) fn keys_at_ranks<S>(
+    n: usize,
+    ranks: &[usize],
+    init: impl Fn() -> S + Sync + Send,
+    keys: impl Fn(&mut S, usize, &mut [u32]) + Sync,
+) -> Option<Vec<u32>> {
+    if n < MIN_SAMPLED || ranks.iter().any(|&r| r >= n) {
+        return None;
+    }
+    let blocks = n / STRIDE;
+    const GROUP: usize = 256;
+    let mut sample: Vec<u32> = (0..blocks.div_ceil(GROUP))
+        .into_par_iter()
+        .map_init(
+            || (init(), [0u32; BLOCK]),
+            |(st, k), g| {
+                let mut out = Vec::with_capacity(GROUP * BLOCK);
+                for b in g * GROUP..((g + 1) * GROUP).min(blocks) {
+                    keys(st, block_start(b), k);
+                    out.extend_from_slice(k);
+                }
+                out
+            },
+        )
+        .flatten()
+        .collect();
+    let brackets: Vec<(u32, u32)> = ranks
+        .iter()
+        .map(|&r| bracket(&mut sample, n, r, u32::MAX))
+        .collect();
+    let parts: Vec<Vec<Part<u32>>> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map_init(
+            || (init(), vec![0u32; CHUNK]),
+            |(st, k), ci| {
+                let start = ci * CHUNK;
+                let k = &mut k[..chunk_len(n, start)];
+                keys(st, start, k);
+                brackets.iter().map(|&(a, b)| count_u32(k, a, b)).collect()
+            },
+        )
+        .collect();
+    ranks
+        .iter()
+        .zip(&brackets)
+        .enumerate()
+        .map(|(i, (&r, &(a, b)))| {
+            let mine: Vec<&Part<u32>> = parts.iter().map(|p| &p[i]).collect();
+            threshold(&mine, a, b, r).map(|t| t.0)
+        })
+        .collect()
+}
+
+/// One chunk of u32 keys against the bracket `a..=b`: its [`Part`].
+fn count_u32(k: &[u32], a: u32, b: u32) -> Part<u32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function is compiled for
+        return unsafe { count_u32_avx2(k, a, b) };
+    }
+    count_u32_lanes(k, a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn count_u32_avx2(k: &[u32], a: u32, b: u32) -> Part<u32> {
+    count_u32_lanes(k, a, b)
+}
+
+#[inline(always)]
+fn count_u32_lanes(k: &[u32], a: u32, b: u32) -> Part<u32> {
+    let (mut below, mut eq_a, mut eq_b, mut inside) = (0u32, 0u32, 0u32, 0u32);
+    for &x in k {
+        below += (x < a) as u32;
+        eq_a += (x == a) as u32;
+        eq_b += (x == b) as u32;
+        inside += ((x > a) & (x < b)) as u32;
+    }
+    let mut keys = Vec::with_capacity(inside as usize);
+    if inside > 0 {
+        for block in k.chunks(16) {
+            if block
+                .iter()
+                .fold(false, |any, x| any | ((*x > a) & (*x < b)))
+            {
+                keys.extend(block.iter().filter(|x| (**x > a) & (**x < b)));
+            }
+        }
+    }
+    Part {
+        below: below as usize,
+        eq_a: eq_a as usize,
+        eq_b: if b == a { 0 } else { eq_b as usize },
+        inside: keys,
+    }
+}
+
 /// Two keys `a <= b` from the sample between which the key at rank `r` of an `n`-entry
 /// tensor lies with near certainty: the sample's count below the true threshold spreads
 /// binomially (the stratified sample spreads less), six standard deviations and a block
@@ -591,6 +693,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The keys at several ranks from a sample and one pass are those of a sort (smooth keys,
+    /// long ties, the extreme ranks); a sample unlike the tensor misses.
+    #[test]
+    fn keys_at_ranks_are_those_of_a_sort() {
+        let n = MIN_SAMPLED + 12_345;
+        let u = MaskRng::new(13, "ranks", 0).uniform(n);
+        let smooth: Vec<u32> = u.iter().map(|x| (x * 1e9) as u32).collect();
+        let tied: Vec<u32> = u.iter().map(|x| ((x * x * 12.0) as u32) * 1000).collect();
+        let mut unlike: Vec<u32> = smooth.iter().map(|x| x + 10).collect();
+        for k in 0..n / STRIDE {
+            unlike[block_start(k)..block_start(k) + BLOCK].fill(5);
+        }
+        let ranks = [0, n / 4, n / 2, 3 * n / 4, n - 1];
+        let mut missed = 0;
+        for (name, v) in [("smooth", &smooth), ("tied", &tied), ("unlike", &unlike)] {
+            let mut sorted = v.clone();
+            sorted.sort_unstable();
+            let got = keys_at_ranks(
+                n,
+                &ranks,
+                || (),
+                |_, start, out: &mut [u32]| out.copy_from_slice(&v[start..start + out.len()]),
+            );
+            match got {
+                Some(keys) => {
+                    let want: Vec<u32> = ranks.iter().map(|&r| sorted[r]).collect();
+                    assert_eq!(keys, want, "{name}");
+                }
+                None => {
+                    assert_eq!(name, "unlike");
+                    missed += 1;
+                }
+            }
+        }
+        assert_eq!(missed, 1);
+        assert!(keys_at_ranks(1000, &[3], || (), |_, _, _: &mut [u32]| ()).is_none());
     }
 
     /// SCE's streamed selection (variances computed chunk by chunk, none stored) finds the
