@@ -48,6 +48,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             methods: a.methods,
             jobs: a.jobs,
             device: a.device,
+            repeat: a.repeat,
         }),
         BenchCommand::Search(a) => search_bench(a),
         BenchCommand::SearchPipeline(a) => pipeline::run(&pipeline::PipelineBench {
@@ -154,6 +155,10 @@ pub struct MergeBenchArgs {
     /// cpu, wgpu or auto.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// Runs of each method; its median is reported (the floor is the median of copy baselines
+    /// taken before, every five methods and after).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
 }
 
 #[derive(Args)]

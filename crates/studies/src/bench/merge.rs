@@ -28,6 +28,8 @@ pub struct MergeBench {
     pub jobs: usize,
     /// Where the merges run.
     pub device: DeviceChoice,
+    /// Runs of each method (the median is reported).
+    pub repeat: usize,
 }
 
 impl Default for MergeBench {
@@ -40,6 +42,7 @@ impl Default for MergeBench {
             methods: Vec::new(),
             jobs: 2,
             device: DeviceChoice::Cpu,
+            repeat: 1,
         }
     }
 }
@@ -198,12 +201,26 @@ fn copy_baseline(sources: &Sources, plan: &Plan, out: &Path, jobs: usize) -> Res
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// Merge throughput and peak memory over three synthetic checkpoints of `args.gb` GB, against
-/// a read-every-input-byte / write-every-output-byte baseline measured before and after the
-/// merges; prints a markdown table.
+/// a read-every-input-byte / write-every-output-byte baseline (the median of runs before, among
+/// and after the merges); prints a markdown table.
 pub fn run(args: &MergeBench) -> Result<()> {
     if args.gb <= 0.0 {
         bail!("--gb must be positive");
+    }
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
     }
     let spec = args.shape.clone().unwrap_or_else(|| bench_spec(args.gb));
     let paths = ensure_models(&args.dir, &spec, args.dtype)?;
@@ -239,11 +256,19 @@ pub fn run(args: &MergeBench) -> Result<()> {
         .sum();
     // Warm the page cache so every phase reads from memory.
     copy_baseline(&sources, &plan, &out, args.jobs).context("warm-up pass")?;
-    reset_peak_rss();
-    let base1 = copy_baseline(&sources, &plan, &out, args.jobs)?;
-    let base_rss = peak_rss();
-    let mut rows = vec![("copy baseline".to_string(), 3, "-", base1, base_rss)];
-    for m in &methods {
+    // the floor: copy baselines before the methods, after every fifth and at the end (this
+    // machine's read/write speed moves by tens of percent from minute to minute); the median
+    let mut baselines = Vec::new();
+    let mut baseline_rss = 0;
+    let mut baseline = |baselines: &mut Vec<f64>| -> Result<()> {
+        reset_peak_rss();
+        baselines.push(copy_baseline(&sources, &plan, &out, args.jobs)?);
+        baseline_rss = baseline_rss.max(peak_rss());
+        Ok(())
+    };
+    baseline(&mut baselines)?;
+    let mut rows = Vec::new();
+    for (i, m) in methods.iter().enumerate() {
         let method = &m.name.to_string();
         let recipe = recipe_for(m)?;
         let plan = Plan::build(&recipe, &sources, &PlanOptions::default())?;
@@ -256,8 +281,12 @@ pub fn run(args: &MergeBench) -> Result<()> {
             progress: false,
             stop: None,
         };
-        reset_peak_rss();
-        let report = merge_to_disk(&plan, &sources, &out, &options, &[])?;
+        let (mut runs, mut rss) = (Vec::new(), 0);
+        for _ in 0..args.repeat {
+            reset_peak_rss();
+            runs.push(merge_to_disk(&plan, &sources, &out, &options, &[])?.seconds);
+            rss = rss.max(peak_rss());
+        }
         let n_inputs = plan
             .tensors
             .iter()
@@ -269,18 +298,29 @@ pub fn run(args: &MergeBench) -> Result<()> {
         } else {
             "burn"
         };
-        rows.push((method.clone(), n_inputs, fused, report.seconds, peak_rss()));
+        rows.push((method.clone(), n_inputs, fused, median(&mut runs), rss));
+        if (i + 1) % 5 == 0 && i + 1 < methods.len() {
+            baseline(&mut baselines)?;
+        }
     }
-    reset_peak_rss();
-    let base2 = copy_baseline(&sources, &plan, &out, args.jobs)?;
-    rows.push((
-        "copy baseline (again)".to_string(),
-        3,
-        "-",
-        base2,
-        peak_rss(),
-    ));
-    let floor = base1.min(base2);
+    baseline(&mut baselines)?;
+    let (lo, hi) = baselines
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(l, h), b| (l.min(*b), h.max(*b)));
+    let floor = median(&mut baselines.clone());
+    rows.insert(
+        0,
+        (
+            format!(
+                "copy baseline (median of {}: {lo:.2}-{hi:.2} s)",
+                baselines.len()
+            ),
+            3,
+            "-",
+            floor,
+            baseline_rss,
+        ),
+    );
     let largest = plan
         .tensors
         .iter()
@@ -381,4 +421,47 @@ pub fn bench_recipe(m: &MethodSpec, paths: &[PathBuf], out_dtype: &str) -> Strin
     }
     text += &format!("dtype: float32\nout_dtype: {out_dtype}\n");
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [7.0]), 7.0);
+    }
+
+    /// The bench runs end to end on a tiny shape with repeats (baselines among the methods),
+    /// and refuses zero repeats.
+    #[test]
+    fn runs_on_a_tiny_shape_with_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = MergeBench {
+            dir: dir.path().join("bench"),
+            gb: 0.01,
+            dtype: Dtype::BF16,
+            shape: Some(TinyLlama {
+                hidden: 64,
+                intermediate: 128,
+                layers: 1,
+                vocab: 256,
+                heads: 4,
+                kv_heads: 2,
+                max_positions: 64,
+                ..Default::default()
+            }),
+            methods: ["linear", "ties", "della", "sce", "arcee_fusion", "slerp"]
+                .map(String::from)
+                .to_vec(),
+            jobs: 2,
+            device: DeviceChoice::Cpu,
+            repeat: 2,
+        };
+        run(&args).unwrap();
+        let err = run(&MergeBench { repeat: 0, ..args }).unwrap_err();
+        assert!(err.to_string().contains("--repeat"), "{err}");
+    }
 }
