@@ -6,8 +6,10 @@
 //! - [`gta`]: generalized task arithmetic (task_arithmetic, TIES, DARE, DARE-TIES,
 //!   breadcrumbs, breadcrumbs-TIES, DELLA, DELLA-linear): the same math as
 //!   [`crate::sparsify`] and [`crate::generalized_task_arithmetic`], in the same f32 operation
-//!   order. DELLA ranks each row's |delta| once per tensor ([`RowRanker`], ties by position,
-//!   the ranks the burn path uses too; 2 bytes an element), for both passes (L1 rescale, merge).
+//!   order. DELLA ranks each row's |delta| ([`RowRanker`], ties by position, the ranks the
+//!   burn path uses too) chunk by chunk from the deltas the pass decodes (a row cut by a
+//!   chunk's edge is decoded and ranked whole), or once per tensor for rows longer than a
+//!   chunk.
 //! - [`linear`]: the weighted average; [`map2`]: any per-element function of two inputs
 //!   (NearSwap); [`ram`]: RAM / RAM+ (a counting pass, then the merge); [`model_stock`]: a
 //!   reduction pass (whole tensor or per row), then the interpolation; [`sce`]: variances and
@@ -1514,48 +1516,30 @@ enum Keep {
         span: f32,
         cols: usize,
         inverse: bool,
-        ranks: RankStore,
+        /// Rows longer than a chunk are ranked once per tensor; shorter ones chunk by chunk
+        /// from the deltas the merge pass decodes anyway (`None`).
+        ranks: Option<RankStore>,
     },
 }
 
-/// DELLA's ranks of one task vector, element by element (each within its row): 2 bytes an
-/// element for rows of up to 65536 entries, else 4.
+/// DELLA's ranks of one task vector over rows longer than a chunk, element by element (each
+/// within its row), 4 bytes an element, computed once per tensor.
 #[derive(Debug, Clone)]
-enum RankStore {
-    U16(Vec<u16>),
-    U32(Vec<u32>),
-}
+struct RankStore(Vec<u32>);
 
 impl RankStore {
     /// The ranks of `input - base` within rows of `cols`, rows ranked in parallel.
     fn new(base: &HostTensor, input: &HostTensor, n: usize, cols: usize) -> RankStore {
-        fn fill<T: Rank + Send + Default>(
-            base: &HostTensor,
-            input: &HostTensor,
-            n: usize,
-            cols: usize,
-        ) -> Vec<T> {
-            let mut out = vec![T::default(); n];
-            // a few rows per job, about one chunk's worth
-            let rows = (CHUNK / cols).max(1);
-            out.par_chunks_mut(rows * cols).enumerate().for_each_init(
-                || (RowRanker::default(), vec![0f32; cols], vec![0f32; cols]),
-                |(ranker, b, d), (bi, block)| {
-                    for (ri, row) in block.chunks_mut(cols).enumerate() {
-                        let at = (bi * rows + ri) * cols;
-                        base.decode(at, b);
-                        input.decode_minus(at, b, d);
-                        ranker.rank_into(d, row);
-                    }
-                },
-            );
-            out
-        }
-        if cols <= 1 << 16 {
-            RankStore::U16(fill(base, input, n, cols))
-        } else {
-            RankStore::U32(fill(base, input, n, cols))
-        }
+        let mut out = vec![0u32; n];
+        out.par_chunks_mut(cols).enumerate().for_each_init(
+            || (RowRanker::default(), vec![0f32; cols], vec![0f32; cols]),
+            |(ranker, b, d), (r, row)| {
+                base.decode(r * cols, b);
+                input.decode_minus(r * cols, b, d);
+                ranker.rank_into(d, row);
+            },
+        );
+        RankStore(out)
     }
 }
 
@@ -2155,7 +2139,7 @@ pub fn gta(
                         span: (2.0 * epsilon) as f32,
                         cols,
                         inverse: rescale == Rescale::InverseDensity,
-                        ranks: RankStore::new(&base, &tv.input, n, cols),
+                        ranks: (cols > CHUNK).then(|| RankStore::new(&base, &tv.input, n, cols)),
                     }
                 }
                 Sparsify::None => unreachable!(),
@@ -2205,9 +2189,14 @@ pub fn gta(
                     let sums = l1
                         .iter()
                         .map(|&j| {
-                            mask_chunk(&keeps[j], &tvs[j], ci, start, len, s, j, |x| x);
-                            if let Keep::Random(p) = keeps[j] {
-                                bits[j] = Some(mask_bits(&s.u[..len], p));
+                            mask_chunk(&keeps[j], &base, &tvs[j], ci, start, len, s, j, |x| x);
+                            match keeps[j] {
+                                Keep::Random(p) => bits[j] = Some(mask_bits(&s.u[..len], p)),
+                                // DELLA without the inverse: kept where `dropped < 0.5`
+                                Keep::Della { inverse: false, .. } => {
+                                    bits[j] = Some(mask_bits(&s.div[..len], 0.5))
+                                }
+                                _ => {}
                             }
                             let before = abs_sum_f64(&s.tv[j][..len]);
                             let after = abs_sum_f64(&s.x[..len]);
@@ -2264,9 +2253,13 @@ pub fn gta(
             // `(masked / f) * w` or `masked * w`, the products the separate passes formed
             let w = tv.weight;
             match factors[j] {
-                Factor::Mul(m) => mask_chunk(&keeps[j], tv, ci, start, len, s, j, |x| (x * m) * w),
-                Factor::Div(f) => mask_chunk(&keeps[j], tv, ci, start, len, s, j, |x| (x / f) * w),
-                Factor::One => mask_chunk(&keeps[j], tv, ci, start, len, s, j, |x| x * w),
+                Factor::Mul(m) => {
+                    mask_chunk(&keeps[j], &base, tv, ci, start, len, s, j, |x| (x * m) * w)
+                }
+                Factor::Div(f) => {
+                    mask_chunk(&keeps[j], &base, tv, ci, start, len, s, j, |x| (x / f) * w)
+                }
+                Factor::One => mask_chunk(&keeps[j], &base, tv, ci, start, len, s, j, |x| x * w),
             }
             std::mem::swap(&mut s.tv[j], &mut s.x);
         }
@@ -2393,6 +2386,7 @@ fn apply_bits_scaled(d: &mut [f32], bits: &[u64], m: f32, w: f32) {
 #[inline(always)]
 fn mask_chunk(
     keep: &Keep,
+    base: &HostTensor,
     tv: &HostTaskVector,
     ci: usize,
     start: usize,
@@ -2409,7 +2403,9 @@ fn mask_chunk(
         ref ranks,
     } = *keep
     {
-        della_chunk(low, span, cols, inverse, ranks, tv, start, len, s, j, post);
+        della_chunk(
+            low, span, cols, inverse, ranks, base, tv, start, len, s, j, post,
+        );
         return;
     }
     let (d, x) = (&s.tv[j][..len], &mut s.x[..len]);
@@ -2441,7 +2437,8 @@ fn della_chunk(
     span: f32,
     cols: usize,
     inverse: bool,
-    ranks: &RankStore,
+    ranks: &Option<RankStore>,
+    base: &HostTensor,
     tv: &HostTaskVector,
     start: usize,
     len: usize,
@@ -2451,26 +2448,85 @@ fn della_chunk(
 ) {
     tv.rng.uniform_at(start as u64, &mut s.u[..len]);
     let denom = cols.saturating_sub(1) as f32;
-    let (d, u, x) = (&s.tv[j][..len], &s.u[..len], &mut s.x[..len]);
-    let one = |rank: u32, d: f32, u: f32| -> f32 {
+    let p_of = |rank: u32| -> f32 {
         let rank = rank as f32;
         let norm = if cols > 1 { rank / denom } else { rank + 0.5 };
-        let p = norm * span + low;
-        let kept = d * ((u < p) as u32 as f32);
-        if inverse { kept / p } else { kept }
+        norm * span + low
     };
-    match ranks {
-        RankStore::U16(r) => {
-            for (((o, d), u), r) in x.iter_mut().zip(d).zip(u).zip(&r[start..start + len]) {
-                *o = post(one(*r as u32, *d, *u));
+    // without the inverse, which entries were dropped also goes to `s.div` (1.0 / 0.0), from
+    // which the L1 pass packs keep bits for the merge pass (no second ranking or draw)
+    let apply = |r: &[u32], s: &mut Scratch| {
+        let (d, u, x, dropped) = (
+            &s.tv[j][..len],
+            &s.u[..len],
+            &mut s.x[..len],
+            &mut s.div[..len],
+        );
+        if inverse {
+            for (((o, d), u), r) in x.iter_mut().zip(d).zip(u).zip(r) {
+                let p = p_of(*r);
+                *o = post((d * ((*u < p) as u32 as f32)) / p);
+            }
+        } else {
+            for ((((o, g), d), u), r) in x.iter_mut().zip(dropped).zip(d).zip(u).zip(r) {
+                let keep = *u < p_of(*r);
+                *o = post(d * (keep as u32 as f32));
+                *g = (!keep) as u32 as f32;
             }
         }
-        RankStore::U32(r) => {
-            for (((o, d), u), r) in x.iter_mut().zip(d).zip(u).zip(&r[start..start + len]) {
-                *o = post(one(*r, *d, *u));
-            }
-        }
+    };
+    if let Some(RankStore(r)) = ranks {
+        apply(&r[start..start + len], s);
+        return;
     }
+    // the chunk's rows ranked from its deltas; a row cut by the chunk's edge is decoded whole
+    // and ranked whole (the same deltas, so the same ranks as a whole-tensor pass)
+    DELLA_ROWS.with(|cell| {
+        let rows = &mut *cell.borrow_mut();
+        let DellaRows {
+            ranker,
+            ranks,
+            base_row,
+            row,
+            row_ranks,
+        } = rows;
+        ranks.resize(CHUNK, 0);
+        let d = &s.tv[j][..len];
+        let mut i = 0;
+        while i < len {
+            let at = start + i;
+            let row_start = at / cols * cols;
+            let end = (row_start + cols - start).min(len);
+            if row_start >= start && end - i == cols {
+                ranker.rank_into(&d[i..end], &mut ranks[i..end]);
+            } else {
+                base_row.resize(cols, 0.0);
+                row.resize(cols, 0.0);
+                row_ranks.resize(cols, 0);
+                base.decode(row_start, base_row);
+                tv.input.decode_minus(row_start, base_row, row);
+                ranker.rank_into(row, row_ranks);
+                let from = at - row_start;
+                ranks[i..end].copy_from_slice(&row_ranks[from..from + end - i]);
+            }
+            i = end;
+        }
+        apply(&ranks[..len], s);
+    });
+}
+
+/// The per-thread buffers of DELLA's chunk-by-chunk row ranks.
+#[derive(Default)]
+struct DellaRows {
+    ranker: RowRanker,
+    ranks: Vec<u32>,
+    base_row: Vec<f32>,
+    row: Vec<f32>,
+    row_ranks: Vec<u32>,
+}
+
+thread_local! {
+    static DELLA_ROWS: std::cell::RefCell<DellaRows> = std::cell::RefCell::new(DellaRows::default());
 }
 
 /// The settings of [`combine`].
