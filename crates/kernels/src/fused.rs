@@ -2447,14 +2447,12 @@ fn della_chunk(
     post: impl Fn(f32) -> f32,
 ) {
     tv.rng.uniform_at(start as u64, &mut s.u[..len]);
-    let denom = cols.saturating_sub(1) as f32;
-    let p_of = |rank: u32| -> f32 {
-        let rank = rank as f32;
-        let norm = if cols > 1 { rank / denom } else { rank + 0.5 };
-        norm * span + low
+    let rule = DellaRule {
+        low,
+        span,
+        cols,
+        inverse,
     };
-    // without the inverse, which entries were dropped also goes to `s.div` (1.0 / 0.0), from
-    // which the L1 pass packs keep bits for the merge pass (no second ranking or draw)
     let apply = |r: &[u32], s: &mut Scratch| {
         let (d, u, x, dropped) = (
             &s.tv[j][..len],
@@ -2462,18 +2460,13 @@ fn della_chunk(
             &mut s.x[..len],
             &mut s.div[..len],
         );
-        if inverse {
-            for (((o, d), u), r) in x.iter_mut().zip(d).zip(u).zip(r) {
-                let p = p_of(*r);
-                *o = post((d * ((*u < p) as u32 as f32)) / p);
-            }
-        } else {
-            for ((((o, g), d), u), r) in x.iter_mut().zip(dropped).zip(d).zip(u).zip(r) {
-                let keep = *u < p_of(*r);
-                *o = post(d * (keep as u32 as f32));
-                *g = (!keep) as u32 as f32;
-            }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature the function is compiled for
+            unsafe { della_apply_avx2(&rule, r, d, u, x, dropped, &post) };
+            return;
         }
+        della_apply(&rule, r, d, u, x, dropped, &post);
     };
     if let Some(RankStore(r)) = ranks {
         apply(&r[start..start + len], s);
@@ -2513,6 +2506,70 @@ fn della_chunk(
         }
         apply(&ranks[..len], s);
     });
+}
+
+/// DELLA's keep rule of one tensor: `p = rank / (cols - 1) * span + low` (the f32
+/// operations of [`crate::sparsify`]), kept where the draw is below `p`, divided by `p` with
+/// `inverse`.
+struct DellaRule {
+    low: f32,
+    span: f32,
+    cols: usize,
+    inverse: bool,
+}
+
+/// DELLA's mask of a chunk from its ranks `r`, deltas `d` and draws `u` into `x` (through
+/// `post`); without the inverse, which entries were dropped also goes to `dropped` (1.0 /
+/// 0.0), from which the L1 pass packs keep bits for the merge pass (no second ranking or draw).
+#[inline(always)]
+fn della_apply<P: Fn(f32) -> f32>(
+    rule: &DellaRule,
+    r: &[u32],
+    d: &[f32],
+    u: &[f32],
+    x: &mut [f32],
+    dropped: &mut [f32],
+    post: &P,
+) {
+    let &DellaRule {
+        low,
+        span,
+        cols,
+        inverse,
+    } = rule;
+    let denom = cols.saturating_sub(1) as f32;
+    let p_of = |rank: u32| -> f32 {
+        let rank = rank as f32;
+        let norm = if cols > 1 { rank / denom } else { rank + 0.5 };
+        norm * span + low
+    };
+    if inverse {
+        for (((o, d), u), r) in x.iter_mut().zip(d).zip(u).zip(r) {
+            let p = p_of(*r);
+            *o = post((d * ((*u < p) as u32 as f32)) / p);
+        }
+    } else {
+        for ((((o, g), d), u), r) in x.iter_mut().zip(dropped).zip(d).zip(u).zip(r) {
+            let keep = *u < p_of(*r);
+            *o = post(d * (keep as u32 as f32));
+            *g = (!keep) as u32 as f32;
+        }
+    }
+}
+
+/// [`della_apply`] eight entries an instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn della_apply_avx2<P: Fn(f32) -> f32>(
+    rule: &DellaRule,
+    r: &[u32],
+    d: &[f32],
+    u: &[f32],
+    x: &mut [f32],
+    dropped: &mut [f32],
+    post: &P,
+) {
+    della_apply(rule, r, d, u, x, dropped, post)
 }
 
 /// The per-thread buffers of DELLA's chunk-by-chunk row ranks.
