@@ -1012,15 +1012,27 @@ fn sce_variances_lanes(tv: &[Vec<f32>], mean: &mut [f64], var: &mut [f64]) {
             *x /= mf
         }
     };
-    mean.fill(0.0);
-    for t in tv {
+    // the sums start from the first model instead of zeros: `0.0 + x` is `x` except for
+    // `x = -0.0`, which gives +0.0 there, and the mean only enters the variance through
+    // `(x - mean)^2`, the same for either zero; `0.0 + d^2` is `d^2` (never -0.0)
+    let Some((first, rest)) = tv.split_first() else {
+        var.fill(f64::NAN);
+        return;
+    };
+    for (a, x) in mean.iter_mut().zip(&first[..len]) {
+        *a = *x as f64;
+    }
+    for t in rest {
         for (a, x) in mean.iter_mut().zip(&t[..len]) {
             *a += *x as f64;
         }
     }
     mean.iter_mut().for_each(div);
-    var.fill(0.0);
-    for t in tv {
+    for ((o, a), x) in var.iter_mut().zip(&*mean).zip(&first[..len]) {
+        let d = *x as f64 - a;
+        *o = d * d;
+    }
+    for t in rest {
         for ((o, a), x) in var.iter_mut().zip(&*mean).zip(&t[..len]) {
             let d = *x as f64 - a;
             *o += d * d;
@@ -1050,11 +1062,12 @@ fn keep_bits_avx2(v: &[f64], key: u64, ties: usize, seen: usize) -> Vec<u64> {
 
 #[inline(always)]
 fn keep_bits_lanes(v: &[f64], key: u64, ties: usize, mut seen: usize) -> Vec<u64> {
+    let key = signed_of_key(key);
     let mut words = vec![0u64; v.len().div_ceil(64)];
     for (w, c) in words.iter_mut().zip(v.chunks(64)) {
         let (mut gt, mut eq) = (0u64, 0u64);
         for (i, x) in c.iter().enumerate() {
-            let k = f64_key(*x);
+            let k = f64_signed_key(*x);
             gt |= ((k > key) as u64) << i;
             eq |= ((k == key) as u64) << i;
         }
@@ -1152,6 +1165,20 @@ fn abs_sum_f64_lanes(a: &[f32]) -> f64 {
 fn f64_key(x: f64) -> u64 {
     let b = x.to_bits();
     if b >> 63 == 1 { !b } else { b | (1 << 63) }
+}
+
+/// [`f64_key`] as a signed integer (`f64::total_cmp`'s own key: the same order, which AVX2
+/// compares in 64-bit lanes natively).
+#[inline(always)]
+fn f64_signed_key(x: f64) -> i64 {
+    let b = x.to_bits() as i64;
+    b ^ ((((b >> 63) as u64) >> 1) as i64)
+}
+
+/// The [`f64_signed_key`] of the value whose [`f64_key`] is `k`.
+#[inline(always)]
+fn signed_of_key(k: u64) -> i64 {
+    (k ^ (1 << 63)) as i64
 }
 
 /// The f64 of a [`f64_key`].
@@ -2982,6 +3009,32 @@ mod tests {
             .collect();
         let want: Vec<u32> = (0..50).collect();
         assert_eq!(ranker.rank(&row), &want[..], "equal magnitudes");
+    }
+
+    /// The signed keys order values as the unsigned ones (and `f64::total_cmp`) do.
+    #[test]
+    fn signed_f64_keys_keep_the_total_order() {
+        let v = [
+            f64::NEG_INFINITY,
+            -1.5,
+            -0.0,
+            0.0,
+            1e-310,
+            2.0,
+            f64::INFINITY,
+            f64::NAN,
+            -f64::NAN,
+        ];
+        for a in v {
+            assert_eq!(signed_of_key(f64_key(a)), f64_signed_key(a));
+            for b in v {
+                assert_eq!(
+                    f64_signed_key(a).cmp(&f64_signed_key(b)),
+                    a.total_cmp(&b),
+                    "{a} {b}"
+                );
+            }
+        }
     }
 
     /// SCE on tensors large enough for the streamed selection (no stored variances) gives what

@@ -190,14 +190,16 @@ fn count_f64_avx2(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
 
 #[inline(always)]
 fn count_f64_lanes(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
-    use super::f64_key;
+    use super::{f64_key, f64_signed_key, signed_of_key};
     let (mut below, mut eq_a, mut eq_b, mut inside, mut zeros) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    // counted on the signed keys (the same order; AVX2 compares 64-bit lanes signed only)
+    let (sa, sb) = (signed_of_key(a), signed_of_key(b));
     for x in v {
-        let k = f64_key(*x);
-        below += (k < a) as u64;
-        eq_a += (k == a) as u64;
-        eq_b += (k == b) as u64;
-        inside += ((k > a) & (k < b)) as u64;
+        let k = f64_signed_key(*x);
+        below += (k < sa) as u64;
+        eq_a += (k == sa) as u64;
+        eq_b += (k == sb) as u64;
+        inside += ((k > sa) & (k < sb)) as u64;
         zeros += (*x == 0.0) as u64;
     }
     let mut keys = Vec::with_capacity(inside as usize);
