@@ -179,9 +179,20 @@ fn remove_stale_partials(parent: &Path, base: &str) {
     }
 }
 
+/// Whether process `pid` still runs: on Linux, it has a `/proc` entry that is not a zombie (a
+/// writer killed with `kill -9` stays a zombie until its parent reaps it, and a zombie writes
+/// nothing more).
 fn process_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
-        Path::new("/proc").join(pid.to_string()).exists()
+        match std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")) {
+            // "pid (comm) S ...": the state follows the last ')' (comm may hold parentheses)
+            Ok(stat) => !matches!(
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next()),
+                Some('Z' | 'X')
+            ),
+            Err(_) => false,
+        }
     } else {
         true // unknown: keep the folder
     }
@@ -699,6 +710,35 @@ mod tests {
         drop(w);
         assert!(!dead.exists() || !cfg!(target_os = "linux"));
         assert!(live.exists() && other.exists());
+    }
+
+    /// A writer killed with `kill -9` whose parent has not reaped it yet (a zombie) counts as
+    /// dead: its partial folder is removed by the next writer.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_killed_writer_not_yet_reaped_is_dead() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(process_alive(pid));
+        child.kill().unwrap();
+        // not waited for: a zombie until `wait`
+        let zombie = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            !process_alive(pid)
+        });
+        assert!(zombie, "a killed, unreaped process still counts as alive");
+        let tmp = tempfile::tempdir().unwrap();
+        let left = tmp.path().join(format!(".m.partial-{pid}"));
+        std::fs::create_dir(&left).unwrap();
+        drop(
+            CheckpointWriter::create(tmp.path().join("m"), plan3(), WriterOptions::default())
+                .unwrap(),
+        );
+        assert!(!left.exists());
+        child.wait().unwrap();
     }
 
     #[test]
