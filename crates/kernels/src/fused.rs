@@ -352,6 +352,27 @@ fn chunk_len(n: usize, start: usize) -> usize {
     CHUNK.min(n - start)
 }
 
+/// `f(ci, start, len, scratch)` for every chunk of an `n`-entry tensor, chunks in parallel
+/// (each job with a [`Scratch`] of `tvs` task-vector rows), the results in chunk order.
+fn map_chunks<T: Send>(
+    n: usize,
+    tvs: usize,
+    f: impl Fn(usize, usize, usize, &mut Scratch) -> T + Sync,
+) -> Vec<T> {
+    let chunks = n.div_ceil(CHUNK);
+    (0..chunks)
+        .into_par_iter()
+        .with_min_len(min_len(chunks))
+        .map_init(
+            || Scratch::new(tvs),
+            |s, ci| {
+                let start = ci * CHUNK;
+                f(ci, start, chunk_len(n, start), s)
+            },
+        )
+        .collect()
+}
+
 fn check_lengths(
     method: &'static str,
     n: usize,
@@ -1368,18 +1389,8 @@ pub fn nuslerp(
             |(mut s, mut acc), &ci| {
                 let start = ci * CHUNK;
                 let len = chunk_len(n, start);
-                let Scratch { base: tmp, tv, .. } = &mut s;
-                let (a, b) = tv.split_at_mut(1);
-                decode_pair(
-                    v0,
-                    v1,
-                    base,
-                    start,
-                    &mut tmp[..len],
-                    &mut a[0][..len],
-                    &mut b[0][..len],
-                );
-                let (a, b) = (&a[0][..len], &b[0][..len]);
+                decode_pair(v0, v1, base, start, len, &mut s);
+                let (a, b) = (&s.tv[0][..len], &s.tv[1][..len]);
                 match groups {
                     // a group's run inside the chunk summed in lanes (the order of the f64
                     // additions is fixed by the chunking, as the chunk-wise fold already is)
@@ -1428,20 +1439,11 @@ pub fn nuslerp(
         .collect();
     for_each_chunk(n, 2, out, |_, start, s| {
         let len = chunk_len(n, start);
+        decode_pair(v0, v1, base, start, len, s);
         let Scratch {
             base: tmp, tv, res, ..
         } = s;
-        let (a, b) = tv.split_at_mut(1);
-        decode_pair(
-            v0,
-            v1,
-            base,
-            start,
-            &mut tmp[..len],
-            &mut a[0][..len],
-            &mut b[0][..len],
-        );
-        let (a, b, tmp, res) = (&a[0][..len], &b[0][..len], &tmp[..len], &mut res[..len]);
+        let (a, b, tmp, res) = (&tv[0][..len], &tv[1][..len], &tmp[..len], &mut res[..len]);
         // run by run of one group, its coefficients hoisted
         let mut i = 0;
         while i < len {
@@ -1489,17 +1491,19 @@ fn lane_sums(a: &[f32], b: &[f32]) -> [f64; 3] {
     l.map(|lanes| lanes.iter().sum())
 }
 
-/// `v0` and `v1` (minus `base` when given) for elements `start..`, the base decoded once into
-/// `tmp` (left there for the caller).
+/// `v0` and `v1` (minus `base` when given) for elements `start..start + len` into the chunk's
+/// `s.tv[0]` and `s.tv[1]`, the base decoded once into `s.base` (left there for the caller).
 fn decode_pair(
     v0: HostTensor,
     v1: HostTensor,
     base: Option<HostTensor>,
     start: usize,
-    tmp: &mut [f32],
-    a: &mut [f32],
-    b: &mut [f32],
+    len: usize,
+    s: &mut Scratch,
 ) {
+    let Scratch { base: tmp, tv, .. } = s;
+    let (a, b) = tv.split_at_mut(1);
+    let (tmp, a, b) = (&mut tmp[..len], &mut a[0][..len], &mut b[0][..len]);
     match base {
         Some(bs) => {
             bs.decode(start, tmp);
@@ -1668,13 +1672,13 @@ impl RowRanker {
                     .map(|(i, v)| (((key(*v) >> low) & span_mask) << pbits) | i as u32),
             );
             self.tmp32.resize(n, 0);
-            let shifts: Vec<u32> = (0..passes).map(|p| pbits + p * bits).collect();
+            let shifts = digit_shifts(pbits, bits, passes);
             let pmask = ((1u64 << pbits) - 1) as u32;
             lsd_ranks(
                 &mut self.keys32,
                 &mut self.tmp32,
                 &mut self.counts,
-                &shifts,
+                &shifts[..passes as usize],
                 bits,
                 |k, s| ((k >> s) & ((1 << bits) - 1)) as usize,
                 |k| (k & pmask) as usize,
@@ -1688,12 +1692,12 @@ impl RowRanker {
                     .map(|(i, v)| ((key(*v) as u64) << 32) | i as u64),
             );
             self.tmp.resize(n, 0);
-            let shifts: Vec<u32> = (0..passes).map(|p| 32 + low + p * bits).collect();
+            let shifts = digit_shifts(32 + low, bits, passes);
             lsd_ranks(
                 &mut self.keys,
                 &mut self.tmp,
                 &mut self.counts,
-                &shifts,
+                &shifts[..passes as usize],
                 bits,
                 |k, s| ((k >> s) & ((1 << bits) - 1)) as usize,
                 |k| (k & 0xffff_ffff) as usize,
@@ -1701,6 +1705,16 @@ impl RowRanker {
             );
         }
     }
+}
+
+/// The shifts of `passes` digits of `bits` bits from bit `low` (at most three: no allocation
+/// per row).
+fn digit_shifts(low: u32, bits: u32, passes: u32) -> [u32; 3] {
+    let mut shifts = [0; 3];
+    for (p, s) in shifts.iter_mut().enumerate().take(passes as usize) {
+        *s = low + p as u32 * bits;
+    }
+    shifts
 }
 
 /// The LSD passes of [`RowRanker`] over `keys` (in position order), one digit of `bits` bits
@@ -1744,9 +1758,16 @@ fn lsd_ranks<K: Copy, T: Rank>(
             }
         }
     }
-    let active: Vec<usize> = (0..shifts.len())
-        .filter(|&p| !counts[p * width..(p + 1) * width].contains(&(n as u32)))
-        .collect();
+    // the digits that vary (at most three: a key has 31 bits, a digit up to 11)
+    let mut active = [0usize; 3];
+    let mut varying = 0;
+    for p in 0..shifts.len() {
+        if !counts[p * width..(p + 1) * width].contains(&(n as u32)) {
+            active[varying] = p;
+            varying += 1;
+        }
+    }
+    let active = &active[..varying];
     for (at, &p) in active.iter().enumerate() {
         let c = &mut counts[p * width..(p + 1) * width];
         let mut sum = 0;
@@ -1960,37 +1981,27 @@ fn resolve_windows(
     // pass 2: per chunk, the low 16 bits of the keys that fall in each window's (up to) two
     // buckets (the lower rank's first); their histograms give the exact thresholds and the
     // lists the per-chunk tie counts, without a third pass
-    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
-    let lows: Vec<Vec<[Vec<u16>; 2]>> = chunks
-        .par_iter()
-        .with_min_len(min_len(chunks.len()))
-        .map_init(
-            || Scratch::new(tvs.len()),
-            |s, &ci| {
-                let start = ci * CHUNK;
-                let len = chunk_len(n, start);
-                deltas(base, tvs, &which, start, len, s);
-                which
-                    .iter()
-                    .enumerate()
-                    .map(|(w, &j)| {
-                        let [(b_lo, _), (b_hi, _)] = hi_bins[w];
-                        let (mut a, mut b) = (Vec::new(), Vec::new());
-                        for d in &s.tv[j][..len] {
-                            let k = key(*d);
-                            let top = (k >> 16) as usize;
-                            if top == b_lo {
-                                a.push(k as u16);
-                            } else if top == b_hi {
-                                b.push(k as u16);
-                            }
-                        }
-                        [a, b]
-                    })
-                    .collect()
-            },
-        )
-        .collect();
+    let lows: Vec<Vec<[Vec<u16>; 2]>> = map_chunks(n, tvs.len(), |_, start, len, s| {
+        deltas(base, tvs, &which, start, len, s);
+        which
+            .iter()
+            .enumerate()
+            .map(|(w, &j)| {
+                let [(b_lo, _), (b_hi, _)] = hi_bins[w];
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                for d in &s.tv[j][..len] {
+                    let k = key(*d);
+                    let top = (k >> 16) as usize;
+                    if top == b_lo {
+                        a.push(k as u16);
+                    } else if top == b_hi {
+                        b.push(k as u16);
+                    }
+                }
+                [a, b]
+            })
+            .collect()
+    });
     let h2: Vec<Vec<u64>> = (0..which.len())
         .map(|w| {
             let mut h = vec![0u64; 2 << 16];
@@ -2202,38 +2213,29 @@ pub fn gta(
     // pass reads them instead of drawing the stream again)
     let mut drawn: Vec<ChunkMasks> = Vec::new();
     if !l1.is_empty() {
-        let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
-        let per_chunk: Vec<(Vec<(f64, f64)>, ChunkMasks)> = chunks
-            .par_iter()
-            .with_min_len(min_len(chunks.len()))
-            .map_init(
-                || Scratch::new(tvs.len()),
-                |s, &ci| {
-                    let start = ci * CHUNK;
-                    let len = chunk_len(n, start);
-                    deltas(&base, tvs, &l1, start, len, s);
-                    let mut bits = vec![None; tvs.len()];
-                    let sums = l1
-                        .iter()
-                        .map(|&j| {
-                            mask_chunk(&keeps[j], &base, &tvs[j], ci, start, len, s, j, |x| x);
-                            match keeps[j] {
-                                Keep::Random(p) => bits[j] = Some(mask_bits(&s.u[..len], p)),
-                                // DELLA without the inverse: kept where `dropped < 0.5`
-                                Keep::Della { inverse: false, .. } => {
-                                    bits[j] = Some(mask_bits(&s.div[..len], 0.5))
-                                }
-                                _ => {}
+        let per_chunk: Vec<(Vec<(f64, f64)>, ChunkMasks)> =
+            map_chunks(n, tvs.len(), |ci, start, len, s| {
+                deltas(&base, tvs, &l1, start, len, s);
+                let mut bits = vec![None; tvs.len()];
+                let sums = l1
+                    .iter()
+                    .map(|&j| {
+                        mask_chunk(&keeps[j], &base, &tvs[j], ci, start, len, s, j, |x| x);
+                        match keeps[j] {
+                            Keep::Random(p) => bits[j] = Some(mask_bits(&s.u[..len], p)),
+                            // DELLA without the inverse: kept where `dropped < 0.5`
+                            Keep::Della { inverse: false, .. } => {
+                                bits[j] = Some(mask_bits(&s.div[..len], 0.5))
                             }
-                            let before = abs_sum_f64(&s.tv[j][..len]);
-                            let after = abs_sum_f64(&s.x[..len]);
-                            (before, after)
-                        })
-                        .collect::<Vec<_>>();
-                    (sums, bits)
-                },
-            )
-            .collect();
+                            _ => {}
+                        }
+                        let before = abs_sum_f64(&s.tv[j][..len]);
+                        let after = abs_sum_f64(&s.x[..len]);
+                        (before, after)
+                    })
+                    .collect::<Vec<_>>();
+                (sums, bits)
+            });
         // summed in chunk order, so the factor does not depend on the thread schedule
         let mut sums = vec![(0.0f64, 0.0f64); l1.len()];
         for (chunk, bits) in per_chunk {

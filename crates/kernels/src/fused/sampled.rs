@@ -8,9 +8,7 @@
 //! from variances computed chunk by chunk and never stored ([`kth_streamed`]), or over a
 //! stored f64 array ([`kth_sampled`]) when that misses.
 
-use super::{
-    CHUNK, HostTaskVector, HostTensor, RankWindow, Scratch, chunk_len, deltas, key, min_len,
-};
+use super::{CHUNK, HostTaskVector, HostTensor, RankWindow, chunk_len, deltas, key, map_chunks};
 use rayon::prelude::*;
 
 /// Entries per sampled block.
@@ -570,25 +568,15 @@ pub(super) fn resolve_windows_sampled(
         .zip(&mut samples)
         .map(|(&(_, lo, hi), s)| [bracket(s, n, lo, u32::MAX), bracket(s, n, hi - 1, u32::MAX)])
         .collect();
-    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
     // per chunk, per window, the parts of its two brackets
-    let per_chunk: Vec<Vec<[Part; 2]>> = chunks
-        .par_iter()
-        .with_min_len(min_len(chunks.len()))
-        .map_init(
-            || Scratch::new(tvs.len()),
-            |s, &ci| {
-                let start = ci * CHUNK;
-                let len = chunk_len(n, start);
-                deltas(base, tvs, &which, start, len, s);
-                which
-                    .iter()
-                    .zip(&brackets)
-                    .map(|(&j, &[lo, hi])| Part::of(&s.tv[j][..len], lo, hi))
-                    .collect()
-            },
-        )
-        .collect();
+    let per_chunk: Vec<Vec<[Part; 2]>> = map_chunks(n, tvs.len(), |_, start, len, s| {
+        deltas(base, tvs, &which, start, len, s);
+        which
+            .iter()
+            .zip(&brackets)
+            .map(|(&j, &[lo, hi])| Part::of(&s.tv[j][..len], lo, hi))
+            .collect()
+    });
     let mut out = Vec::with_capacity(windows.len());
     for (wi, &(_, lo, hi)) in windows.iter().enumerate() {
         let top = |b: u32| b.min(i32::MAX as u32);
@@ -611,7 +599,7 @@ pub(super) fn resolve_windows_sampled(
             seen_hi = if t_hi != t_lo {
                 before_hi
             } else {
-                vec![0; chunks.len()]
+                vec![0; n.div_ceil(CHUNK)]
             };
         }
         out.push(RankWindow {
@@ -735,16 +723,11 @@ mod tests {
         assert!(keys_at_ranks(1000, &[3], || (), |_, _, _: &mut [u32]| ()).is_none());
     }
 
-    /// SCE's streamed selection (variances computed chunk by chunk, none stored) finds the
-    /// same k, threshold and counts as the radix selection over the stored array, with the
-    /// zeros left out of k; a sample unlike the tensor must miss (the caller then stores).
-    #[test]
-    fn streamed_kth_equals_the_radix_selection() {
-        use super::super::{f64_key, f64_of_key, nth_largest};
-        let n = MIN_SAMPLED + 54_321;
-        let u = MaskRng::new(12, "kth", 0).uniform(n);
-        let smooth: Vec<f64> = u.iter().map(|x| (*x as f64).powi(3)).collect();
-        let tied: Vec<f64> = u
+    /// Variance-like test arrays from uniform draws: smooth values, and mostly zeros with a
+    /// few repeated values (a threshold in long ties).
+    fn smooth_and_tied(u: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let smooth = u.iter().map(|x| (*x as f64).powi(3)).collect();
+        let tied = u
             .iter()
             .map(|x| {
                 if *x < 0.6 {
@@ -754,6 +737,18 @@ mod tests {
                 }
             })
             .collect();
+        (smooth, tied)
+    }
+
+    /// SCE's streamed selection (variances computed chunk by chunk, none stored) finds the
+    /// same k, threshold and counts as the radix selection over the stored array, with the
+    /// zeros left out of k; a sample unlike the tensor must miss (the caller then stores).
+    #[test]
+    fn streamed_kth_equals_the_radix_selection() {
+        use super::super::{f64_key, f64_of_key, nth_largest};
+        let n = MIN_SAMPLED + 54_321;
+        let u = MaskRng::new(12, "kth", 0).uniform(n);
+        let (smooth, tied) = smooth_and_tied(&u);
         let mut unlike: Vec<f64> = smooth.iter().map(|x| x + 1.0).collect();
         for k in 0..n / STRIDE {
             unlike[block_start(k)..block_start(k) + BLOCK].fill(1e-9);
@@ -819,18 +814,7 @@ mod tests {
         use super::super::{f64_key, f64_of_key, nth_largest};
         let n = MIN_SAMPLED + 54_321;
         let u = MaskRng::new(11, "kth", 0).uniform(n);
-        let smooth: Vec<f64> = u.iter().map(|x| (*x as f64).powi(3)).collect();
-        // mostly zeros and a few repeated values: the threshold sits in long ties
-        let tied: Vec<f64> = u
-            .iter()
-            .map(|x| {
-                if *x < 0.6 {
-                    0.0
-                } else {
-                    ((x * 8.0) as u32) as f64 * 0.125
-                }
-            })
-            .collect();
+        let (smooth, tied) = smooth_and_tied(&u);
         let mut unlike = vec![1e-9; n];
         for k in 0..n / STRIDE {
             unlike[block_start(k)..block_start(k) + BLOCK].fill(1.0);
