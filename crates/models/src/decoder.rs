@@ -290,7 +290,7 @@ impl Decoder {
     fn head_tapped(&self, x: Tensor<2>, tap: &mut dyn LinearTap) -> Tensor<2> {
         let a = &self.models[0];
         let h = rms_norm(x, &a.norm, a.config().rms_norm_eps);
-        let logits = h.clone().matmul(a.head.clone());
+        let logits = a.head.apply(h.clone());
         let logits = tapped(tap, self.hops.len(), LinearSite::Head, &h, logits);
         // log-softmax, argmax and the scores are f32 whatever the model's dtype
         match a.dtype() {

@@ -2,9 +2,11 @@
 //! layer's forward pass, the rotary tables.
 //!
 //! Parameters are held as burn tensors on one device, prepared once at load time for a fast
-//! forward pass: q/k/v projections fused into one matrix, gate/up into another, every matrix
-//! stored transposed (`x @ W^T` becomes `x @ Wt`). Running the model (batches, KV cache,
-//! generation, layer paths) is [`crate::Decoder`]'s job.
+//! forward pass: every matrix is multiplied as `x @ Wt` ([`Proj`]): on the CPU (f32, f16) `Wt`
+//! is a transposed view of the Hugging Face tensor, with no copy, so a merged candidate is
+//! ready to run as soon as it is merged; elsewhere q/k/v are fused into one contiguous
+//! transposed matrix, gate/up into another. Running the model (batches, KV cache, generation,
+//! layer paths) is [`crate::Decoder`]'s job.
 
 use crate::{LlamaConfig, ModelError, WeightSource};
 use burn::tensor::activation::silu;
@@ -19,14 +21,14 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
     attn_norm: Tensor<2>,
-    wqkv: Tensor<2>,
+    wqkv: Proj,
     bqkv: Option<Tensor<2>>,
-    wo: Tensor<2>,
+    wo: Proj,
     bo: Option<Tensor<2>>,
     mlp_norm: Tensor<2>,
-    wgu: Tensor<2>,
+    wgu: Proj,
     bgu: Option<Tensor<2>>,
-    wdown: Tensor<2>,
+    wdown: Proj,
     bdown: Option<Tensor<2>>,
     heads: usize,
     kv_heads: usize,
@@ -94,6 +96,91 @@ pub(crate) fn rms_norm(x: Tensor<2>, w: &Tensor<2>, eps: f64) -> Tensor<2> {
     let y = x.mul(inv);
     let y = if reduced { y.cast(dtype) } else { y };
     y.mul(w.clone())
+}
+
+/// A linear map's weight as the forward pass multiplies by it (`x @ Wt`, `Wt` `[in, out]`):
+/// one matrix, or the parts of a fused map whose outputs sit side by side (q | k | v,
+/// gate | up).
+///
+/// On the CPU device in f32 or f16 every part is a transposed *view* of the Hugging Face
+/// `[out, in]` tensor: no copy is made (the CPU matmul reads a strided operand at the same
+/// speed, within ~10% either way on 2048 x 5632 and 2048 x 32000 maps), so building a model
+/// from a merged candidate costs no pass over its weights. Elsewhere (wgpu, autodiff, bf16,
+/// whose CPU matmul copies a strided operand on every call) the parts are fused into one
+/// contiguous transposed matrix ([`cat_transposed`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Proj {
+    parts: Vec<Tensor<2>>,
+    /// `parts` are views of the Hugging Face tensors (else one fused contiguous matrix).
+    views: bool,
+}
+
+impl Proj {
+    /// The map of Hugging Face weights `hf` (`[out_i, in]` each, outputs concatenated).
+    fn new(hf: Vec<Tensor<2>>) -> Proj {
+        let device = hf[0].device();
+        let views = device == Device::flex()
+            && !device.is_autodiff()
+            && hf[0].dtype() != burn::tensor::DType::BF16;
+        if !views {
+            return Proj {
+                parts: vec![cat_transposed(hf)],
+                views,
+            };
+        }
+        // small parts are fused (a row-wise copy, then one view): one matmul call instead of
+        // three where a call's fixed cost is comparable to its arithmetic
+        let numel: usize = hf.iter().map(|w| w.dims().iter().product::<usize>()).sum();
+        let hf = if hf.len() > 1 && numel <= 1 << 20 {
+            vec![Tensor::cat(hf, 0)]
+        } else {
+            hf
+        };
+        Proj {
+            parts: hf.into_iter().map(|w| w.transpose()).collect(),
+            views,
+        }
+    }
+
+    /// `x @ Wt`: `[rows, in]` to `[rows, out]`.
+    pub(crate) fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+        match self.parts.as_slice() {
+            [w] => x.matmul(w.clone()),
+            parts => Tensor::cat(
+                parts.iter().map(|w| x.clone().matmul(w.clone())).collect(),
+                1,
+            ),
+        }
+    }
+
+    /// The Hugging Face matrices `[out_i, in]` for outputs of `sizes` (views, no copy).
+    fn hf(&self, sizes: &[usize]) -> Vec<Tensor<2>> {
+        let hf: Vec<Tensor<2>> = self.parts.iter().map(|w| w.clone().transpose()).collect();
+        if hf.len() == sizes.len() {
+            return hf;
+        }
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                let part = hf[0].clone().narrow(0, start, n);
+                start += n;
+                part
+            })
+            .collect()
+    }
+
+    /// The map in `dtype`. Views are cast in the Hugging Face layout (a cast copies a strided
+    /// tensor element by element, slowly) and laid out again for the new dtype.
+    fn cast(self, dtype: FloatDType, sizes: &[usize]) -> Proj {
+        if !self.views {
+            return Proj {
+                parts: self.parts.into_iter().map(|w| w.cast(dtype)).collect(),
+                views: false,
+            };
+        }
+        Proj::new(self.hf(sizes).into_iter().map(|w| w.cast(dtype)).collect())
+    }
 }
 
 fn add_bias(x: Tensor<2>, b: &Option<Tensor<2>>) -> Tensor<2> {
@@ -200,7 +287,7 @@ impl DecoderLayer {
         let (nh, nkv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let rep = nh / nkv;
         let h = rms_norm(x.clone(), &self.attn_norm, self.eps);
-        let qkv = add_bias(h.clone().matmul(self.wqkv.clone()), &self.bqkv);
+        let qkv = add_bias(self.wqkv.apply(h.clone()), &self.bqkv);
         let qkv = tapped(tap, hop, LinearSite::Qkv, &h, qkv);
         // Rotary embedding on q and k together: [B, S, nh + nkv, hd].
         let qk = qkv
@@ -252,14 +339,14 @@ impl DecoderLayer {
             .reshape([b, nh, s, hd])
             .swap_dims(1, 2)
             .reshape([b * s, nh * hd]);
-        let attn = add_bias(o.clone().matmul(self.wo.clone()), &self.bo);
+        let attn = add_bias(self.wo.apply(o.clone()), &self.bo);
         let x = x.add(tapped(tap, hop, LinearSite::O, &o, attn));
         let h = rms_norm(x.clone(), &self.mlp_norm, self.eps);
-        let gu = add_bias(h.clone().matmul(self.wgu.clone()), &self.bgu);
+        let gu = add_bias(self.wgu.apply(h.clone()), &self.bgu);
         let gu = tapped(tap, hop, LinearSite::GateUp, &h, gu);
         let i = self.intermediate;
         let act = silu(gu.clone().narrow(1, 0, i)).mul(gu.narrow(1, i, i));
-        let down = add_bias(act.clone().matmul(self.wdown.clone()), &self.bdown);
+        let down = add_bias(self.wdown.apply(act.clone()), &self.bdown);
         x.add(tapped(tap, hop, LinearSite::Down, &act, down))
     }
 }
@@ -275,8 +362,8 @@ pub struct Llama {
     pub(crate) embed: Tensor<2>,
     pub(crate) layers: Vec<DecoderLayer>,
     pub(crate) norm: Tensor<2>,
-    /// `[H, V]`.
-    pub(crate) head: Tensor<2>,
+    /// `[H, V]` as multiplied (a view of the embedding when the head is tied).
+    pub(crate) head: Proj,
     pub(crate) rope: Rope,
 }
 
@@ -408,14 +495,14 @@ impl Llama {
             };
             layers.push(DecoderLayer {
                 attn_norm: ld.get(&n("input_layernorm.weight"), &[h])?,
-                wqkv: cat_transposed(vec![wq, wk, wv]),
+                wqkv: Proj::new(vec![wq, wk, wv]),
                 bqkv,
-                wo: contiguous_t(ld.get(&n("self_attn.o_proj.weight"), &[h, q])?),
+                wo: Proj::new(vec![ld.get(&n("self_attn.o_proj.weight"), &[h, q])?]),
                 bo: ld.maybe(c.o_bias, &n("self_attn.o_proj.bias"), &[h])?,
                 mlp_norm: ld.get(&n("post_attention_layernorm.weight"), &[h])?,
-                wgu: cat_transposed(vec![wg, wu]),
+                wgu: Proj::new(vec![wg, wu]),
                 bgu,
-                wdown: contiguous_t(ld.get(&n("mlp.down_proj.weight"), &[h, i])?),
+                wdown: Proj::new(vec![ld.get(&n("mlp.down_proj.weight"), &[h, i])?]),
                 bdown: ld.maybe(c.mlp_bias, &n("mlp.down_proj.bias"), &[h])?,
                 heads: c.num_heads,
                 kv_heads: c.num_kv_heads,
@@ -426,9 +513,9 @@ impl Llama {
         }
         let norm = ld.get("model.norm.weight", &[h])?;
         let head = if c.tie_word_embeddings {
-            contiguous_t(embed.clone())
+            Proj::new(vec![embed.clone()])
         } else {
-            contiguous_t(ld.get("lm_head.weight", &[v, h])?)
+            Proj::new(vec![ld.get("lm_head.weight", &[v, h])?])
         };
         Ok(Llama {
             rope: Rope::new(c, device),
@@ -467,47 +554,50 @@ impl Llama {
     /// the embedding).
     pub fn hf_tensors(&self) -> Vec<(String, Tensor<2>)> {
         let c = &self.config;
-        let (q, kv, i) = (
+        let (q, kv, i, h) = (
             c.num_heads * c.head_dim,
             c.num_kv_heads * c.head_dim,
             c.intermediate_size,
+            c.hidden_size,
         );
-        // rows [start, start + n) of a [rows, cols] matrix
-        let rows = |t: &Tensor<2>, start: usize, n: usize| t.clone().narrow(0, start, n);
         let cols = |t: &Tensor<2>, start: usize, n: usize| t.clone().narrow(1, start, n);
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
         for (l, layer) in self.layers.iter().enumerate() {
             let n = |s: &str| format!("model.layers.{l}.{s}");
             out.push((n("input_layernorm.weight"), layer.attn_norm.clone()));
-            let wqkv = layer.wqkv.clone().transpose();
-            out.push((n("self_attn.q_proj.weight"), rows(&wqkv, 0, q)));
-            out.push((n("self_attn.k_proj.weight"), rows(&wqkv, q, kv)));
-            out.push((n("self_attn.v_proj.weight"), rows(&wqkv, q + kv, kv)));
+            let [wq, wk, wv]: [Tensor<2>; 3] =
+                layer.wqkv.hf(&[q, kv, kv]).try_into().expect("three parts");
+            out.push((n("self_attn.q_proj.weight"), wq));
+            out.push((n("self_attn.k_proj.weight"), wk));
+            out.push((n("self_attn.v_proj.weight"), wv));
             if let Some(b) = &layer.bqkv {
                 out.push((n("self_attn.q_proj.bias"), cols(b, 0, q)));
                 out.push((n("self_attn.k_proj.bias"), cols(b, q, kv)));
                 out.push((n("self_attn.v_proj.bias"), cols(b, q + kv, kv)));
             }
-            out.push((n("self_attn.o_proj.weight"), layer.wo.clone().transpose()));
+            out.push((n("self_attn.o_proj.weight"), one(layer.wo.hf(&[h]))));
             if let Some(b) = &layer.bo {
                 out.push((n("self_attn.o_proj.bias"), b.clone()));
             }
             out.push((n("post_attention_layernorm.weight"), layer.mlp_norm.clone()));
-            let wgu = layer.wgu.clone().transpose();
-            out.push((n("mlp.gate_proj.weight"), rows(&wgu, 0, i)));
-            out.push((n("mlp.up_proj.weight"), rows(&wgu, i, i)));
+            let [wg, wu]: [Tensor<2>; 2] = layer.wgu.hf(&[i, i]).try_into().expect("two parts");
+            out.push((n("mlp.gate_proj.weight"), wg));
+            out.push((n("mlp.up_proj.weight"), wu));
             if let Some(b) = &layer.bgu {
                 out.push((n("mlp.gate_proj.bias"), cols(b, 0, i)));
                 out.push((n("mlp.up_proj.bias"), cols(b, i, i)));
             }
-            out.push((n("mlp.down_proj.weight"), layer.wdown.clone().transpose()));
+            out.push((n("mlp.down_proj.weight"), one(layer.wdown.hf(&[h]))));
             if let Some(b) = &layer.bdown {
                 out.push((n("mlp.down_proj.bias"), b.clone()));
             }
         }
         out.push(("model.norm.weight".to_string(), self.norm.clone()));
         if !c.tie_word_embeddings {
-            out.push(("lm_head.weight".to_string(), self.head.clone().transpose()));
+            out.push((
+                "lm_head.weight".to_string(),
+                one(self.head.hf(&[c.vocab_size])),
+            ));
         }
         out
     }
@@ -519,25 +609,37 @@ impl Llama {
     /// the LM head's output is cast to f32. Each tensor is cast in turn, so the peak is the
     /// model plus one tensor.
     pub fn to_dtype(mut self, dtype: FloatDType) -> Llama {
+        let cfg = &self.config;
+        let (q, kv, i, h) = (
+            cfg.num_heads * cfg.head_dim,
+            cfg.num_kv_heads * cfg.head_dim,
+            cfg.intermediate_size,
+            cfg.hidden_size,
+        );
         let c = |t: Tensor<2>| t.cast(dtype);
         let co = |t: Option<Tensor<2>>| t.map(|t| t.cast(dtype));
         self.embed = c(self.embed);
         self.norm = c(self.norm);
-        self.head = c(self.head);
+        self.head = if self.config.tie_word_embeddings {
+            // the tied head is the cast embedding again (a view of it where views are used)
+            Proj::new(vec![self.embed.clone()])
+        } else {
+            self.head.cast(dtype, &[self.config.vocab_size])
+        };
         self.rope.cos = c(self.rope.cos);
         self.rope.sin = c(self.rope.sin);
         self.layers = std::mem::take(&mut self.layers)
             .into_iter()
             .map(|l| DecoderLayer {
                 attn_norm: c(l.attn_norm),
-                wqkv: c(l.wqkv),
+                wqkv: l.wqkv.cast(dtype, &[q, kv, kv]),
                 bqkv: co(l.bqkv),
-                wo: c(l.wo),
+                wo: l.wo.cast(dtype, &[h]),
                 bo: co(l.bo),
                 mlp_norm: c(l.mlp_norm),
-                wgu: c(l.wgu),
+                wgu: l.wgu.cast(dtype, &[i, i]),
                 bgu: co(l.bgu),
-                wdown: c(l.wdown),
+                wdown: l.wdown.cast(dtype, &[h]),
                 bdown: co(l.bdown),
                 ..l
             })
@@ -547,7 +649,7 @@ impl Llama {
 
     /// The dtype the parameters are held and computed in.
     pub fn dtype(&self) -> FloatDType {
-        self.head.dtype().into()
+        self.head.parts[0].dtype().into()
     }
 
     /// The model's config.
@@ -571,7 +673,69 @@ impl Llama {
     }
 }
 
-/// Transpose a matrix into a contiguous buffer (so every later matmul reads it row-major).
-fn contiguous_t(w: Tensor<2>) -> Tensor<2> {
-    cat_transposed(vec![w])
+/// The one tensor of a single-part map.
+fn one(parts: Vec<Tensor<2>>) -> Tensor<2> {
+    parts.into_iter().next().expect("one part")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evomerge_kernels::{tensor_from, values_of};
+
+    fn matrix(rows: usize, cols: usize, seed: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| (((i + seed) * 2654435761) % 1999) as f32 / 999.5 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn a_map_of_views_and_a_fused_map_agree() {
+        let d = Device::flex();
+        let (inp, outs) = (24, [16, 8, 8]);
+        let hf: Vec<Tensor<2>> = outs
+            .iter()
+            .enumerate()
+            .map(|(k, &o)| tensor_from(&matrix(o, inp, k), &[o, inp], &d))
+            .collect();
+        // three parts multiplied one by one (the size from which they are not fused)
+        let views = Proj {
+            parts: hf.iter().map(|w| w.clone().transpose()).collect(),
+            views: true,
+        };
+        // small parts: fused by rows, one view
+        let small = Proj::new(hf.clone());
+        assert!(small.views, "f32 on the CPU multiplies by views");
+        assert_eq!(small.parts.len(), 1);
+        let fused = Proj {
+            parts: vec![cat_transposed(hf.clone())],
+            views: false,
+        };
+        let x = tensor_from(&matrix(5, inp, 7), &[5, inp], &d);
+        let b = values_of(fused.apply(x.clone()));
+        assert_eq!(b.len(), 5 * 32);
+        for p in [&views, &small] {
+            for (u, v) in values_of(p.apply(x.clone())).iter().zip(&b) {
+                assert!((u - v).abs() < 1e-5, "{u} vs {v}");
+            }
+        }
+        // all give back the Hugging Face tensors bit for bit
+        for p in [&views, &small, &fused] {
+            for (got, want) in p.hf(&outs).into_iter().zip(&hf) {
+                assert_eq!(values_of(got), values_of(want.clone()));
+            }
+        }
+        // bf16 multiplies by one contiguous matrix (its CPU matmul copies a strided operand);
+        // f16 keeps a view (these parts are small: fused); both keep the values
+        let half = views.clone().cast(FloatDType::BF16, &outs);
+        assert!(!half.views && half.parts.len() == 1);
+        let f16 = views.cast(FloatDType::F16, &outs);
+        assert!(f16.views && f16.parts.len() == 1);
+        for (p, dtype) in [(&half, FloatDType::BF16), (&f16, FloatDType::F16)] {
+            let y = values_of(p.apply(x.clone().cast(dtype)));
+            for (u, v) in y.iter().zip(&b) {
+                assert!((u - v).abs() < 0.1, "{u} vs {v}");
+            }
+        }
+    }
 }

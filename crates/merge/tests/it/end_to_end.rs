@@ -694,3 +694,31 @@ fn a_stopped_merge_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A merge whose values overflow (a huge weight) is an error naming the tensor, in memory (a
+/// search's candidate) as on disk; the fused kernels check every chunk as they write it.
+#[test]
+fn non_finite_merged_values_are_an_error_naming_the_tensor() {
+    use evomerge_kernels::{Device, FloatDType};
+    use evomerge_merge::merge_in_memory_as;
+    let w = World::new(Dtype::BF16, false);
+    let recipe = Recipe::from_yaml(&w.text(
+        "merge_method: linear\nparameters: {normalize: false}\nmodels:\n  - model: {root}/a\n    parameters: {weight: 3.0e38}\n  - model: {root}/b\n    parameters: {weight: 3.0e38}\ndtype: float32\n",
+    ))
+    .unwrap();
+    let sources = Sources::open(&recipe, None).unwrap();
+    let plan = Plan::build(&recipe, &sources, &PlanOptions::default()).unwrap();
+    for dtype in [None, Some(FloatDType::BF16)] {
+        let err = merge_in_memory_as(&plan, &sources, &Device::flex(), 7, dtype).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, MergeError::Kernel { .. })
+                && text.contains("model.")
+                && text.contains("inf"),
+            "{text}"
+        );
+    }
+    let err = w.merge(&recipe, "overflow").unwrap_err();
+    assert!(err.to_string().contains("inf"), "{err}");
+    assert!(!w.path("overflow").exists());
+}
