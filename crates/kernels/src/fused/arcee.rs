@@ -45,8 +45,11 @@ pub fn arcee_row_kl_exact(x: &[f32], base: &[f32], p: &mut [f64], q: &mut [f64])
 
 /// `e^x` for `x <= 0` in f64, without branches or calls so that loops over it vectorize:
 /// `x = k ln 2 + r` (Cody-Waite, `|r| <= ln 2 / 2`), `e^r` by its Taylor polynomial of degree
-/// 13 (truncation below 1e-17), times `2^k` built in the exponent bits. Arguments below -708
-/// are taken as -708 (`e^-708` ~ 3e-308, which the softmax's `+ 1e-8` makes irrelevant).
+/// 13 (truncation below 1e-17) in fused multiply-adds, times `2^k` built in the exponent bits.
+/// A fused multiply-add rounds once, so the bits are the same on every CPU: one instruction
+/// where the build has FMA (the AVX2 path), libm's exact software `fma` elsewhere (slowly; x86
+/// CPUs without AVX2 and FMA predate 2013). Arguments below -708 are taken as -708 (`e^-708`
+/// ~ 3e-308, which the softmax's `+ 1e-8` makes irrelevant).
 #[inline(always)]
 fn exp_nonpositive(x: f64) -> f64 {
     // fdlibm's split of ln 2: the high part has 32 significant bits, so k ln2_hi is exact
@@ -57,7 +60,7 @@ fn exp_nonpositive(x: f64) -> f64 {
     let t = x * std::f64::consts::LOG2_E + ROUND;
     let k = t - ROUND;
     let r = (x - k * LN2_HI) - k * LN2_LO;
-    let mut e = 1.0 / 6_227_020_800.0; // 1/13!
+    let mut e: f64 = 1.0 / 6_227_020_800.0; // 1/13!
     for c in [
         1.0 / 479_001_600.0,
         1.0 / 39_916_800.0,
@@ -73,7 +76,7 @@ fn exp_nonpositive(x: f64) -> f64 {
         1.0,
         1.0,
     ] {
-        e = e * r + c;
+        e = e.mul_add(r, c);
     }
     let k = (t.to_bits() as i64).wrapping_sub(ROUND.to_bits() as i64);
     e * f64::from_bits(((k + 1023) as u64) << 52)
@@ -99,11 +102,103 @@ fn sum4(v: &[f64]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
+/// The per-row constants of the fast KL's terms.
+#[derive(Clone, Copy)]
+struct KlConsts {
+    /// `(max b - max x) - ln s + ln t`.
+    c: f64,
+    inv_s: f64,
+    eps_s: f64,
+    eps_t: f64,
+}
+
+/// Entry `i`'s term of the fast KL, and whether the series does not hold there (`1e-8 / u >
+/// 1e-3`): `e`, `f` are the unnormalised softmax entries, `a`, `b` the row entries.
+#[inline(always)]
+fn kl_term(k: KlConsts, e: f64, f: f64, a: f32, b: f32) -> (f64, bool) {
+    let (tp, tq) = (k.eps_s / e, k.eps_t / f);
+    let log_ratio = (a as f64 - b as f64) + k.c + (ln_1p_small(tp) - ln_1p_small(tq));
+    ((e * k.inv_s + 1e-8) * log_ratio, (tp > 1e-3) | (tq > 1e-3))
+}
+
+/// The terms of the first `len / 4 * 4` entries in four interleaved sums (entry `i` in sum
+/// `i % 4`), and whether any entry's series does not hold.
+#[inline(always)]
+fn kl_terms4(k: KlConsts, x: &[f32], base: &[f32], p: &[f64], q: &[f64]) -> ([f64; 4], bool) {
+    let (mut acc, mut bad) = ([0f64; 4], false);
+    let whole = x.len() / 4 * 4;
+    for i in (0..whole).step_by(4) {
+        for l in 0..4 {
+            let (v, b) = kl_term(k, p[i + l], q[i + l], x[i + l], base[i + l]);
+            acc[l] += v;
+            bad |= b;
+        }
+    }
+    (acc, bad)
+}
+
+/// [`kl_terms4`] in AVX2 intrinsics (the compiler left that loop scalar): the same IEEE
+/// operations in the same order, lane `l` being sum `l`, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn kl_terms4_avx2(k: KlConsts, x: &[f32], base: &[f32], p: &[f64], q: &[f64]) -> ([f64; 4], bool) {
+    use std::arch::x86_64::*;
+    let whole = x.len() / 4 * 4;
+    assert!(base.len() >= whole && p.len() >= whole && q.len() >= whole);
+    let set = _mm256_set1_pd;
+    let (c, inv_s, eps_s, eps_t) = (set(k.c), set(k.inv_s), set(k.eps_s), set(k.eps_t));
+    let (one, half, third, quarter) = (set(1.0), set(0.5), set(1.0 / 3.0), set(0.25));
+    let (tiny, limit) = (set(1e-8), set(1e-3));
+    // ln_1p_small, operation for operation
+    let ln_1p = |t: __m256d| {
+        let r = _mm256_sub_pd(third, _mm256_mul_pd(t, quarter));
+        let r = _mm256_sub_pd(half, _mm256_mul_pd(t, r));
+        let r = _mm256_sub_pd(one, _mm256_mul_pd(t, r));
+        _mm256_mul_pd(t, r)
+    };
+    let (mut acc, mut bad) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    for i in (0..whole).step_by(4) {
+        // SAFETY: i + 4 <= whole <= every slice's length (asserted above)
+        let (e, f, a, b) = unsafe {
+            (
+                _mm256_loadu_pd(p.as_ptr().add(i)),
+                _mm256_loadu_pd(q.as_ptr().add(i)),
+                _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i))),
+                _mm256_cvtps_pd(_mm_loadu_ps(base.as_ptr().add(i))),
+            )
+        };
+        let (tp, tq) = (_mm256_div_pd(eps_s, e), _mm256_div_pd(eps_t, f));
+        let log_ratio = _mm256_add_pd(
+            _mm256_add_pd(_mm256_sub_pd(a, b), c),
+            _mm256_sub_pd(ln_1p(tp), ln_1p(tq)),
+        );
+        let w = _mm256_add_pd(_mm256_mul_pd(e, inv_s), tiny);
+        acc = _mm256_add_pd(acc, _mm256_mul_pd(w, log_ratio));
+        bad = _mm256_or_pd(
+            bad,
+            _mm256_or_pd(
+                _mm256_cmp_pd::<_CMP_GT_OQ>(tp, limit),
+                _mm256_cmp_pd::<_CMP_GT_OQ>(tq, limit),
+            ),
+        );
+    }
+    let mut out = [0f64; 4];
+    // SAFETY: `out` holds four f64
+    unsafe { _mm256_storeu_pd(out.as_mut_ptr(), acc) };
+    (out, _mm256_movemask_pd(bad) != 0)
+}
+
 /// The fast KL's body (see [`arcee_row_kl`]); `None` where an entry's softmax is so small
 /// that the `+ 1e-8` is more than a 1e-3 relative change (the series of `ln(1 + t)` would
-/// not hold there).
+/// not hold there). `terms` sums the entries four at a time ([`kl_terms4`] or its AVX2 build).
 #[inline(always)]
-fn row_kl_fast(x: &[f32], base: &[f32], p: &mut [f64], q: &mut [f64]) -> Option<f64> {
+fn row_kl_fast(
+    x: &[f32],
+    base: &[f32],
+    p: &mut [f64],
+    q: &mut [f64],
+    terms: impl Fn(KlConsts, &[f32], &[f32], &[f64], &[f64]) -> ([f64; 4], bool),
+) -> Option<f64> {
     let n = x.len();
     let (p, q) = (&mut p[..n], &mut q[..n]);
     let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -115,42 +210,31 @@ fn row_kl_fast(x: &[f32], base: &[f32], p: &mut [f64], q: &mut [f64]) -> Option<
     let (s, t) = (sum4(p), sum4(q));
     // ln p_i = (x_i - mx) - ln s + ln(1 + 1e-8 s / e_i), the same for q: only the two small
     // logarithms vary by entry besides x_i - b_i
-    let c = (mb - mx) - s.ln() + t.ln();
-    let (inv_s, eps_s, eps_t) = (1.0 / s, 1e-8 * s, 1e-8 * t);
-    // entry i's term, and whether the series does not hold there (`1e-8 / u > 1e-3`)
-    let term = |e: f64, f: f64, a: f32, b: f32| {
-        let (tp, tq) = (eps_s / e, eps_t / f);
-        let log_ratio = (a as f64 - b as f64) + c + (ln_1p_small(tp) - ln_1p_small(tq));
-        (
-            (e * inv_s + 1e-8) * log_ratio,
-            ((tp > 1e-3) | (tq > 1e-3)) as u64,
-        )
+    let k = KlConsts {
+        c: (mb - mx) - s.ln() + t.ln(),
+        inv_s: 1.0 / s,
+        eps_s: 1e-8 * s,
+        eps_t: 1e-8 * t,
     };
-    let (mut acc, mut bad) = ([0f64; 4], [0u64; 4]);
-    let whole = n / 4 * 4;
-    for i in (0..whole).step_by(4) {
-        for k in 0..4 {
-            let (v, b) = term(p[i + k], q[i + k], x[i + k], base[i + k]);
-            acc[k] += v;
-            bad[k] += b;
-        }
-    }
+    let (acc, mut bad) = terms(k, x, base, p, q);
     let mut kl = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    let mut bad = bad.iter().sum::<u64>();
-    for i in whole..n {
-        let (v, b) = term(p[i], q[i], x[i], base[i]);
+    for i in n / 4 * 4..n {
+        let (v, b) = kl_term(k, p[i], q[i], x[i], base[i]);
         kl += v;
-        bad += b;
+        bad |= b;
     }
     // (non-finite inputs take the exact path too)
-    (bad == 0 && kl.is_finite()).then_some(kl)
+    (!bad && kl.is_finite()).then_some(kl)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn row_kl_avx2(x: &[f32], base: &[f32], p: &mut [f64], q: &mut [f64]) -> Option<f64> {
-    // the same operations (Rust never fuses a multiply and an add), 4 lanes wide
-    row_kl_fast(x, base, p, q)
+    // the same operations, 4 lanes wide (the exponential's multiply-adds are FMA
+    // instructions here); the terms in intrinsics (`kl_terms4_avx2`'s feature is this
+    // function's)
+    // (a safe call: this function's features include AVX2)
+    row_kl_fast(x, base, p, q, |k, x, b, p, q| kl_terms4_avx2(k, x, b, p, q))
 }
 
 /// `sum p log(p / q)` with `p`, `q` the softmaxes of the rows `x` and `base`, each plus 1e-8,
@@ -167,10 +251,10 @@ pub fn arcee_row_kl(x: &[f32], base: &[f32], p: &mut [f64], q: &mut [f64]) -> f3
         // SAFETY: the CPU has the features the function is compiled for
         unsafe { row_kl_avx2(x, base, p, q) }
     } else {
-        row_kl_fast(x, base, p, q)
+        row_kl_fast(x, base, p, q, kl_terms4)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let fast = row_kl_fast(x, base, p, q);
+    let fast = row_kl_fast(x, base, p, q, kl_terms4);
     match fast {
         Some(kl) => kl as f32,
         None => arcee_row_kl_exact(x, base, p, q),
@@ -405,6 +489,44 @@ mod tests {
             assert!(
                 (fast - exact).abs() <= 1e-6 * exact.abs() + 1e-12,
                 "n {n}, scale {scale}, delta {delta}: {fast} vs {exact}"
+            );
+        }
+    }
+
+    /// The AVX2 build of the KL's terms gives the scalar loop's bits (and the same verdict on
+    /// rows the series does not hold for).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_kl_terms_are_the_scalar_ones_bit_for_bit() {
+        use rand::{Rng, SeedableRng};
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for (n, scale, delta) in [
+            (4, 0.05f32, 0.005f32),
+            (1023, 0.05, 0.005),
+            (2048, 0.3, 1e-6),
+            (1000, 3.0, 0.1),
+            (64, 30.0, 1.0),
+        ] {
+            let base: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..=scale)).collect();
+            let x: Vec<f32> = base
+                .iter()
+                .map(|b| b + rng.random_range(-delta..=delta))
+                .collect();
+            let (mut p, mut q) = (vec![0f64; n], vec![0f64; n]);
+            let scalar = row_kl_fast(&x, &base, &mut p, &mut q, kl_terms4);
+            // SAFETY: the CPU has AVX2 (checked above)
+            let simd = unsafe {
+                row_kl_fast(&x, &base, &mut p, &mut q, |k, x, b, p, q| {
+                    kl_terms4_avx2(k, x, b, p, q)
+                })
+            };
+            assert_eq!(
+                scalar.map(f64::to_bits),
+                simd.map(f64::to_bits),
+                "n {n}, scale {scale}, delta {delta}"
             );
         }
     }
