@@ -291,6 +291,21 @@ impl Drop for Scratch {
     }
 }
 
+/// The first NaN or infinity of `v`, if any: blocks are tested with a branch-free count
+/// (which vectorizes; a `find` does not), and only a block that has one is searched.
+fn first_non_finite(v: &[f32]) -> Option<f32> {
+    for block in v.chunks(256) {
+        // |x| >= infinity's bits: infinite or NaN (compared as nonnegative i32)
+        let bad = block.iter().fold(0u32, |n, x| {
+            n + (((x.to_bits() & 0x7fff_ffff) as i32) >= 0x7f80_0000) as u32
+        });
+        if bad > 0 {
+            return block.iter().find(|x| !x.is_finite()).copied();
+        }
+    }
+    None
+}
+
 /// Run `f(chunk index, first element, scratch)` over every chunk in parallel; `f` leaves the
 /// chunk's merged values in `scratch.res`, which are checked (finite) and written to `out`.
 fn for_each_chunk<F>(n: usize, tvs: usize, out: HostOut, f: F) -> Result<()>
@@ -304,8 +319,8 @@ where
         ),
     };
     let check = |s: &Scratch, len: usize| -> Result<()> {
-        match s.res[..len].iter().find(|v| !v.is_finite()) {
-            Some(v) => Err(bad(*v)),
+        match first_non_finite(&s.res[..len]) {
+            Some(v) => Err(bad(v)),
             None => Ok(()),
         }
     };
@@ -1107,10 +1122,18 @@ fn keep_bits_lanes(v: &[f64], key: u64, ties: usize, mut seen: usize) -> Vec<u64
 /// `d_i = if bit_i { d_i } else { 0.0 }` (a select: a dropped entry is +0.0 whatever it was),
 /// eight entries a table lookup of lane masks, and-ed with the values' bits.
 fn select_bits(d: &mut [f32], bits: &[u64]) {
-    let bytes = bits.iter().flat_map(|x| x.to_le_bytes());
-    for (d, b) in d.chunks_mut(8).zip(bytes) {
+    let mut bytes = bits.iter().flat_map(|x| x.to_le_bytes());
+    // whole groups of eight: a fixed-width AND the compiler vectorizes
+    let mut groups = d.chunks_exact_mut(8);
+    for (d, b) in (&mut groups).zip(&mut bytes) {
         let mask = &BYTE_MASKS[b as usize];
-        for (x, k) in d.iter_mut().zip(mask) {
+        for k in 0..8 {
+            d[k] = f32::from_bits(d[k].to_bits() & mask[k]);
+        }
+    }
+    let rest = groups.into_remainder();
+    if let Some(b) = bytes.next().filter(|_| !rest.is_empty()) {
+        for (x, k) in rest.iter_mut().zip(&BYTE_MASKS[b as usize]) {
             *x = f32::from_bits(x.to_bits() & k);
         }
     }
@@ -2833,6 +2856,48 @@ fn combine_columns(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_non_finite_value_is_found_anywhere() {
+        let mut v = vec![1.5f32; 1000];
+        assert_eq!(first_non_finite(&v), None);
+        for (at, bad) in [
+            (0, f32::NAN),
+            (255, f32::INFINITY),
+            (256, f32::NEG_INFINITY),
+            (999, -f32::NAN),
+        ] {
+            let mut w = v.clone();
+            w[at] = bad;
+            let got = first_non_finite(&w).expect("found");
+            assert_eq!(got.to_bits(), bad.to_bits(), "at {at}");
+        }
+        // the first of two, in another block than the second
+        v[700] = f32::INFINITY;
+        v[300] = f32::NAN;
+        assert!(first_non_finite(&v).unwrap().is_nan());
+        // the largest finite values are finite
+        assert_eq!(first_non_finite(&[f32::MAX, f32::MIN, -0.0, 1e-45]), None);
+    }
+
+    #[test]
+    fn selected_bits_zero_exactly_the_unset_entries() {
+        for len in [1usize, 7, 8, 9, 64, 65, 130] {
+            let bits: Vec<u64> = (0..len.div_ceil(64))
+                .map(|w| 0x9e37_79b9_7f4a_7c15u64.rotate_left(w as u32 * 7))
+                .collect();
+            let mut d: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
+            select_bits(&mut d, &bits);
+            for (i, x) in d.iter().enumerate() {
+                let keep = (bits[i / 64] >> (i % 64)) & 1 == 1;
+                assert_eq!(
+                    *x,
+                    if keep { i as f32 + 0.5 } else { 0.0 },
+                    "len {len}, entry {i}"
+                );
+            }
+        }
+    }
 
     /// The entry-by-entry combine of 2-4 task vectors gives the column loops' bits, for every
     /// consensus, with and without normalisation and lambda, on values with zeros, signed
