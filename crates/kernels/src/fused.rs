@@ -1164,6 +1164,23 @@ fn keep_bits_lanes(v: &[f64], key: u64, ties: usize, mut seen: usize) -> Vec<u64
 /// `d_i = if bit_i { d_i } else { 0.0 }` (a select: a dropped entry is +0.0 whatever it was),
 /// eight entries a table lookup of lane masks, and-ed with the values' bits.
 fn select_bits(d: &mut [f32], bits: &[u64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function is compiled for
+        return unsafe { select_bits_avx2(d, bits) };
+    }
+    select_bits_lanes(d, bits)
+}
+
+/// [`select_bits`] eight lanes an instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn select_bits_avx2(d: &mut [f32], bits: &[u64]) {
+    select_bits_lanes(d, bits)
+}
+
+#[inline(always)]
+fn select_bits_lanes(d: &mut [f32], bits: &[u64]) {
     let mut bytes = bits.iter().flat_map(|x| x.to_le_bytes());
     // whole groups of eight: a fixed-width AND the compiler vectorizes
     let mut groups = d.chunks_exact_mut(8);
@@ -1201,6 +1218,23 @@ const BYTE_MASKS: [[u32; 8]; 256] = {
 /// `sum_e a_e b_e` in f64 (products and sum) over eight lanes, so the loop vectorises: the
 /// reductions of SCE (`a = b`) and of the spherical means.
 fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the feature the function is compiled for
+        return unsafe { dot_f64_avx2(a, b) };
+    }
+    dot_f64_lanes(a, b)
+}
+
+/// [`dot_f64`] four f64 an instruction (the same operations in the same order).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_f64_avx2(a: &[f32], b: &[f32]) -> f64 {
+    dot_f64_lanes(a, b)
+}
+
+#[inline(always)]
+fn dot_f64_lanes(a: &[f32], b: &[f32]) -> f64 {
     let mut lanes = [0f64; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f64 = (ca.remainder().iter().zip(cb.remainder()))
