@@ -981,6 +981,24 @@ fn sce_combine_lanes(
     num: &mut [f32],
     den: &mut [f32],
 ) {
+    match tv.len() {
+        2 => sce_combine_fixed::<2>(tv, weights, base, num),
+        3 => sce_combine_fixed::<3>(tv, weights, base, num),
+        4 => sce_combine_fixed::<4>(tv, weights, base, num),
+        _ => sce_combine_arrays(tv, weights, base, sum, num, den),
+    }
+}
+
+/// [`sce_combine_lanes`] for any number of models, through the arrays `sum`, `num`, `den`.
+#[inline(always)]
+fn sce_combine_arrays(
+    tv: &[Vec<f32>],
+    weights: &[f32],
+    base: &[f32],
+    sum: &mut [f32],
+    num: &mut [f32],
+    den: &mut [f32],
+) {
     let len = sum.len();
     sum.copy_from_slice(&tv[0][..len]);
     for t in &tv[1..] {
@@ -999,6 +1017,36 @@ fn sce_combine_lanes(
     }
     for ((r, b), d) in num.iter_mut().zip(base).zip(den.iter()) {
         *r = b + *r / d.max(1e-6);
+    }
+}
+
+/// [`sce_combine_lanes`] for exactly `M` models in one loop over the entries (the sums stay in
+/// registers instead of three arrays swept `2 M + 2` times), the result into `out`: the same
+/// operations per entry in the same order, so the same bits.
+#[inline(always)]
+fn sce_combine_fixed<const M: usize>(
+    tv: &[Vec<f32>],
+    weights: &[f32],
+    base: &[f32],
+    out: &mut [f32],
+) {
+    let len = out.len();
+    let t: [&[f32]; M] = std::array::from_fn(|i| &tv[i][..len]);
+    let w: [f32; M] = std::array::from_fn(|i| weights[i]);
+    let base = &base[..len];
+    for (e, r) in out.iter_mut().enumerate() {
+        let mut a = t[0][e];
+        for ti in &t[1..] {
+            a += ti[e];
+        }
+        let (mut nu, mut de) = (0.0f32, 0.0f32);
+        for i in 0..M {
+            let v = t[i][e];
+            let agree = ((v != 0.0) & ((v > 0.0) == (a >= 0.0))) as u32 as f32;
+            nu += v * w[i] * agree;
+            de += w[i] * agree;
+        }
+        *r = base[e] + nu / de.max(1e-6);
     }
 }
 
@@ -2955,6 +3003,38 @@ mod tests {
             let (mut mean, mut want, mut got) = (vec![0f64; len], vec![0f64; len], vec![0f64; len]);
             sce_variances_arrays(&tv, &mut mean, &mut want);
             sce_variances(&tv, &mut mean, &mut got);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{m} models, entry {i}");
+            }
+        }
+    }
+
+    /// SCE's one-loop combine of 2-4 models gives the array sweeps' bits (zeros, signed
+    /// zeros, cancelling signs, a zero weight).
+    #[test]
+    fn fixed_count_sce_combine_equals_the_array_sweeps_bit_for_bit() {
+        let len = 777;
+        let value = |m: usize, i: usize| -> f32 {
+            match (i * 3 + m) % 7 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => (i as f32 * 0.11).sin() * 1e-2,
+                3 => -(i as f32 * 0.7).cos(),
+                4 => 0.25,
+                5 => -0.25,
+                _ => 1e-20 * i as f32,
+            }
+        };
+        for m in 2..=4 {
+            let tv: Vec<Vec<f32>> = (0..m)
+                .map(|k| (0..len).map(|i| value(k, i)).collect())
+                .collect();
+            let weights: Vec<f32> = (0..m).map(|k| [0.7, 0.0, 1.3, 0.2][k]).collect();
+            let base: Vec<f32> = (0..len).map(|i| i as f32 * 1e-3 - 0.3).collect();
+            let (mut sum, mut den) = (vec![0f32; len], vec![0f32; len]);
+            let (mut want, mut got) = (vec![0f32; len], vec![0f32; len]);
+            sce_combine_arrays(&tv, &weights, &base, &mut sum, &mut want, &mut den);
+            sce_combine(&tv, &weights, &base, &mut sum, &mut got, &mut den);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(a.to_bits(), b.to_bits(), "{m} models, entry {i}");
             }
