@@ -1897,6 +1897,15 @@ fn lsd_ranks<K: Copy, T: Rank>(
                 c1[digit(*k, s1)] += 1;
             }
         }
+        [s0, s1, s2] => {
+            let (c0, rest) = counts.split_at_mut(width);
+            let (c1, c2) = rest.split_at_mut(width);
+            for k in keys.iter() {
+                c0[digit(*k, s0)] += 1;
+                c1[digit(*k, s1)] += 1;
+                c2[digit(*k, s2)] += 1;
+            }
+        }
         _ => {
             for k in keys.iter() {
                 for (p, &s) in shifts.iter().enumerate() {
