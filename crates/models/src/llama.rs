@@ -554,12 +554,7 @@ impl Llama {
     /// the embedding).
     pub fn hf_tensors(&self) -> Vec<(String, Tensor<2>)> {
         let c = &self.config;
-        let (q, kv, i, h) = (
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-            c.intermediate_size,
-            c.hidden_size,
-        );
+        let (q, kv, i, h) = widths(c);
         let cols = |t: &Tensor<2>, start: usize, n: usize| t.clone().narrow(1, start, n);
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
         for (l, layer) in self.layers.iter().enumerate() {
@@ -609,13 +604,7 @@ impl Llama {
     /// the LM head's output is cast to f32. Each tensor is cast in turn, so the peak is the
     /// model plus one tensor.
     pub fn to_dtype(mut self, dtype: FloatDType) -> Llama {
-        let cfg = &self.config;
-        let (q, kv, i, h) = (
-            cfg.num_heads * cfg.head_dim,
-            cfg.num_kv_heads * cfg.head_dim,
-            cfg.intermediate_size,
-            cfg.hidden_size,
-        );
+        let (q, kv, i, h) = widths(&self.config);
         let c = |t: Tensor<2>| t.cast(dtype);
         let co = |t: Option<Tensor<2>>| t.map(|t| t.cast(dtype));
         self.embed = c(self.embed);
@@ -671,6 +660,17 @@ impl Llama {
     pub fn layers(&self) -> &[DecoderLayer] {
         &self.layers
     }
+}
+
+/// The output widths of a layer's maps: queries, keys (= values), the MLP's intermediate
+/// size and the hidden size.
+fn widths(c: &LlamaConfig) -> (usize, usize, usize, usize) {
+    (
+        c.num_heads * c.head_dim,
+        c.num_kv_heads * c.head_dim,
+        c.intermediate_size,
+        c.hidden_size,
+    )
 }
 
 /// The one tensor of a single-part map.

@@ -463,9 +463,26 @@ mod tests {
         assert_eq!(exp_nonpositive(-1e-300), 1.0);
     }
 
+    /// A base row of `n` entries uniform in `[-scale, scale]` and the row that moves each by
+    /// up to `delta`.
+    fn row_pair(
+        rng: &mut rand_chacha::ChaCha8Rng,
+        n: usize,
+        scale: f32,
+        delta: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        use rand::Rng;
+        let base: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..=scale)).collect();
+        let x = base
+            .iter()
+            .map(|b| b + rng.random_range(-delta..=delta))
+            .collect();
+        (base, x)
+    }
+
     #[test]
     fn the_fast_row_kl_is_the_exact_one() {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         for (n, scale, delta) in [
             (1, 0.05f32, 0.005f32),
@@ -478,11 +495,7 @@ mod tests {
             (1000, 3.0, 0.1),  // entries with softmax below 1e-5: the exact path
             (1000, 30.0, 1.0), // most entries far below the max
         ] {
-            let base: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..=scale)).collect();
-            let x: Vec<f32> = base
-                .iter()
-                .map(|b| b + rng.random_range(-delta..=delta))
-                .collect();
+            let (base, x) = row_pair(&mut rng, n, scale, delta);
             let (mut p, mut q) = (vec![0f64; n], vec![0f64; n]);
             let exact = arcee_row_kl_exact(&x, &base, &mut p, &mut q);
             let fast = arcee_row_kl(&x, &base, &mut p, &mut q);
@@ -498,7 +511,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_kl_terms_are_the_scalar_ones_bit_for_bit() {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         if !std::arch::is_x86_feature_detected!("avx2") {
             return;
         }
@@ -510,11 +523,7 @@ mod tests {
             (1000, 3.0, 0.1),
             (64, 30.0, 1.0),
         ] {
-            let base: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..=scale)).collect();
-            let x: Vec<f32> = base
-                .iter()
-                .map(|b| b + rng.random_range(-delta..=delta))
-                .collect();
+            let (base, x) = row_pair(&mut rng, n, scale, delta);
             let (mut p, mut q) = (vec![0f64; n], vec![0f64; n]);
             let scalar = row_kl_fast(&x, &base, &mut p, &mut q, kl_terms4);
             // SAFETY: the CPU has AVX2 (checked above)
