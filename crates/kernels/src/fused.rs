@@ -41,6 +41,32 @@ use crate::{Consensus, KernelError, MaskRng, Rescale, Result, Sparsify};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+/// `fn NAME(args) -> R` that runs `BODY(args)` compiled for AVX2 where the CPU has it (checked
+/// at run time), else as the binary's baseline builds it: for loops that LLVM vectorises
+/// twice as wide with AVX2. `BODY` is `#[inline(always)]`, so each build is its own copy.
+macro_rules! avx2_dispatch {
+    (
+        $(#[$meta:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:ident;
+    ) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has the feature the function is compiled for
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 mod arcee;
 mod sampled;
 mod sphere;
@@ -938,35 +964,17 @@ pub fn sce(base: HostTensor, inputs: &[HostTensor], select_topk: f32, out: HostO
     })
 }
 
-/// SCE's merge of one chunk's kept deltas `tv` into `num`: [`sce_combine_lanes`], compiled for
-/// AVX2 where the CPU has it.
-fn sce_combine(
-    tv: &[Vec<f32>],
-    weights: &[f32],
-    base: &[f32],
-    sum: &mut [f32],
-    num: &mut [f32],
-    den: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function is compiled for
-        return unsafe { sce_combine_avx2(tv, weights, base, sum, num, den) };
-    }
-    sce_combine_lanes(tv, weights, base, sum, num, den)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn sce_combine_avx2(
-    tv: &[Vec<f32>],
-    weights: &[f32],
-    base: &[f32],
-    sum: &mut [f32],
-    num: &mut [f32],
-    den: &mut [f32],
-) {
-    sce_combine_lanes(tv, weights, base, sum, num, den)
+avx2_dispatch! {
+    /// SCE's merge of one chunk's kept deltas `tv` into `num`: [`sce_combine_lanes`], compiled
+    /// for AVX2 where the CPU has it.
+    fn sce_combine(
+        tv: &[Vec<f32>],
+        weights: &[f32],
+        base: &[f32],
+        sum: &mut [f32],
+        num: &mut [f32],
+        den: &mut [f32],
+    ) = sce_combine_lanes;
 }
 
 /// Model by model over the chunk, without branches (the signs are random): the unweighted
@@ -1064,23 +1072,11 @@ enum SceSelect {
     },
 }
 
-/// Per entry of a chunk, the variance over the models' deltas `tv` (f64): the mean over the
-/// models, then the mean squared deviation (the same f64 operations in the same order as
-/// entry by entry, model-major so the loops vectorise). `mean` is scratch.
-fn sce_variances(tv: &[Vec<f32>], mean: &mut [f64], var: &mut [f64]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function is compiled for
-        return unsafe { sce_variances_avx2(tv, mean, var) };
-    }
-    sce_variances_lanes(tv, mean, var)
-}
-
-/// [`sce_variances`] four f64 an instruction (the same operations per entry).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn sce_variances_avx2(tv: &[Vec<f32>], mean: &mut [f64], var: &mut [f64]) {
-    sce_variances_lanes(tv, mean, var)
+avx2_dispatch! {
+    /// Per entry of a chunk, the variance over the models' deltas `tv` (f64): the mean over
+    /// the models, then the mean squared deviation (the same f64 operations in the same order
+    /// as entry by entry). `mean` is scratch.
+    fn sce_variances(tv: &[Vec<f32>], mean: &mut [f64], var: &mut [f64]) = sce_variances_lanes;
 }
 
 /// [`sce_variances_lanes`] for exactly `M` models in one loop over the entries (the mean and
@@ -1167,23 +1163,11 @@ fn sce_variances_arrays(tv: &[Vec<f32>], mean: &mut [f64], var: &mut [f64]) {
     var.iter_mut().for_each(div);
 }
 
-/// SCE's kept entries of a chunk, one bit each (entry `i`: bit `i % 64` of word `i / 64`):
-/// variance keys above `key`, and of those equal to it the first `ties` counting `seen` equal
-/// ones before the chunk.
-fn keep_bits(v: &[f64], key: u64, ties: usize, seen: usize) -> Vec<u64> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function is compiled for
-        return unsafe { keep_bits_avx2(v, key, ties, seen) };
-    }
-    keep_bits_lanes(v, key, ties, seen)
-}
-
-/// [`keep_bits`] with four-lane comparisons.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn keep_bits_avx2(v: &[f64], key: u64, ties: usize, seen: usize) -> Vec<u64> {
-    keep_bits_lanes(v, key, ties, seen)
+avx2_dispatch! {
+    /// SCE's kept entries of a chunk, one bit each (entry `i`: bit `i % 64` of word `i / 64`):
+    /// variance keys above `key`, and of those equal to it the first `ties` counting `seen`
+    /// equal ones before the chunk (four-lane comparisons with AVX2).
+    fn keep_bits(v: &[f64], key: u64, ties: usize, seen: usize) -> Vec<u64> = keep_bits_lanes;
 }
 
 #[inline(always)]
@@ -1209,22 +1193,10 @@ fn keep_bits_lanes(v: &[f64], key: u64, ties: usize, mut seen: usize) -> Vec<u64
     words
 }
 
-/// `d_i = if bit_i { d_i } else { 0.0 }` (a select: a dropped entry is +0.0 whatever it was),
-/// eight entries a table lookup of lane masks, and-ed with the values' bits.
-fn select_bits(d: &mut [f32], bits: &[u64]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function is compiled for
-        return unsafe { select_bits_avx2(d, bits) };
-    }
-    select_bits_lanes(d, bits)
-}
-
-/// [`select_bits`] eight lanes an instruction.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn select_bits_avx2(d: &mut [f32], bits: &[u64]) {
-    select_bits_lanes(d, bits)
+avx2_dispatch! {
+    /// `d_i = if bit_i { d_i } else { 0.0 }` (a select: a dropped entry is +0.0 whatever it was),
+    /// eight entries a table lookup of lane masks, and-ed with the values' bits.
+    fn select_bits(d: &mut [f32], bits: &[u64]) = select_bits_lanes;
 }
 
 #[inline(always)]
@@ -1263,22 +1235,10 @@ const BYTE_MASKS: [[u32; 8]; 256] = {
     t
 };
 
-/// `sum_e a_e b_e` in f64 (products and sum) over eight lanes, so the loop vectorises: the
-/// reductions of SCE (`a = b`) and of the spherical means.
-fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function is compiled for
-        return unsafe { dot_f64_avx2(a, b) };
-    }
-    dot_f64_lanes(a, b)
-}
-
-/// [`dot_f64`] four f64 an instruction (the same operations in the same order).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dot_f64_avx2(a: &[f32], b: &[f32]) -> f64 {
-    dot_f64_lanes(a, b)
+avx2_dispatch! {
+    /// `sum_e a_e b_e` in f64 (products and sum) over eight lanes, so the loop vectorises: the
+    /// reductions of SCE (`a = b`) and of the spherical means.
+    fn dot_f64(a: &[f32], b: &[f32]) -> f64 = dot_f64_lanes;
 }
 
 #[inline(always)]
@@ -1296,23 +1256,11 @@ fn dot_f64_lanes(a: &[f32], b: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// `sum_e |a_e|` in f64 over eight lanes (a single running sum is one dependent f64 add an
-/// entry, ~4 cycles each): the L1 norms of DARE's rescale. A fixed order for a given slice, so
-/// the result does not depend on threads.
-fn abs_sum_f64(a: &[f32]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function is compiled for
-        return unsafe { abs_sum_f64_avx2(a) };
-    }
-    abs_sum_f64_lanes(a)
-}
-
-/// [`abs_sum_f64_lanes`] with 256-bit registers: the same eight lanes and order, so the same sum.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn abs_sum_f64_avx2(a: &[f32]) -> f64 {
-    abs_sum_f64_lanes(a)
+avx2_dispatch! {
+    /// `sum_e |a_e|` in f64 over eight lanes (a single running sum is one dependent f64 add an
+    /// entry, ~4 cycles each): the L1 norms of DARE's rescale. A fixed order for a given slice, so
+    /// the result does not depend on threads.
+    fn abs_sum_f64(a: &[f32]) -> f64 = abs_sum_f64_lanes;
 }
 
 #[inline(always)]

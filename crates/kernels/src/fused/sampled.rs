@@ -169,21 +169,10 @@ pub(super) fn kth_streamed<S>(
     threshold(&parts, a, b, n - k.min(n)).map(|t| (k, Some(t)))
 }
 
-/// One chunk of variances against the bracket `a..=b` of their keys: the [`Part`] and how many
-/// are zero.
-fn count_f64(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function is compiled for
-        return unsafe { count_f64_avx2(v, a, b) };
-    }
-    count_f64_lanes(v, a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn count_f64_avx2(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
-    count_f64_lanes(v, a, b)
+avx2_dispatch! {
+    /// One chunk of variances against the bracket `a..=b` of their keys: the [`Part`] and how many
+    /// are zero.
+    fn count_f64(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) = count_f64_lanes;
 }
 
 #[inline(always)]
@@ -285,20 +274,9 @@ pub(super) fn keys_at_ranks<S>(
         .collect()
 }
 
-/// One chunk of u32 keys against the bracket `a..=b`: its [`Part`].
-fn count_u32(k: &[u32], a: u32, b: u32) -> Part<u32> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function is compiled for
-        return unsafe { count_u32_avx2(k, a, b) };
-    }
-    count_u32_lanes(k, a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn count_u32_avx2(k: &[u32], a: u32, b: u32) -> Part<u32> {
-    count_u32_lanes(k, a, b)
+avx2_dispatch! {
+    /// One chunk of u32 keys against the bracket `a..=b`: its [`Part`].
+    fn count_u32(k: &[u32], a: u32, b: u32) -> Part<u32> = count_u32_lanes;
 }
 
 #[inline(always)]
