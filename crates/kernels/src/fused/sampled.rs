@@ -56,6 +56,64 @@ fn sample_keys(
         .collect()
 }
 
+/// The sampled blocks' values (`BLOCK` each, block by block) as `fill(state, start, out)`
+/// computes them, each mapped by `key`; blocks taken 256 at a time in parallel, each worker
+/// with its own `init()` state.
+fn sample_blocks<S, V, K>(
+    n: usize,
+    init: &(impl Fn() -> S + Sync + Send),
+    fill: &(impl Fn(&mut S, usize, &mut [V]) + Sync),
+    key: impl Fn(V) -> K + Sync + Send,
+) -> Vec<K>
+where
+    V: Copy + Default + Send,
+    K: Send,
+{
+    let blocks = n / STRIDE;
+    const GROUP: usize = 256;
+    (0..blocks.div_ceil(GROUP))
+        .into_par_iter()
+        .map_init(
+            || (init(), [V::default(); BLOCK]),
+            |(st, v), g| {
+                let mut out = Vec::with_capacity(GROUP * BLOCK);
+                for k in g * GROUP..((g + 1) * GROUP).min(blocks) {
+                    fill(st, block_start(k), v);
+                    out.extend(v.iter().map(|x| key(*x)));
+                }
+                out
+            },
+        )
+        .flatten()
+        .collect()
+}
+
+/// `f` of every `CHUNK` of the `n` values that `fill(state, start, out)` computes, chunk by
+/// chunk in parallel (each worker with its own `init()` state and buffer), in chunk order.
+fn map_chunk_values<S, V, R>(
+    n: usize,
+    init: &(impl Fn() -> S + Sync + Send),
+    fill: &(impl Fn(&mut S, usize, &mut [V]) + Sync),
+    f: impl Fn(&[V]) -> R + Sync + Send,
+) -> Vec<R>
+where
+    V: Copy + Default + Send,
+    R: Send,
+{
+    (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map_init(
+            || (init(), vec![V::default(); CHUNK]),
+            |(st, v), ci| {
+                let start = ci * CHUNK;
+                let v = &mut v[..chunk_len(n, start)];
+                fill(st, start, v);
+                f(v)
+            },
+        )
+        .collect()
+}
+
 /// The entry of ascending rank `r` of `values` under the monotone key `key` (f64 variances,
 /// SCE): its key, how many entries lie below it, how many equal it, and per `CHUNK` of
 /// `values` how many equal entries come before that chunk; from a 1/32 sample and one pass
@@ -119,22 +177,7 @@ pub(super) fn kth_streamed<S>(
         return None;
     }
     let blocks = n / STRIDE;
-    const GROUP: usize = 256;
-    let mut sample: Vec<u64> = (0..blocks.div_ceil(GROUP))
-        .into_par_iter()
-        .map_init(
-            || (init(), [0f64; BLOCK]),
-            |(st, v), g| {
-                let mut keys = Vec::with_capacity(GROUP * BLOCK);
-                for k in g * GROUP..((g + 1) * GROUP).min(blocks) {
-                    vars(st, block_start(k), v);
-                    keys.extend(v.iter().map(|x| f64_key(*x)));
-                }
-                keys
-            },
-        )
-        .flatten()
-        .collect();
+    let mut sample = sample_blocks(n, &init, &vars, f64_key);
     let zero = f64_key(0.0);
     let m = sample.len() as f64;
     let zeros = sample.iter().filter(|k| **k == zero).count() as f64;
@@ -148,18 +191,7 @@ pub(super) fn kth_streamed<S>(
     let (r_lo, r_hi) = (n - k_hi.min(n), n - k_lo.min(n));
     let a = bracket(&mut sample, n, r_lo.min(n - 1), u64::MAX).0;
     let b = bracket(&mut sample, n, r_hi.min(n - 1), u64::MAX).1;
-    let parts: Vec<(Part<u64>, usize)> = (0..n.div_ceil(CHUNK))
-        .into_par_iter()
-        .map_init(
-            || (init(), vec![0f64; CHUNK]),
-            |(st, v), ci| {
-                let start = ci * CHUNK;
-                let v = &mut v[..chunk_len(n, start)];
-                vars(st, start, v);
-                count_f64(v, a, b)
-            },
-        )
-        .collect();
+    let parts = map_chunk_values(n, &init, &vars, |v| count_f64(v, a, b));
     let zeros: usize = parts.iter().map(|p| p.1).sum();
     let k = k_of(n - zeros);
     if k == 0 {
@@ -230,39 +262,17 @@ pub(super) fn keys_at_ranks<S>(
     if n < MIN_SAMPLED || ranks.iter().any(|&r| r >= n) {
         return None;
     }
-    let blocks = n / STRIDE;
-    const GROUP: usize = 256;
-    let mut sample: Vec<u32> = (0..blocks.div_ceil(GROUP))
-        .into_par_iter()
-        .map_init(
-            || (init(), [0u32; BLOCK]),
-            |(st, k), g| {
-                let mut out = Vec::with_capacity(GROUP * BLOCK);
-                for b in g * GROUP..((g + 1) * GROUP).min(blocks) {
-                    keys(st, block_start(b), k);
-                    out.extend_from_slice(k);
-                }
-                out
-            },
-        )
-        .flatten()
-        .collect();
+    let mut sample = sample_blocks(n, &init, &keys, |k| k);
     let brackets: Vec<(u32, u32)> = ranks
         .iter()
         .map(|&r| bracket(&mut sample, n, r, u32::MAX))
         .collect();
-    let parts: Vec<Vec<Part<u32>>> = (0..n.div_ceil(CHUNK))
-        .into_par_iter()
-        .map_init(
-            || (init(), vec![0u32; CHUNK]),
-            |(st, k), ci| {
-                let start = ci * CHUNK;
-                let k = &mut k[..chunk_len(n, start)];
-                keys(st, start, k);
-                brackets.iter().map(|&(a, b)| count_u32(k, a, b)).collect()
-            },
-        )
-        .collect();
+    let parts = map_chunk_values(n, &init, &keys, |k| {
+        brackets
+            .iter()
+            .map(|&(a, b)| count_u32(k, a, b))
+            .collect::<Vec<_>>()
+    });
     ranks
         .iter()
         .zip(&brackets)
