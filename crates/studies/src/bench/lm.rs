@@ -3,6 +3,7 @@
 //! memory and ready to evaluate, against merging to disk and loading it), each as a ratio to a
 //! baseline measured in the same run.
 
+use super::median;
 use anyhow::{Context, Result};
 use evomerge_checkpoint::Dtype;
 use evomerge_kernels::{Device, DeviceChoice};
@@ -59,11 +60,6 @@ fn spec() -> TinyLlama {
         max_positions: 256,
         ..Default::default()
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Tokens per second of greedy generation, with and without the KV cache.
@@ -171,7 +167,11 @@ pub fn run(args: &LmBench) -> Result<()> {
             merge_only.push(t_merge);
         }
     }
-    let (t_mem, t_disk, t_merge) = (median(in_memory), median(on_disk), median(merge_only));
+    let (t_mem, t_disk, t_merge) = (
+        median(&mut in_memory),
+        median(&mut on_disk),
+        median(&mut merge_only),
+    );
     let _ = std::fs::remove_dir_all(&out);
 
     println!(

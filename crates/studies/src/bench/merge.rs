@@ -2,6 +2,7 @@
 //! (f32 or bf16), for every per-tensor method of the registry, against a read-every-input-byte
 //! / write-every-output-byte baseline measured in the same run.
 
+use super::median;
 use anyhow::{Context, Result, bail};
 use evomerge_checkpoint::{Checkpoint, CheckpointWriter, Dtype, OutputTensor, WriterOptions};
 use evomerge_kernels::{DeviceChoice, MaskRng};
@@ -199,17 +200,6 @@ fn copy_baseline(sources: &Sources, plan: &Plan, out: &Path, jobs: usize) -> Res
     })?;
     writer.finish(None, None)?;
     Ok(start.elapsed().as_secs_f64())
-}
-
-/// The median of `v` (the mean of the middle two for an even count).
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Merge throughput and peak memory over three synthetic checkpoints of `args.gb` GB, against
@@ -426,13 +416,6 @@ pub fn bench_recipe(m: &MethodSpec, paths: &[PathBuf], out_dtype: &str) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(&mut [7.0]), 7.0);
-    }
 
     /// The bench runs end to end on a tiny shape with repeats (baselines among the methods),
     /// and refuses zero repeats.

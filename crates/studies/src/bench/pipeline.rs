@@ -7,6 +7,7 @@
 //! `evomerge merge` of the same recipe and against writing it to disk and loading it back,
 //! all measured in the same run.
 
+use super::median;
 use crate::bench::merge::ensure_models;
 use anyhow::{Context, Result, bail};
 use evomerge_checkpoint::{Checkpoint, Dtype};
@@ -100,14 +101,6 @@ fn params_of(spec: &TinyLlama) -> u64 {
         .iter()
         .map(|(_, s)| s.iter().product::<usize>() as u64)
         .sum()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Run `exe run EXPERIMENT` and return its peak resident set in bytes (`ru_maxrss` of the
@@ -222,8 +215,8 @@ fn run_figures(run_dir: &Path) -> Result<(usize, f64, f64)> {
     }
     Ok((
         ok.len(),
-        median(ok.iter().map(|r| r.merge_ms).collect()),
-        median(ok.iter().map(|r| r.eval_ms).collect()),
+        median(&mut ok.iter().map(|r| r.merge_ms).collect::<Vec<_>>()),
+        median(&mut ok.iter().map(|r| r.eval_ms).collect::<Vec<_>>()),
     ))
 }
 
@@ -266,7 +259,7 @@ fn turnaround(args: &PipelineBench, root: &Path, paths: &[PathBuf]) -> Result<(f
         drop(loaded);
     }
     let _ = std::fs::remove_dir_all(&out);
-    Ok((median(mem), median(shot), median(reload)))
+    Ok((median(&mut mem), median(&mut shot), median(&mut reload)))
 }
 
 /// Run the benchmark at every size and print a markdown table.
