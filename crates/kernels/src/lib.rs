@@ -135,7 +135,8 @@ pub fn tensor_from_half(bytes: Vec<u8>, dtype: FloatDType, shape: &[usize], devi
 }
 
 /// `cat(parts, 0)` transposed into one contiguous `[cols, rows]` matrix: the layout a model
-/// keeps its projections in (`x @ Wt`). Every part is `[rows_i, cols]` with the same `cols`.
+/// keeps its projections in (`x @ Wt`) on wgpu, in bf16 and for training (on the CPU in f32
+/// and f16 it multiplies by views instead). Every part is `[rows_i, cols]` with the same `cols`.
 /// On the CPU device a blocked transposition over all cores on the host (burn's copy of a
 /// transposed view walks memory with a stride and is several times slower); elsewhere, and
 /// on an autodiff device, burn's own ops.
