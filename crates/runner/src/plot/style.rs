@@ -82,7 +82,13 @@ pub(crate) fn fitness_axes<'a, DB: DrawingBackend>(
         .caption(title, ("sans-serif", 22))
         .margin(14)
         .x_label_area_size(48)
-        .y_label_area_size(70)
+        // wide enough for the longest tick label next to the axis title
+        .y_label_area_size(
+            [y0, y1]
+                .iter()
+                .map(|y| 18 + 8 * fmt_tick(*y, y1 - y0).len() as u32)
+                .fold(70, u32::max),
+        )
         .build_cartesian_2d(0.0..x_max * 1.02, y0..y1)
         .map_err(e)?;
     chart
@@ -93,7 +99,7 @@ pub(crate) fn fitness_axes<'a, DB: DrawingBackend>(
         .axis_desc_style(("sans-serif", 16))
         .light_line_style(RGBColor(235, 235, 235))
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| fmt_num(*y))
+        .y_label_formatter(&|y| fmt_tick(*y, y1 - y0))
         .draw()
         .map_err(e)?;
     Ok(chart)
@@ -107,6 +113,19 @@ pub(crate) fn fmt_num(v: f64) -> String {
     } else {
         format!("{v:.3}")
     }
+}
+
+/// A tick label of an axis spanning `span`: [`fmt_num`], with as many decimals as tell apart
+/// ticks about a tenth of the span apart (a fitness axis over -10.3745..-10.3715 would label
+/// two ticks "-10.373" at three).
+pub(crate) fn fmt_tick(v: f64, span: f64) -> String {
+    let a = v.abs();
+    let step = span / 10.0;
+    if (a != 0.0 && !(1e-3..1e5).contains(&a)) || !(step > 0.0 && step.is_finite()) {
+        return fmt_num(v);
+    }
+    let decimals = (-step.log10()).ceil().clamp(3.0, 12.0) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// `(lo, hi)` of the values, padded by `pad` of the span (a flat range gets a small span).
@@ -198,6 +217,22 @@ pub(crate) fn int_label(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_have_the_decimals_their_spacing_needs() {
+        // ~0.0004 apart: four decimals, so neighbours differ
+        let ticks: Vec<String> = (0..8)
+            .map(|i| fmt_tick(-10.3745 + 0.0004 * i as f64, 0.004))
+            .collect();
+        for w in ticks.windows(2) {
+            assert_ne!(w[0], w[1], "{ticks:?}");
+        }
+        assert_eq!(fmt_tick(-10.3745, 0.004), "-10.3745");
+        // wide axes keep three decimals, as fmt_num
+        assert_eq!(fmt_tick(0.25, 1.0), fmt_num(0.25));
+        assert_eq!(fmt_tick(2.5e-5, 1e-4), fmt_num(2.5e-5));
+        assert_eq!(fmt_tick(1.0, 0.0), fmt_num(1.0));
+    }
 
     #[test]
     fn step_points_hold_until_the_next_sample() {
