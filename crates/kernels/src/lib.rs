@@ -39,6 +39,7 @@ mod device;
 pub mod fused;
 mod interpolate;
 mod model_stock;
+mod pool;
 mod rng;
 mod task_arithmetic;
 
@@ -46,6 +47,7 @@ pub use burn::tensor::{Device, FloatDType};
 pub use device::{DeviceChoice, EvalDtype, is_gpu, wgpu_available, wgpu_device_for};
 pub use interpolate::{karcher, linear, multislerp, nuslerp, passthrough, slerp};
 pub use model_stock::model_stock;
+pub use pool::{BufferPool, PoolBuf};
 pub use rng::MaskRng;
 pub use task_arithmetic::{
     Consensus, Rescale, Sparsify, TaskVector, consensus_mask, generalized_task_arithmetic,

@@ -7,7 +7,7 @@ use crate::output::{MergeOptions, MergeReport, create_writer, finish};
 use crate::plan::{Action, Plan, Sources, TensorPlan};
 use evomerge_checkpoint::Dtype;
 use evomerge_kernels::fused::{HostDtype, HostOut, HostTensor};
-use evomerge_kernels::{Device, FloatDType, T2, tensor_from_half, tensor_from_vec, values_of};
+use evomerge_kernels::{BufferPool, Device, FloatDType, PoolBuf, T2, tensor_from_vec, values_of};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::Path;
@@ -182,6 +182,21 @@ pub fn merge_in_memory_as(
     seed: u64,
     dtype: Option<FloatDType>,
 ) -> Result<Vec<(String, T2)>, MergeError> {
+    merge_in_memory_pooled(plan, source, device, seed, dtype, &BufferPool::new())
+}
+
+/// [`merge_in_memory_as`] into buffers lent by `pool` (those of a candidate dropped before,
+/// where the sizes match; see [`BufferPool`]): a search merging candidate after candidate
+/// writes into memory that is already mapped instead of faulting in a fresh candidate each
+/// time. The merged tensors give their buffers back to the pool when dropped.
+pub fn merge_in_memory_pooled(
+    plan: &Plan,
+    source: &dyn TensorSource,
+    device: &Device,
+    seed: u64,
+    dtype: Option<FloatDType>,
+    pool: &BufferPool,
+) -> Result<Vec<(String, T2)>, MergeError> {
     let cast = |t: T2| match dtype {
         Some(d) if d != FloatDType::F32 => t.cast(d),
         _ => t,
@@ -195,6 +210,17 @@ pub fn merge_in_memory_as(
         .iter()
         .filter(|tp| tp.action == Action::Merge)
         .collect();
+    // the pool keeps up to one candidate of this size
+    let entry_bytes = match dtype {
+        Some(FloatDType::BF16 | FloatDType::F16) => 2,
+        _ => 4,
+    };
+    pool.expect(
+        merged
+            .iter()
+            .map(|tp| tp.shape.iter().product::<usize>() * entry_bytes)
+            .sum(),
+    );
     let fused: Vec<Option<T2>> = merged
         .par_iter()
         .with_max_len(1)
@@ -210,16 +236,23 @@ pub fn merge_in_memory_as(
                 Some(d @ FloatDType::F16) => Some((HostDtype::F16, d)),
                 _ => None,
             };
+            // a lent buffer's earlier values are all overwritten: the kernels write every entry
             if let Some((host, d)) = half {
-                let mut bytes = vec![0u8; n * 2];
-                merge_tensor_host(plan, tp, source, HostOut::Stored(&mut bytes, host), seed)?;
-                return Ok(Some(tensor_from_half(bytes, d, &tp.shape, device)));
+                let mut bits = pool.take_half(n);
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut bits);
+                merge_tensor_host(plan, tp, source, HostOut::Stored(bytes, host), seed)?;
+                return Ok(Some(pool.tensor(PoolBuf::Half(bits), d, &tp.shape, device)));
             }
-            let mut values = vec![0.0f32; n];
+            let mut values = pool.take_f32(n);
             // the kernel checks each chunk's values as it writes them (an error naming the
             // tensor): no second pass over the candidate
             merge_tensor_host(plan, tp, source, HostOut::F32(&mut values), seed)?;
-            Ok(Some(cast(tensor_from_vec(values, &tp.shape, device))))
+            Ok(Some(cast(pool.tensor(
+                PoolBuf::F32(values),
+                FloatDType::F32,
+                &tp.shape,
+                device,
+            ))))
         })
         .collect::<Result<_, _>>()?;
     merged

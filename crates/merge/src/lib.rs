@@ -51,8 +51,8 @@ mod whole_model;
 
 pub use evomerge_datamerge::{DataOverride, DataSection};
 pub use execute::{
-    TensorSource, merge_in_memory, merge_in_memory_as, merge_tensor, merge_tensor_host,
-    merge_to_disk, runs_fused,
+    TensorSource, merge_in_memory, merge_in_memory_as, merge_in_memory_pooled, merge_tensor,
+    merge_tensor_host, merge_to_disk, runs_fused,
 };
 pub use output::{MergeOptions, MergeReport};
 pub use plan::{

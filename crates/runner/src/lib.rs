@@ -83,7 +83,7 @@ pub use plot::{PlotError, plot_run};
 pub use progress::{Progress, eprint_line};
 pub use report::{
     checkpoint_candidate, mlp_checkpoint_candidate, mlp_recipe_candidate, path_candidate,
-    recipe_candidate, recipe_candidate_as,
+    recipe_candidate, recipe_candidate_as, recipe_candidate_pooled,
 };
 pub use run::{RunOptions, resume, start, stop_on_signals};
 pub use space::{Decoded, key_of, path_text};

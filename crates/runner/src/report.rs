@@ -11,10 +11,10 @@ use crate::stage::StageKind;
 use crate::state::{RunState, Snapshot};
 use evomerge_checkpoint::write_atomic;
 use evomerge_eval::{Candidate, EvalRequest, MergedCandidate, MlpCandidate, PathCandidate, Split};
-use evomerge_kernels::{Device, FloatDType};
+use evomerge_kernels::{BufferPool, Device, FloatDType};
 use evomerge_merge::{
     InputModel, ModelRef, ParamSetting, Params, Plan, PlanOptions, Recipe, Sources,
-    merge_in_memory, merge_in_memory_as,
+    merge_in_memory, merge_in_memory_pooled,
 };
 use evomerge_models::{LayerPath, MlpWeights, TensorMap, Tokenizer};
 use serde_json::json;
@@ -49,9 +49,22 @@ pub fn recipe_candidate_as(
     seed: u64,
     eval_dtype: Option<FloatDType>,
 ) -> Result<MergedCandidate, RunError> {
+    recipe_candidate_pooled(recipe, label, device, seed, eval_dtype, &BufferPool::new())
+}
+
+/// [`recipe_candidate_as`] into buffers lent by `pool` (those of candidates dropped before:
+/// what a search's merges write into).
+pub fn recipe_candidate_pooled(
+    recipe: &Recipe,
+    label: &str,
+    device: &Device,
+    seed: u64,
+    eval_dtype: Option<FloatDType>,
+    pool: &BufferPool,
+) -> Result<MergedCandidate, RunError> {
     let sources = Sources::open(recipe, None)?;
     let plan = Plan::build(recipe, &sources, &PlanOptions::default())?;
-    let merged = merge_in_memory_as(&plan, &sources, device, seed, eval_dtype)?;
+    let merged = merge_in_memory_pooled(&plan, &sources, device, seed, eval_dtype, pool)?;
     let dirs: Vec<PathBuf> = plan
         .tokenizer_from
         .iter()

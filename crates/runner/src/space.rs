@@ -21,8 +21,8 @@ use evomerge_eval::{
     Candidate, ExportError, MergedCandidate, MlpCandidate, ModelFamily, PathCandidate, PathExporter,
 };
 use evomerge_genome::{DfsGenome, PsGenome, export_path};
-use evomerge_kernels::{Device, FloatDType};
-use evomerge_merge::{Plan, PlanOptions, Recipe, Sources, merge_in_memory_as};
+use evomerge_kernels::{BufferPool, Device, FloatDType};
+use evomerge_merge::{Plan, PlanOptions, Recipe, Sources, merge_in_memory_pooled};
 use evomerge_models::{LayerPath, Llama, MLP_ARCHITECTURE, TensorMap, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -192,6 +192,8 @@ pub struct PsSpace {
     merge_seed: u64,
     /// The precision candidates are evaluated in (`None`: f32).
     eval_dtype: Option<FloatDType>,
+    /// The buffers of the last dropped candidate, which the next merge writes into.
+    pool: BufferPool,
 }
 
 /// A data-flow stage.
@@ -259,6 +261,7 @@ impl PsSpace {
             device: device.clone(),
             merge_seed,
             eval_dtype: None,
+            pool: BufferPool::new(),
         })
     }
 
@@ -287,8 +290,15 @@ impl PsSpace {
         // Language models are merged straight into the evaluation precision (a tensor at a
         // time); classifiers are scored in f32.
         let dtype = self.tokenizer.as_ref().and(self.eval_dtype);
-        let merged = merge_in_memory_as(&plan, &self.sources, device, self.merge_seed, dtype)
-            .map_err(|e| e.to_string())?;
+        let merged = merge_in_memory_pooled(
+            &plan,
+            &self.sources,
+            device,
+            self.merge_seed,
+            dtype,
+            &self.pool,
+        )
+        .map_err(|e| e.to_string())?;
         let config = plan
             .config
             .clone()

@@ -673,6 +673,57 @@ fn in_memory_merges_into_the_evaluation_dtype() {
     }
 }
 
+/// A search merges each candidate into the buffers of the one dropped before: what it gets is
+/// the fresh merge's values exactly (no value of the earlier candidate survives), in f32 and
+/// in the half-precision evaluation dtypes, and the pool never holds more than one candidate.
+#[test]
+fn a_merge_into_lent_buffers_equals_a_fresh_one() {
+    use evomerge_kernels::{BufferPool, Device, FloatDType, values_of};
+    use evomerge_merge::{merge_in_memory_as, merge_in_memory_pooled};
+    let w = World::new(Dtype::BF16, false);
+    let first = Recipe::from_yaml(&w.text(TIES_YAML)).unwrap();
+    let second = Recipe::from_yaml(&w.text(
+        "merge_method: dare_ties\nbase_model: {root}/base\nmodels:\n  - model: {root}/a\n    parameters: {weight: 0.4, density: 0.3}\n  - model: {root}/b\n    parameters: {weight: 0.9, density: 0.6}\ndtype: float32\n",
+    ))
+    .unwrap();
+    let device = Device::flex();
+    for dtype in [None, Some(FloatDType::BF16), Some(FloatDType::F16)] {
+        let pool = BufferPool::new();
+        let merge = |recipe: &Recipe, pool: Option<&BufferPool>| {
+            let sources = Sources::open(recipe, None).unwrap();
+            let plan = Plan::build(recipe, &sources, &PlanOptions::default()).unwrap();
+            let merged = match pool {
+                Some(p) => merge_in_memory_pooled(&plan, &sources, &device, 7, dtype, p),
+                None => merge_in_memory_as(&plan, &sources, &device, 7, dtype),
+            };
+            merged
+                .unwrap()
+                .into_iter()
+                .map(|(n, t)| (n, values_of(t.cast(FloatDType::F32))))
+                .collect::<Vec<_>>()
+        };
+        let a = merge(&first, Some(&pool));
+        let candidate_bytes = pool.held_bytes();
+        assert!(
+            candidate_bytes > 0,
+            "{dtype:?}: the dropped candidate's buffers are kept"
+        );
+        assert_eq!(pool.reused(), 0);
+        let b = merge(&second, Some(&pool));
+        assert!(
+            pool.reused() as usize >= b.len() / 2,
+            "{dtype:?}: buffers were reused"
+        );
+        assert_eq!(b, merge(&second, None), "{dtype:?}");
+        assert_ne!(a, b);
+        assert_eq!(
+            pool.held_bytes(),
+            candidate_bytes,
+            "at most one candidate is kept"
+        );
+    }
+}
+
 /// A stop asked for during a merge (Ctrl-C in `evomerge merge`) ends it with `Interrupted`,
 /// and neither the output folder nor a partial folder is left.
 #[test]

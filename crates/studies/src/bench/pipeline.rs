@@ -12,7 +12,7 @@ use crate::bench::merge::ensure_models;
 use anyhow::{Context, Result, bail};
 use evomerge_checkpoint::{Checkpoint, Dtype};
 use evomerge_eval::Candidate;
-use evomerge_kernels::{DeviceChoice, EvalDtype};
+use evomerge_kernels::{BufferPool, DeviceChoice, EvalDtype};
 use evomerge_merge::{MergeOptions, Plan, PlanOptions, Recipe, Sources, merge_to_disk};
 use evomerge_models::LanguageModel;
 use evomerge_runner::log::CandidateTable;
@@ -234,10 +234,14 @@ fn turnaround(args: &PipelineBench, root: &Path, paths: &[PathBuf]) -> Result<(f
     ))?;
     let out = root.join("merged");
     let (mut mem, mut shot, mut reload) = (Vec::new(), Vec::new(), Vec::new());
+    // as in a search, each candidate is merged into the buffers of the one dropped before
+    // (the first into fresh memory)
+    let pool = BufferPool::new();
     for i in 0..args.repeats.max(1) {
         let seed = i as u64;
         let t = Instant::now();
-        let c = evomerge_runner::recipe_candidate(&recipe, "bench", &device, seed)?;
+        let c =
+            evomerge_runner::recipe_candidate_pooled(&recipe, "bench", &device, seed, None, &pool)?;
         c.language_model()?;
         mem.push(t.elapsed().as_secs_f64() * 1e3);
         drop(c);
