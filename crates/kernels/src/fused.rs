@@ -1645,8 +1645,14 @@ enum Keep {
         /// Rows longer than a chunk are ranked once per tensor; shorter ones chunk by chunk
         /// from the deltas the merge pass decodes anyway (`None`).
         ranks: Option<RankStore>,
+        /// This merge's number among all DELLA merges of the process: the key under which a
+        /// thread keeps the ranks of a row cut by a chunk's end for the next chunk.
+        call: u64,
     },
 }
+
+/// The numbers of DELLA merges (see `Keep::Della::call`).
+static DELLA_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// DELLA's ranks of one task vector over rows longer than a chunk, element by element (each
 /// within its row), 4 bytes an element, computed once per tensor.
@@ -2282,6 +2288,7 @@ pub fn gta(
                         cols,
                         inverse: rescale == Rescale::InverseDensity,
                         ranks: (cols > CHUNK).then(|| RankStore::new(&base, &tv.input, n, cols)),
+                        call: DELLA_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     }
                 }
                 Sparsify::None => unreachable!(),
@@ -2534,11 +2541,16 @@ fn mask_chunk(
         cols,
         inverse,
         ref ranks,
+        call,
     } = *keep
     {
-        della_chunk(
-            low, span, cols, inverse, ranks, base, tv, start, len, s, j, post,
-        );
+        let rule = DellaRule {
+            low,
+            span,
+            cols,
+            inverse,
+        };
+        della_chunk(&rule, ranks, call, base, tv, start, len, s, j, post);
         return;
     }
     let (d, x) = (&s.tv[j][..len], &mut s.x[..len]);
@@ -2566,11 +2578,9 @@ fn mask_chunk(
 /// divided by `p`.
 #[allow(clippy::too_many_arguments)]
 fn della_chunk(
-    low: f32,
-    span: f32,
-    cols: usize,
-    inverse: bool,
+    rule: &DellaRule,
     ranks: &Option<RankStore>,
+    call: u64,
     base: &HostTensor,
     tv: &HostTaskVector,
     start: usize,
@@ -2580,12 +2590,7 @@ fn della_chunk(
     post: impl Fn(f32) -> f32,
 ) {
     tv.rng.uniform_at(start as u64, &mut s.u[..len]);
-    let rule = DellaRule {
-        low,
-        span,
-        cols,
-        inverse,
-    };
+    let cols = rule.cols;
     let apply = |r: &[u32], s: &mut Scratch| {
         let (d, u, x, dropped) = (
             &s.tv[j][..len],
@@ -2596,17 +2601,20 @@ fn della_chunk(
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has the feature the function is compiled for
-            unsafe { della_apply_avx2(&rule, r, d, u, x, dropped, &post) };
+            unsafe { della_apply_avx2(rule, r, d, u, x, dropped, &post) };
             return;
         }
-        della_apply(&rule, r, d, u, x, dropped, &post);
+        della_apply(rule, r, d, u, x, dropped, &post);
     };
     if let Some(RankStore(r)) = ranks {
         apply(&r[start..start + len], s);
         return;
     }
     // the chunk's rows ranked from its deltas; a row cut by the chunk's edge is decoded whole
-    // and ranked whole (the same deltas, so the same ranks as a whole-tensor pass)
+    // and ranked whole (the same deltas, so the same ranks as a whole-tensor pass), and its
+    // ranks are kept for the next chunk, which this thread usually takes next (rows that do
+    // not divide the chunk, e.g. 14336-entry rows of a 7B model's down projection, would
+    // otherwise be ranked twice at every chunk edge)
     DELLA_ROWS.with(|cell| {
         let rows = &mut *cell.borrow_mut();
         let DellaRows {
@@ -2614,8 +2622,11 @@ fn della_chunk(
             ranks,
             base_row,
             row,
-            row_ranks,
+            cut,
         } = rows;
+        if cut.len() <= j {
+            cut.resize_with(j + 1, Default::default);
+        }
         ranks.resize(CHUNK, 0);
         let d = &s.tv[j][..len];
         let mut i = 0;
@@ -2626,14 +2637,21 @@ fn della_chunk(
             if row_start >= start && end - i == cols {
                 ranker.rank_into(&d[i..end], &mut ranks[i..end]);
             } else {
-                base_row.resize(cols, 0.0);
-                row.resize(cols, 0.0);
-                row_ranks.resize(cols, 0);
-                base.decode(row_start, base_row);
-                tv.input.decode_minus(row_start, base_row, row);
-                ranker.rank_into(row, row_ranks);
+                let kept = &mut cut[j];
+                if kept.key != Some((call, row_start)) {
+                    base_row.resize(cols, 0.0);
+                    row.resize(cols, 0.0);
+                    kept.ranks.resize(cols, 0);
+                    base.decode(row_start, base_row);
+                    tv.input.decode_minus(row_start, base_row, row);
+                    ranker.rank_into(row, &mut kept.ranks);
+                    kept.key = Some((call, row_start));
+                } else {
+                    #[cfg(test)]
+                    DELLA_CUT_REUSED.with(|c| c.set(c.get() + 1));
+                }
                 let from = at - row_start;
-                ranks[i..end].copy_from_slice(&row_ranks[from..from + end - i]);
+                ranks[i..end].copy_from_slice(&kept.ranks[from..from + end - i]);
             }
             i = end;
         }
@@ -2712,7 +2730,21 @@ struct DellaRows {
     ranks: Vec<u32>,
     base_row: Vec<f32>,
     row: Vec<f32>,
-    row_ranks: Vec<u32>,
+    /// Per task vector, the ranks of the last row a chunk's edge cut.
+    cut: Vec<CutRow>,
+}
+
+/// The ranks of a row cut by a chunk's edge, under (DELLA merge number, first entry).
+#[derive(Default)]
+struct CutRow {
+    key: Option<(u64, usize)>,
+    ranks: Vec<u32>,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Cut rows whose ranks a later chunk on this thread reused (for the tests).
+    static DELLA_CUT_REUSED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 thread_local! {
@@ -3352,73 +3384,103 @@ mod tests {
     #[test]
     fn della_on_long_rows_matches_the_burn_path() {
         use crate::{TaskVector, generalized_task_arithmetic, sparsify, tensor_from, values_of};
-        let n = 70_000;
-        let draw = |seed: u64| -> Vec<f32> {
-            MaskRng::new(seed, "long", 0)
-                .uniform(n)
-                .into_iter()
-                .map(|u| ((u * 2.0 - 1.0) * 64.0).round() / 64.0)
-                .collect()
-        };
-        let (base, a, b) = (draw(1), draw(2), draw(3));
-        let device = crate::Device::flex();
-        let t = |v: &[f32]| tensor_from(v, &[1, n], &device);
-        let (density, epsilon, weights) = (0.5, 0.2, [0.7f32, 0.4]);
-        let mut tvs = Vec::new();
-        for (j, (x, w)) in [&a, &b].into_iter().zip(weights).enumerate() {
-            let mut rng = MaskRng::new(9, "long", j + 1);
-            let delta = t(x).sub(t(&base));
-            let delta = sparsify(
-                delta,
-                Sparsify::Della,
-                density,
-                0.0,
-                epsilon,
-                Rescale::InverseDensity,
-                &mut rng,
-            )
-            .unwrap();
-            tvs.push(TaskVector { delta, weight: w });
-        }
-        let want = values_of(
-            generalized_task_arithmetic(t(&base), tvs, Consensus::Sum, true, 1.0).unwrap(),
-        );
-        let host: Vec<HostTaskVector> = [&a, &b]
+        // (rows, cols, data seed): a row longer than a chunk (ranked once per tensor), then
+        // rows that do not divide the chunk (cut at every chunk edge: their ranks are kept
+        // for the next chunk), twice with different values (no ranks from the merge before)
+        // the same threads for every case: what a thread keeps from one merge is there for
+        // the next
+        let pools: Vec<(usize, rayon::ThreadPool)> = [1, 2]
             .into_iter()
-            .zip(weights)
-            .enumerate()
-            .map(|(j, (x, w))| HostTaskVector {
-                input: HostTensor::F32(x),
-                weight: w,
-                density,
-                gamma: 0.0,
-                epsilon,
-                rng: MaskRng::new(9, "long", j + 1),
+            .map(|t| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build();
+                (t, pool.unwrap())
             })
             .collect();
-        let mut got = vec![0f32; n];
-        gta(
-            HostTensor::F32(&base),
-            &host,
-            Sparsify::Della,
-            Rescale::InverseDensity,
-            Consensus::Sum,
-            true,
-            1.0,
-            n,
-            HostOut::F32(&mut got),
-        )
-        .unwrap();
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(worst <= 1e-6, "max |fused - burn| = {worst}");
-        assert!(
-            got.iter().zip(&base).any(|(g, b)| g != b),
-            "something was merged"
-        );
+        for (rows, cols, seed) in [(1usize, 70_000usize, 1u64), (20, 5_000, 1), (20, 5_000, 7)] {
+            let n = rows * cols;
+            let draw = |seed: u64| -> Vec<f32> {
+                MaskRng::new(seed, "long", 0)
+                    .uniform(n)
+                    .into_iter()
+                    .map(|u| ((u * 2.0 - 1.0) * 64.0).round() / 64.0)
+                    .collect()
+            };
+            let (base, a, b) = (draw(seed), draw(seed + 1), draw(seed + 2));
+            let device = crate::Device::flex();
+            let t = |v: &[f32]| tensor_from(v, &[rows, cols], &device);
+            let (density, epsilon, weights) = (0.5, 0.2, [0.7f32, 0.4]);
+            let mut tvs = Vec::new();
+            for (j, (x, w)) in [&a, &b].into_iter().zip(weights).enumerate() {
+                let mut rng = MaskRng::new(9, "long", j + 1);
+                let delta = t(x).sub(t(&base));
+                let delta = sparsify(
+                    delta,
+                    Sparsify::Della,
+                    density,
+                    0.0,
+                    epsilon,
+                    Rescale::InverseDensity,
+                    &mut rng,
+                )
+                .unwrap();
+                tvs.push(TaskVector { delta, weight: w });
+            }
+            let want = values_of(
+                generalized_task_arithmetic(t(&base), tvs, Consensus::Sum, true, 1.0).unwrap(),
+            );
+            let host: Vec<HostTaskVector> = [&a, &b]
+                .into_iter()
+                .zip(weights)
+                .enumerate()
+                .map(|(j, (x, w))| HostTaskVector {
+                    input: HostTensor::F32(x),
+                    weight: w,
+                    density,
+                    gamma: 0.0,
+                    epsilon,
+                    rng: MaskRng::new(9, "long", j + 1),
+                })
+                .collect();
+            for (threads, pool) in &pools {
+                let threads = *threads;
+                let (got, reused) = pool.install(|| {
+                    let before = DELLA_CUT_REUSED.with(|c| c.get());
+                    let mut got = vec![0f32; n];
+                    gta(
+                        HostTensor::F32(&base),
+                        &host,
+                        Sparsify::Della,
+                        Rescale::InverseDensity,
+                        Consensus::Sum,
+                        true,
+                        1.0,
+                        cols,
+                        HostOut::F32(&mut got),
+                    )
+                    .unwrap();
+                    (got, DELLA_CUT_REUSED.with(|c| c.get()) - before)
+                });
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst <= 1e-6,
+                    "{rows} x {cols}, {threads} threads: max |fused - burn| = {worst}"
+                );
+                assert!(
+                    got.iter().zip(&base).any(|(g, b)| g != b),
+                    "something was merged"
+                );
+                if threads == 1 && cols < CHUNK {
+                    // one thread takes the two chunks in order: the row their edge cuts is
+                    // ranked once per task vector, and the second merge's same row is not
+                    // taken from the first's
+                    assert_eq!(reused, 2, "{rows} x {cols}");
+                }
+            }
+        }
     }
 
     /// NuSLERP in every grouping (flattened, per row, per column; with and without a base)
