@@ -3242,8 +3242,8 @@ mod tests {
         }
     }
 
-    /// The radix ranks are those of a stable sort by |value| (ties, signed zeros and
-    /// magnitudes that share their high bytes included), over reused buffers.
+    /// The AVX-512 exclusive prefix sums (and the scalar ones) are the running totals, at
+    /// lengths around the lane width.
     #[test]
     fn exclusive_prefix_sums_are_the_running_totals() {
         let mut rng = MaskRng::new(4, "prefix", 0);
@@ -3266,6 +3266,8 @@ mod tests {
         }
     }
 
+    /// The radix ranks are those of a stable sort by |value| (ties, signed zeros and
+    /// magnitudes that share their high bytes included), over reused buffers.
     #[test]
     fn row_ranks_are_a_stable_sort_by_magnitude() {
         let mut ranker = RowRanker::default();
