@@ -3018,6 +3018,14 @@ fn combine_columns(
 mod tests {
     use super::*;
 
+    /// The largest |a - b| entry by entry.
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
     /// The one-loop variances of 2-4 models are the array sweeps' bits (signed zeros, equal
     /// and opposite deltas, large and tiny values).
     #[test]
@@ -3433,11 +3441,7 @@ mod tests {
             let hosts: Vec<HostTensor> = inputs.iter().map(|x| HostTensor::F32(x)).collect();
             let mut got = vec![0f32; n];
             sce(HostTensor::F32(&base), &hosts, topk, HostOut::F32(&mut got)).unwrap();
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = max_abs_diff(&got, &want);
             assert!(
                 worst <= 1e-6,
                 "m={m} topk={topk}: max |fused - reference| = {worst}"
@@ -3532,11 +3536,7 @@ mod tests {
                     .unwrap();
                     (got, DELLA_CUT_REUSED.with(|c| c.get()) - before)
                 });
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
+                let worst = max_abs_diff(&got, &want);
                 assert!(
                     worst <= 1e-6,
                     "{rows} x {cols}, {threads} threads: max |fused - burn| = {worst}"
@@ -3574,11 +3574,7 @@ mod tests {
         let device = crate::Device::flex();
         let t = |v: &[f32]| tensor_from(v, &[rows, cols], &device);
         let close = |got: &[f32], want: &[f32], what: &str| {
-            let worst = got
-                .iter()
-                .zip(want)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
+            let worst = max_abs_diff(got, want);
             assert!(worst <= 1e-6, "{what}: max |fused - burn| = {worst}");
         };
         for with_base in [false, true] {
@@ -3730,11 +3726,7 @@ mod tests {
             let host: Vec<_> = inputs.iter().map(|v| HostTensor::F32(v)).collect();
             let mut got = vec![0f32; n];
             karcher(&host, max_iter, 1e-5, HostOut::F32(&mut got)).unwrap();
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
+            let worst = max_abs_diff(&got, &want);
             assert!(
                 worst <= 1e-6,
                 "karcher of {} inputs, max_iter {max_iter}: max |fused - burn| = {worst}",

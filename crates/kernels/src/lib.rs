@@ -115,27 +115,6 @@ pub fn tensor_from_vec(values: Vec<f32>, shape: &[usize], device: &Device) -> T2
     Tensor::from_data(TensorData::new(values, [r, c]), device)
 }
 
-/// A tensor of `shape` (as its 2-D view) from little-endian half-precision bytes (`dtype`
-/// BF16 or F16), kept in that dtype: what a fused kernel writes with `HostOut::Stored`.
-pub fn tensor_from_half(bytes: Vec<u8>, dtype: FloatDType, shape: &[usize], device: &Device) -> T2 {
-    let [r, c] = view_shape(shape);
-    assert_eq!(
-        r * c * 2,
-        bytes.len(),
-        "tensor_from_half: {} bytes for shape {shape:?}",
-        bytes.len()
-    );
-    let dtype = match dtype {
-        FloatDType::BF16 => burn::tensor::DType::BF16,
-        FloatDType::F16 => burn::tensor::DType::F16,
-        other => panic!("tensor_from_half: {other:?} is not a half-precision dtype"),
-    };
-    Tensor::from_data(
-        TensorData::from_bytes_vec(bytes, [r, c], dtype),
-        (device, dtype),
-    )
-}
-
 /// `cat(parts, 0)` transposed into one contiguous `[cols, rows]` matrix: the layout a model
 /// keeps its projections in (`x @ Wt`) on wgpu, in bf16 and for training (on the CPU in f32
 /// and f16 it multiplies by views instead). Every part is `[rows_i, cols]` with the same `cols`.

@@ -55,8 +55,6 @@ impl MaskRng {
     pub fn uniform_at(&self, start: u64, out: &mut [f32]) {
         let mut rng = self.rng.clone();
         rng.set_word_pos(start as u128);
-        // the words in bulk (the same stream as one `random::<u32>()` after the other, which
-        // `uniform` reads; the test below checks it), turned into floats in place
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") && out.len() >= 2 * WIDE_WORDS {
             // up to a block boundary, then 16 blocks an instruction, then the rest
@@ -77,6 +75,8 @@ impl MaskRng {
 
     /// The next `out.len()` words of `rng` as draws in `[0, 1)`.
     fn words_to_uniform(rng: &mut ChaCha8Rng, out: &mut [f32]) {
+        // the words in bulk (the same stream as one `random::<u32>()` after the other, which
+        // `uniform` reads; the tests check it), turned into floats in place
         let words: &mut [u32] = bytemuck::cast_slice_mut(out);
         rng.fill(words);
         for w in words.iter_mut() {
