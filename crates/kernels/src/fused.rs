@@ -71,7 +71,7 @@ mod arcee;
 mod sampled;
 mod sphere;
 
-pub use arcee::{arcee_fusion, arcee_fusion_sorted, arcee_row_kl, quantile_index};
+pub use arcee::{KlScratch, arcee_fusion, arcee_fusion_sorted, arcee_row_kl, quantile_index};
 pub use sphere::{karcher, multislerp};
 
 /// Elements per chunk of work (one rayon task).
@@ -215,6 +215,22 @@ pub enum HostOut<'a> {
 }
 
 impl HostOut<'_> {
+    /// The same buffer, borrowed for a shorter time.
+    fn reborrow(&mut self) -> HostOut<'_> {
+        match self {
+            HostOut::Stored(b, d) => HostOut::Stored(b, *d),
+            HostOut::F32(v) => HostOut::F32(v),
+        }
+    }
+
+    /// Sets entry `i` to `v` (encoded as every other entry).
+    fn set(&mut self, i: usize, v: f32) {
+        match self {
+            HostOut::Stored(b, d) => encode(&[v], *d, &mut b[i * d.size()..(i + 1) * d.size()]),
+            HostOut::F32(o) => o[i] = v,
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             HostOut::Stored(b, d) => b.len() / d.size(),
@@ -332,18 +348,23 @@ fn first_non_finite(v: &[f32]) -> Option<f32> {
     None
 }
 
+/// The error for a merged value that is not finite.
+fn non_finite(v: f32) -> KernelError {
+    KernelError::BadParameter {
+        method: "merge",
+        what: format!(
+            "the merged values contain {v}; check the weights (a zero weight sum with normalize?) and the inputs"
+        ),
+    }
+}
+
 /// Run `f(chunk index, first element, scratch)` over every chunk in parallel; `f` leaves the
 /// chunk's merged values in `scratch.res`, which are checked (finite) and written to `out`.
 fn for_each_chunk<F>(n: usize, tvs: usize, out: HostOut, f: F) -> Result<()>
 where
     F: Fn(usize, usize, &mut Scratch) + Sync,
 {
-    let bad = |v: f32| KernelError::BadParameter {
-        method: "merge",
-        what: format!(
-            "the merged values contain {v}; check the weights (a zero weight sum with normalize?) and the inputs"
-        ),
-    };
+    let bad = non_finite;
     let check = |s: &Scratch, len: usize| -> Result<()> {
         match first_non_finite(&s.res[..len]) {
             Some(v) => Err(bad(v)),

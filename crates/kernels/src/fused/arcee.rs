@@ -7,6 +7,7 @@
 //! over the importances' bits (two histogram passes), the importances recomputed from the KL
 //! values each time; the merge.
 
+use super::sampled::{Part, brackets_at_ranks, count_brackets, keys_in_brackets, total_key};
 use super::{
     CHUNK, HostOut, HostTensor, Scratch, bin_of_rank, check_lengths, chunk_len, for_each_chunk,
     min_len,
@@ -88,18 +89,44 @@ fn ln_1p_small(t: f64) -> f64 {
     t * (1.0 - t * (0.5 - t * (1.0 / 3.0 - t * 0.25)))
 }
 
-/// Sum of `v` in four interleaved partial sums (vectorizes; a fixed order).
+/// Sum of `v` in eight interleaved partial sums (entry `i` in sum `i % 8`; a fixed order that
+/// vectorizes).
 #[inline(always)]
-fn sum4(v: &[f64]) -> f64 {
-    let mut acc = [0f64; 4];
-    let chunks = v.chunks_exact(4);
+fn sum8(v: &[f64]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = v.chunks_exact(8);
     let tail: f64 = chunks.remainder().iter().sum();
     for c in chunks {
         for (a, x) in acc.iter_mut().zip(c) {
             *a += x;
         }
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    fold8(acc) + tail
+}
+
+/// Eight partial sums added pairwise.
+#[inline(always)]
+fn fold8(a: [f64; 8]) -> f64 {
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
+/// The row buffers of the fast KL: the unnormalised softmax entries of both rows and the
+/// reciprocals of their products.
+pub struct KlScratch {
+    p: Vec<f64>,
+    q: Vec<f64>,
+    r: Vec<f64>,
+}
+
+impl KlScratch {
+    /// Buffers for rows of up to `cols` entries.
+    pub fn new(cols: usize) -> KlScratch {
+        KlScratch {
+            p: vec![0.0; cols],
+            q: vec![0.0; cols],
+            r: vec![0.0; cols],
+        }
+    }
 }
 
 /// The per-row constants of the fast KL's terms.
@@ -112,39 +139,43 @@ struct KlConsts {
     eps_t: f64,
 }
 
-/// Entry `i`'s term of the fast KL, and whether the series does not hold there (`1e-8 / u >
-/// 1e-3`): `e`, `f` are the unnormalised softmax entries, `a`, `b` the row entries.
+/// Entry `i`'s term of the fast KL, and whether the series does not hold there (`1e-8 s / e >
+/// 1e-3`): `e`, `f` are the unnormalised softmax entries, `r = 1 / (e f)`, `a`, `b` the row
+/// entries.
 #[inline(always)]
-fn kl_term(k: KlConsts, e: f64, f: f64, a: f32, b: f32) -> (f64, bool) {
-    let (tp, tq) = (k.eps_s / e, k.eps_t / f);
+fn kl_term(k: KlConsts, e: f64, f: f64, r: f64, a: f32, b: f32) -> (f64, bool) {
+    let (tp, tq) = ((k.eps_s * f) * r, (k.eps_t * e) * r);
     let log_ratio = (a as f64 - b as f64) + k.c + (ln_1p_small(tp) - ln_1p_small(tq));
     ((e * k.inv_s + 1e-8) * log_ratio, (tp > 1e-3) | (tq > 1e-3))
 }
 
-/// The terms of the first `len / 4 * 4` entries in four interleaved sums (entry `i` in sum
-/// `i % 4`), and whether any entry's series does not hold.
+/// The terms of the first `len / 8 * 8` entries in eight interleaved sums (entry `i` in sum
+/// `i % 8`), and whether any entry's series does not hold.
 #[inline(always)]
-fn kl_terms4(k: KlConsts, x: &[f32], base: &[f32], p: &[f64], q: &[f64]) -> ([f64; 4], bool) {
-    let (mut acc, mut bad) = ([0f64; 4], false);
-    let whole = x.len() / 4 * 4;
-    for i in (0..whole).step_by(4) {
-        for l in 0..4 {
-            let (v, b) = kl_term(k, p[i + l], q[i + l], x[i + l], base[i + l]);
-            acc[l] += v;
+fn kl_terms8(k: KlConsts, x: &[f32], base: &[f32], s: &KlScratch) -> ([f64; 8], bool) {
+    let (mut acc, mut bad) = ([0f64; 8], false);
+    let whole = x.len() / 8 * 8;
+    for i in (0..whole).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            let j = i + l;
+            let (v, b) = kl_term(k, s.p[j], s.q[j], s.r[j], x[j], base[j]);
+            *a += v;
             bad |= b;
         }
     }
     (acc, bad)
 }
 
-/// [`kl_terms4`] in AVX2 intrinsics (the compiler left that loop scalar): the same IEEE
-/// operations in the same order, lane `l` being sum `l`, so the same bits.
+/// [`kl_terms8`] in AVX2 intrinsics (the compiler leaves that loop scalar): the same IEEE
+/// operations in the same order, lane `l` of the two accumulators being sums `l` and `4 + l`,
+/// so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn kl_terms4_avx2(k: KlConsts, x: &[f32], base: &[f32], p: &[f64], q: &[f64]) -> ([f64; 4], bool) {
+fn kl_terms8_avx2(k: KlConsts, x: &[f32], base: &[f32], s: &KlScratch) -> ([f64; 8], bool) {
     use std::arch::x86_64::*;
-    let whole = x.len() / 4 * 4;
-    assert!(base.len() >= whole && p.len() >= whole && q.len() >= whole);
+    let whole = x.len() / 8 * 8;
+    let (p, q, r) = (&s.p[..whole], &s.q[..whole], &s.r[..whole]);
+    let (x, base) = (&x[..whole], &base[..whole]);
     let set = _mm256_set1_pd;
     let (c, inv_s, eps_s, eps_t) = (set(k.c), set(k.inv_s), set(k.eps_s), set(k.eps_t));
     let (one, half, third, quarter) = (set(1.0), set(0.5), set(1.0 / 3.0), set(0.25));
@@ -156,24 +187,28 @@ fn kl_terms4_avx2(k: KlConsts, x: &[f32], base: &[f32], p: &[f64], q: &[f64]) ->
         let r = _mm256_sub_pd(one, _mm256_mul_pd(t, r));
         _mm256_mul_pd(t, r)
     };
-    let (mut acc, mut bad) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let mut acc = [_mm256_setzero_pd(); 2];
+    let mut bad = _mm256_setzero_pd();
     for i in (0..whole).step_by(4) {
-        // SAFETY: i + 4 <= whole <= every slice's length (asserted above)
-        let (e, f, a, b) = unsafe {
+        // SAFETY: i + 4 <= whole, the length of every slice
+        let (e, f, rr, a, b) = unsafe {
             (
                 _mm256_loadu_pd(p.as_ptr().add(i)),
                 _mm256_loadu_pd(q.as_ptr().add(i)),
+                _mm256_loadu_pd(r.as_ptr().add(i)),
                 _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i))),
                 _mm256_cvtps_pd(_mm_loadu_ps(base.as_ptr().add(i))),
             )
         };
-        let (tp, tq) = (_mm256_div_pd(eps_s, e), _mm256_div_pd(eps_t, f));
+        let tp = _mm256_mul_pd(_mm256_mul_pd(eps_s, f), rr);
+        let tq = _mm256_mul_pd(_mm256_mul_pd(eps_t, e), rr);
         let log_ratio = _mm256_add_pd(
             _mm256_add_pd(_mm256_sub_pd(a, b), c),
             _mm256_sub_pd(ln_1p(tp), ln_1p(tq)),
         );
         let w = _mm256_add_pd(_mm256_mul_pd(e, inv_s), tiny);
-        acc = _mm256_add_pd(acc, _mm256_mul_pd(w, log_ratio));
+        let h = (i / 4) % 2;
+        acc[h] = _mm256_add_pd(acc[h], _mm256_mul_pd(w, log_ratio));
         bad = _mm256_or_pd(
             bad,
             _mm256_or_pd(
@@ -182,44 +217,108 @@ fn kl_terms4_avx2(k: KlConsts, x: &[f32], base: &[f32], p: &[f64], q: &[f64]) ->
             ),
         );
     }
-    let mut out = [0f64; 4];
-    // SAFETY: `out` holds four f64
-    unsafe { _mm256_storeu_pd(out.as_mut_ptr(), acc) };
+    let mut out = [0f64; 8];
+    // SAFETY: `out` holds eight f64
+    unsafe {
+        _mm256_storeu_pd(out.as_mut_ptr(), acc[0]);
+        _mm256_storeu_pd(out.as_mut_ptr().add(4), acc[1]);
+    }
     (out, _mm256_movemask_pd(bad) != 0)
+}
+
+/// [`kl_terms8`] in AVX-512 intrinsics: lane `l` is sum `l`, the same operations, the same
+/// bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn kl_terms8_avx512(k: KlConsts, x: &[f32], base: &[f32], s: &KlScratch) -> ([f64; 8], bool) {
+    use std::arch::x86_64::*;
+    let whole = x.len() / 8 * 8;
+    let (p, q, r) = (&s.p[..whole], &s.q[..whole], &s.r[..whole]);
+    let (x, base) = (&x[..whole], &base[..whole]);
+    let set = _mm512_set1_pd;
+    let (c, inv_s, eps_s, eps_t) = (set(k.c), set(k.inv_s), set(k.eps_s), set(k.eps_t));
+    let (one, half, third, quarter) = (set(1.0), set(0.5), set(1.0 / 3.0), set(0.25));
+    let (tiny, limit) = (set(1e-8), set(1e-3));
+    let ln_1p = |t: __m512d| {
+        let r = _mm512_sub_pd(third, _mm512_mul_pd(t, quarter));
+        let r = _mm512_sub_pd(half, _mm512_mul_pd(t, r));
+        let r = _mm512_sub_pd(one, _mm512_mul_pd(t, r));
+        _mm512_mul_pd(t, r)
+    };
+    let mut acc = _mm512_setzero_pd();
+    let mut bad: __mmask8 = 0;
+    for i in (0..whole).step_by(8) {
+        // SAFETY: i + 8 <= whole, the length of every slice
+        let (e, f, rr, a, b) = unsafe {
+            (
+                _mm512_loadu_pd(p.as_ptr().add(i)),
+                _mm512_loadu_pd(q.as_ptr().add(i)),
+                _mm512_loadu_pd(r.as_ptr().add(i)),
+                _mm512_cvtps_pd(_mm256_loadu_ps(x.as_ptr().add(i))),
+                _mm512_cvtps_pd(_mm256_loadu_ps(base.as_ptr().add(i))),
+            )
+        };
+        let tp = _mm512_mul_pd(_mm512_mul_pd(eps_s, f), rr);
+        let tq = _mm512_mul_pd(_mm512_mul_pd(eps_t, e), rr);
+        let log_ratio = _mm512_add_pd(
+            _mm512_add_pd(_mm512_sub_pd(a, b), c),
+            _mm512_sub_pd(ln_1p(tp), ln_1p(tq)),
+        );
+        let w = _mm512_add_pd(_mm512_mul_pd(e, inv_s), tiny);
+        acc = _mm512_add_pd(acc, _mm512_mul_pd(w, log_ratio));
+        bad |= _mm512_cmp_pd_mask::<_CMP_GT_OQ>(tp, limit)
+            | _mm512_cmp_pd_mask::<_CMP_GT_OQ>(tq, limit);
+    }
+    let mut out = [0f64; 8];
+    // SAFETY: `out` holds eight f64
+    unsafe { _mm512_storeu_pd(out.as_mut_ptr(), acc) };
+    (out, bad != 0)
 }
 
 /// The fast KL's body (see [`arcee_row_kl`]); `None` where an entry's softmax is so small
 /// that the `+ 1e-8` is more than a 1e-3 relative change (the series of `ln(1 + t)` would
-/// not hold there). `terms` sums the entries four at a time ([`kl_terms4`] or its AVX2 build).
+/// not hold there). The first loop takes each entry's two exponentials and the reciprocal of
+/// their product (the division overlaps the exponentials' multiply-adds; one division an
+/// entry instead of two); `terms` sums the entries eight at a time ([`kl_terms8`] or a SIMD
+/// build of it).
 #[inline(always)]
 fn row_kl_fast(
     x: &[f32],
     base: &[f32],
-    p: &mut [f64],
-    q: &mut [f64],
-    terms: impl Fn(KlConsts, &[f32], &[f32], &[f64], &[f64]) -> ([f64; 4], bool),
+    s: &mut KlScratch,
+    terms: impl Fn(KlConsts, &[f32], &[f32], &KlScratch) -> ([f64; 8], bool),
 ) -> Option<f64> {
     let n = x.len();
-    let (p, q) = (&mut p[..n], &mut q[..n]);
     let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let mb = base.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    for ((p, q), (a, b)) in p.iter_mut().zip(q.iter_mut()).zip(x.iter().zip(base)) {
-        *p = exp_nonpositive(*a as f64 - mx);
-        *q = exp_nonpositive(*b as f64 - mb);
+    let (p, q, r) = (&mut s.p[..n], &mut s.q[..n], &mut s.r[..n]);
+    for (((p, q), r), (a, b)) in p
+        .iter_mut()
+        .zip(q.iter_mut())
+        .zip(r.iter_mut())
+        .zip(x.iter().zip(base))
+    {
+        let (e, f) = (
+            exp_nonpositive(*a as f64 - mx),
+            exp_nonpositive(*b as f64 - mb),
+        );
+        *p = e;
+        *q = f;
+        *r = 1.0 / (e * f);
     }
-    let (s, t) = (sum4(p), sum4(q));
+    let (sp, sq) = (sum8(p), sum8(q));
     // ln p_i = (x_i - mx) - ln s + ln(1 + 1e-8 s / e_i), the same for q: only the two small
     // logarithms vary by entry besides x_i - b_i
     let k = KlConsts {
-        c: (mb - mx) - s.ln() + t.ln(),
-        inv_s: 1.0 / s,
-        eps_s: 1e-8 * s,
-        eps_t: 1e-8 * t,
+        c: (mb - mx) - sp.ln() + sq.ln(),
+        inv_s: 1.0 / sp,
+        eps_s: 1e-8 * sp,
+        eps_t: 1e-8 * sq,
     };
-    let (acc, mut bad) = terms(k, x, base, p, q);
-    let mut kl = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for i in n / 4 * 4..n {
-        let (v, b) = kl_term(k, p[i], q[i], x[i], base[i]);
+    let (acc, mut bad) = terms(k, x, base, s);
+    let mut kl = fold8(acc);
+    for i in n / 8 * 8..n {
+        let (v, b) = kl_term(k, s.p[i], s.q[i], s.r[i], x[i], base[i]);
         kl += v;
         bad |= b;
     }
@@ -229,23 +328,21 @@ fn row_kl_fast(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn row_kl_avx2(x: &[f32], base: &[f32], p: &mut [f64], q: &mut [f64]) -> Option<f64> {
+fn row_kl_avx2(x: &[f32], base: &[f32], s: &mut KlScratch) -> Option<f64> {
     // the same operations, 4 lanes wide (the exponential's multiply-adds are FMA
-    // instructions here); the terms in intrinsics (`kl_terms4_avx2`'s feature is this
-    // function's)
+    // instructions here); the terms in intrinsics
     // (a safe call: this function's features include AVX2)
-    row_kl_fast(x, base, p, q, |k, x, b, p, q| kl_terms4_avx2(k, x, b, p, q))
+    row_kl_fast(x, base, s, |k, x, b, s| kl_terms8_avx2(k, x, b, s))
 }
 
 /// [`row_kl_avx2`] with AVX-512 (the exponentials eight lanes wide in 32 registers: no
-/// constant reloaded per iteration; -12% of an Arcee merge on a Zen 4 EPYC). The exponential
-/// loop is entry by entry and the sums keep their four fixed partial sums, so the bits are
-/// the AVX2 build's (tested).
+/// constant reloaded per iteration). The exponential loop is entry by entry and the sums keep
+/// their eight fixed partial sums, so the bits are the AVX2 build's (tested).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-fn row_kl_avx512(x: &[f32], base: &[f32], p: &mut [f64], q: &mut [f64]) -> Option<f64> {
-    // (a safe call: this function's features include AVX2)
-    row_kl_fast(x, base, p, q, |k, x, b, p, q| kl_terms4_avx2(k, x, b, p, q))
+fn row_kl_avx512(x: &[f32], base: &[f32], s: &mut KlScratch) -> Option<f64> {
+    // (a safe call: this function's features include AVX-512F)
+    row_kl_fast(x, base, s, |k, x, b, s| kl_terms8_avx512(k, x, b, s))
 }
 
 /// Whether the CPU runs [`row_kl_avx512`].
@@ -257,37 +354,30 @@ fn has_avx512_fma() -> bool {
 }
 
 /// `sum p log(p / q)` with `p`, `q` the softmaxes of the rows `x` and `base`, each plus 1e-8,
-/// in f64 (`p`, `q` are scratch buffers of the rows' length). Torch's f32 KL on rows that
+/// in f64 (`s` holds buffers of at least the rows' length). Torch's f32 KL on rows that
 /// barely differ from the base is off by up to ~1% (a sum of tiny terms); this is not. Fast
 /// path: one vectorized `exp` per entry and row, no logarithm per entry (agrees with
 /// [`arcee_row_kl_exact`] to ~1e-12 relative); rows with entries whose softmax is below 1e-5
 /// take the exact path.
-pub fn arcee_row_kl(x: &[f32], base: &[f32], p: &mut [f64], q: &mut [f64]) -> f32 {
+pub fn arcee_row_kl(x: &[f32], base: &[f32], s: &mut KlScratch) -> f32 {
     #[cfg(target_arch = "x86_64")]
     let fast = if has_avx512_fma() {
         // SAFETY: the CPU has the features the function is compiled for
-        unsafe { row_kl_avx512(x, base, p, q) }
+        unsafe { row_kl_avx512(x, base, s) }
     } else if std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
     {
         // SAFETY: the CPU has the features the function is compiled for
-        unsafe { row_kl_avx2(x, base, p, q) }
+        unsafe { row_kl_avx2(x, base, s) }
     } else {
-        row_kl_fast(x, base, p, q, kl_terms4)
+        row_kl_fast(x, base, s, kl_terms8)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let fast = row_kl_fast(x, base, p, q, kl_terms4);
+    let fast = row_kl_fast(x, base, s, kl_terms8);
     match fast {
         Some(kl) => kl as f32,
-        None => arcee_row_kl_exact(x, base, p, q),
+        None => arcee_row_kl_exact(x, base, &mut s.p, &mut s.q),
     }
-}
-
-/// The sortable key of `x` in `f32::total_cmp` order.
-#[inline]
-fn total_key(x: f32) -> u32 {
-    let b = x.to_bits();
-    if b >> 31 == 1 { !b } else { b | 0x8000_0000 }
 }
 
 /// The value of a [`total_key`].
@@ -361,12 +451,12 @@ where
 /// quartiles read at [`quantile_index`] (what `evomerge-merge`'s device path runs, and what the
 /// fused kernel is tested against). `cols` must tile the values.
 pub fn arcee_fusion_sorted(base: &[f32], other: &[f32], cols: usize) -> Vec<f32> {
-    let (mut p, mut q) = (vec![0f64; cols], vec![0f64; cols]);
+    let mut kls = KlScratch::new(cols);
     let importance: Vec<f32> = other
         .chunks(cols)
         .zip(base.chunks(cols))
         .flat_map(|(x, b)| {
-            let kl = arcee_row_kl(x, b, &mut p, &mut q);
+            let kl = arcee_row_kl(x, b, &mut kls);
             x.iter().zip(b).map(move |(a, b)| (a - b).abs() * kl)
         })
         .collect();
@@ -385,10 +475,56 @@ pub fn arcee_fusion_sorted(base: &[f32], other: &[f32], cols: usize) -> Vec<f32>
 /// quartiles are exact over every entry (mergekit sorts a random sample of 1e6 entries of
 /// larger tensors, so its threshold varies from run to run there).
 pub fn arcee_fusion(base: HostTensor, other: HostTensor, cols: usize, out: HostOut) -> Result<()> {
+    arcee_fusion_how(base, other, cols, out).map(|_| ())
+}
+
+/// How [`arcee_fusion`] found the quartiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quartiles {
+    /// A sample of blocks; the keys counted in the merge pass, which left the entries near the
+    /// threshold to the end: how many, and how many of them took the other model's value.
+    Fused { deferred: usize, taken: usize },
+    /// A sample of blocks, then a counting pass.
+    Blocks,
+    /// Two histogram passes (small tensors, or a sample's bracket missed).
+    Histograms,
+}
+
+/// Row buffers for one row's KL divergence.
+struct RowWork {
+    x: Vec<f32>,
+    b: Vec<f32>,
+    kl: KlScratch,
+}
+
+impl RowWork {
+    fn new(cols: usize) -> RowWork {
+        RowWork {
+            x: vec![0.0; cols],
+            b: vec![0.0; cols],
+            kl: KlScratch::new(cols),
+        }
+    }
+
+    /// The KL of the row at `start` (its entries left in `x`, `b`).
+    fn kl(&mut self, base: HostTensor, other: HostTensor, start: usize) -> f32 {
+        other.decode(start, &mut self.x);
+        base.decode(start, &mut self.b);
+        arcee_row_kl(&self.x, &self.b, &mut self.kl)
+    }
+}
+
+/// [`arcee_fusion`], saying how it found the quartiles.
+fn arcee_fusion_how(
+    base: HostTensor,
+    other: HostTensor,
+    cols: usize,
+    out: HostOut,
+) -> Result<Quartiles> {
     let n = base.len();
     check_lengths("arcee_fusion", n, &[base, other], &out)?;
     if n == 0 {
-        return Ok(());
+        return Ok(Quartiles::Histograms);
     }
     if cols == 0 || !n.is_multiple_of(cols) {
         return Err(KernelError::BadParameter {
@@ -396,23 +532,10 @@ pub fn arcee_fusion(base: HostTensor, other: HostTensor, cols: usize, out: HostO
             what: format!("rows of {cols} do not tile a tensor of {n} values"),
         });
     }
-    let kl: Vec<f32> = (0..n / cols)
+    let rows = n / cols;
+    let kl: Vec<f32> = (0..rows)
         .into_par_iter()
-        .map_init(
-            || {
-                (
-                    vec![0f32; cols],
-                    vec![0f32; cols],
-                    vec![0f64; cols],
-                    vec![0f64; cols],
-                )
-            },
-            |(x, b, p, q), r| {
-                other.decode(r * cols, x);
-                base.decode(r * cols, b);
-                arcee_row_kl(x, b, p, q)
-            },
-        )
+        .map_init(|| RowWork::new(cols), |w, r| w.kl(base, other, r * cols))
         .collect();
     // the importances of a chunk into `s.res` (and the inputs into `s.x`, `s.base`)
     let importances = |start: usize, len: usize, s: &mut Scratch| {
@@ -433,37 +556,167 @@ pub fn arcee_fusion(base: HostTensor, other: HostTensor, cols: usize, out: HostO
             i = end;
         }
     };
+    let keys = |s: &mut Scratch, start: usize, keys: &mut [u32]| {
+        importances(start, keys.len(), s);
+        for (k, v) in keys.iter_mut().zip(&s.res) {
+            *k = total_key(*v);
+        }
+    };
     let ranks: Vec<usize> = [0.25, 0.5, 0.75]
         .iter()
         .map(|&q| quantile_index(q, n))
         .collect();
-    // from a sample and one counting pass (large tensors), else two histogram passes
-    let sampled = super::sampled::keys_at_ranks(
-        n,
-        &ranks,
-        || Scratch::new(0),
-        |s, start, keys| {
-            importances(start, keys.len(), s);
-            for (k, v) in keys.iter_mut().zip(&s.res) {
-                *k = total_key(*v);
+    let init = || Scratch::new(0);
+    let sampled = brackets_at_ranks(n, &ranks, &init, &keys);
+    let mut out = out;
+    // a sample brackets the quartiles, and so the threshold: the merge pass counts the keys
+    // against the brackets and decides every entry outside the threshold's bracket; the few
+    // inside it are set once the counts give the quartiles
+    if let Some((sample, brackets)) = &sampled
+        && let Some(bounds) = threshold_bounds(brackets, sample)
+    {
+        let (parts, deferred) = merge_deciding(n, &importances, brackets, bounds, out.reborrow())?;
+        if let Some(q) = keys_in_brackets(&parts, brackets, &ranks) {
+            let t = threshold_of(three(q.into_iter().map(from_total_key).collect()));
+            let (mut count, mut taken) = (0, 0);
+            for d in deferred.iter().flatten() {
+                count += 1;
+                if d.importance >= t {
+                    if !d.taken.is_finite() {
+                        return Err(super::non_finite(d.taken));
+                    }
+                    out.set(d.at, d.taken);
+                    taken += 1;
+                }
             }
-        },
-    );
-    let q = match sampled {
-        Some(keys) => keys.into_iter().map(from_total_key).collect(),
-        None => select_ranks(n, &ranks, importances),
+            return Ok(Quartiles::Fused {
+                deferred: count,
+                taken,
+            });
+        }
+        // a bracket missed its rank (a sample unlike the tensor): exact quartiles, and every
+        // entry merged again
+        let t = threshold_of(three(select_ranks(n, &ranks, importances)));
+        merge(n, &importances, t, out)?;
+        return Ok(Quartiles::Histograms);
+    }
+    // small tensors (or a threshold bracket holding many entries): the quartiles first
+    let (q, how) = match sampled.and_then(|_| super::sampled::keys_at_ranks(n, &ranks, init, keys))
+    {
+        Some(keys) => (
+            keys.into_iter().map(from_total_key).collect(),
+            Quartiles::Blocks,
+        ),
+        None => (select_ranks(n, &ranks, importances), Quartiles::Histograms),
     };
-    let threshold = q[1] + 1.5 * (q[2] - q[0]);
+    merge(n, &importances, threshold_of(three(q)), out)?;
+    Ok(how)
+}
+
+/// The three quartiles of a vector of them.
+fn three(q: Vec<f32>) -> [f32; 3] {
+    q.try_into().expect("three quartiles")
+}
+
+/// mergekit's threshold `median + 1.5 IQR` from the quartiles `[q1, median, q3]`.
+fn threshold_of([q1, median, q3]: [f32; 3]) -> f32 {
+    median + 1.5 * (q3 - q1)
+}
+
+/// The interval `lo..hi` the threshold lies in when each quartile lies in its bracket (f32
+/// arithmetic is monotone, so the threshold's formula on the brackets' ends bounds it);
+/// `None` when an end is not finite or when more than 1/16 of the sample lies in the interval
+/// (entries there are set after the pass, one by one).
+fn threshold_bounds(brackets: &[(u32, u32)], sample: &[u32]) -> Option<(f32, f32)> {
+    let [(a0, b0), (a1, b1), (a2, b2)] = brackets else {
+        return None;
+    };
+    let ends = [a0, b0, a1, b1, a2, b2].map(|k| from_total_key(*k));
+    if ends.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let [a0, b0, a1, b1, a2, b2] = ends;
+    let (lo, hi) = (threshold_of([b0, a1, a2]), threshold_of([a0, b1, b2]));
+    let undecided = sample
+        .iter()
+        .map(|k| from_total_key(*k))
+        .filter(|v| !(*v < lo || *v >= hi))
+        .count();
+    (lo.is_finite() && hi.is_finite() && undecided * 16 <= sample.len()).then_some((lo, hi))
+}
+
+/// An entry the merge pass left to the threshold: where, its importance, and its value when
+/// taken from the other model (the pass wrote the base's).
+struct Deferred {
+    at: usize,
+    importance: f32,
+    taken: f32,
+}
+
+/// `b + (x - b) * keep` of each entry of `x`, `b`, the importances `imp` (kept: `imp >=
+/// threshold`) into `imp`'s place.
+#[inline(always)]
+fn merge_entries(x: &[f32], b: &[f32], imp: &mut [f32], threshold: f32) {
+    for ((r, x), b) in imp.iter_mut().zip(x).zip(b) {
+        *r = b + (x - b) * if *r >= threshold { 1.0 } else { 0.0 };
+    }
+}
+
+/// The merge pass with the threshold known.
+fn merge(
+    n: usize,
+    importances: &(impl Fn(usize, usize, &mut Scratch) + Sync),
+    threshold: f32,
+    out: HostOut,
+) -> Result<()> {
+    for_each_chunk(n, 0, out, |_, start, s| {
+        let len = chunk_len(n, start);
+        importances(start, len, s);
+        merge_entries(&s.x[..len], &s.base[..len], &mut s.res[..len], threshold);
+    })
+}
+
+/// The merge pass with the threshold known to lie in `lo..hi`: entries below `lo` keep the
+/// base, those at or above `hi` take the other model, the rest are written as the base's and
+/// returned; and every chunk's keys counted against the quartiles' brackets.
+#[allow(clippy::type_complexity)]
+fn merge_deciding(
+    n: usize,
+    importances: &(impl Fn(usize, usize, &mut Scratch) + Sync),
+    brackets: &[(u32, u32)],
+    (lo, hi): (f32, f32),
+    out: HostOut,
+) -> Result<(Vec<Vec<Part>>, Vec<Vec<Deferred>>)> {
+    let found = std::sync::Mutex::new((Vec::new(), Vec::new()));
     for_each_chunk(n, 0, out, |_, start, s| {
         let len = chunk_len(n, start);
         importances(start, len, s);
         let Scratch {
             base: b, x, res, ..
         } = s;
-        for ((r, x), b) in res[..len].iter_mut().zip(&x[..len]).zip(&b[..len]) {
-            *r = b + (x - b) * if *r >= threshold { 1.0 } else { 0.0 };
+        let (x, b, imp) = (&x[..len], &b[..len], &mut res[..len]);
+        let mut parts: Vec<Part> = brackets.iter().map(|_| Part::empty()).collect();
+        count_brackets(imp, brackets, &mut parts);
+        let undecided = |v: f32| !(v < lo || v >= hi);
+        let count = imp.iter().fold(0u32, |c, v| c + undecided(*v) as u32);
+        let mut deferred = Vec::with_capacity(count as usize);
+        if count > 0 {
+            for (i, ((v, x), b)) in imp.iter().zip(x).zip(b).enumerate() {
+                if undecided(*v) {
+                    deferred.push(Deferred {
+                        at: start + i,
+                        importance: *v,
+                        taken: b + (x - b) * 1.0,
+                    });
+                }
+            }
         }
-    })
+        merge_entries(x, b, imp, hi);
+        let mut found = found.lock().expect("no panic while holding the lock");
+        found.0.push(parts);
+        found.1.push(deferred);
+    })?;
+    Ok(found.into_inner().expect("no panic while holding the lock"))
 }
 
 #[cfg(test)]
@@ -520,7 +773,7 @@ mod tests {
             let (base, x) = row_pair(&mut rng, n, scale, delta);
             let (mut p, mut q) = (vec![0f64; n], vec![0f64; n]);
             let exact = arcee_row_kl_exact(&x, &base, &mut p, &mut q);
-            let fast = arcee_row_kl(&x, &base, &mut p, &mut q);
+            let fast = arcee_row_kl(&x, &base, &mut KlScratch::new(n));
             assert!(
                 (fast - exact).abs() <= 1e-6 * exact.abs() + 1e-12,
                 "n {n}, scale {scale}, delta {delta}: {fast} vs {exact}"
@@ -540,20 +793,18 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         for (n, scale, delta) in [
             (4, 0.05f32, 0.005f32),
+            (13, 0.05, 0.005),
             (1023, 0.05, 0.005),
             (2048, 0.3, 1e-6),
             (1000, 3.0, 0.1),
             (64, 30.0, 1.0),
         ] {
             let (base, x) = row_pair(&mut rng, n, scale, delta);
-            let (mut p, mut q) = (vec![0f64; n], vec![0f64; n]);
-            let scalar = row_kl_fast(&x, &base, &mut p, &mut q, kl_terms4);
+            let mut s = KlScratch::new(n);
+            let scalar = row_kl_fast(&x, &base, &mut s, kl_terms8);
             // SAFETY: the CPU has AVX2 (checked above)
-            let simd = unsafe {
-                row_kl_fast(&x, &base, &mut p, &mut q, |k, x, b, p, q| {
-                    kl_terms4_avx2(k, x, b, p, q)
-                })
-            };
+            let simd =
+                unsafe { row_kl_fast(&x, &base, &mut s, |k, x, b, s| kl_terms8_avx2(k, x, b, s)) };
             assert_eq!(
                 scalar.map(f64::to_bits),
                 simd.map(f64::to_bits),
@@ -561,11 +812,11 @@ mod tests {
             );
             if std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU has AVX2 and FMA
-                let avx2 = unsafe { row_kl_avx2(&x, &base, &mut p, &mut q) };
+                let avx2 = unsafe { row_kl_avx2(&x, &base, &mut s) };
                 assert_eq!(avx2.map(f64::to_bits), scalar.map(f64::to_bits));
                 if has_avx512_fma() {
                     // SAFETY: the CPU has the features (checked)
-                    let wide = unsafe { row_kl_avx512(&x, &base, &mut p, &mut q) };
+                    let wide = unsafe { row_kl_avx512(&x, &base, &mut s) };
                     assert_eq!(wide.map(f64::to_bits), avx2.map(f64::to_bits), "n {n}");
                 }
             }
@@ -627,22 +878,7 @@ mod tests {
     fn arcee_fusion_matches_a_sort_of_the_importances() {
         let (rows, cols) = (400, 700);
         let n = rows * cols;
-        let draw = |seed: u64| -> Vec<f32> {
-            crate::MaskRng::new(seed, "arcee", 0)
-                .uniform(n)
-                .into_iter()
-                .map(|u| ((u * 2.0 - 1.0) * 16.0).round() / 16.0)
-                .collect()
-        };
-        let base = draw(1);
-        // every tenth row moves four times as far: a heavy tail of importances
-        let mut other: Vec<f32> = draw(2)
-            .iter()
-            .zip(&base)
-            .enumerate()
-            .map(|(i, (d, b))| b + d * if (i / cols) % 10 == 3 { 1.0 } else { 0.25 })
-            .collect();
-        other[..cols].copy_from_slice(&base[..cols]);
+        let (base, other) = grid_pair(rows, cols);
         let want = arcee_fusion_sorted(&base, &other, cols);
         let mut got = vec![0f32; n];
         arcee_fusion(
@@ -679,5 +915,111 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("do not tile"), "{err}");
+    }
+
+    /// Inputs on a 1/16 grid (many tied importances), a heavy tail of rows that move four
+    /// times as far, the first row equal to the base (KL 0).
+    fn grid_pair(rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>) {
+        let n = rows * cols;
+        let draw = |seed: u64| -> Vec<f32> {
+            crate::MaskRng::new(seed, "arcee", 0)
+                .uniform(n)
+                .into_iter()
+                .map(|u| ((u * 2.0 - 1.0) * 16.0).round() / 16.0)
+                .collect()
+        };
+        let base = draw(1);
+        let mut other: Vec<f32> = draw(2)
+            .iter()
+            .zip(&base)
+            .enumerate()
+            .map(|(i, (d, b))| b + d * if (i / cols) % 10 == 3 { 1.0 } else { 0.25 })
+            .collect();
+        other[..cols].copy_from_slice(&base[..cols]);
+        (base, other)
+    }
+
+    /// A base uniform in [-0.05, 0.05] and a fine-tune that moves each entry by up to 0.002
+    /// times a per-row factor in [0.5, 2].
+    fn continuous_pair(rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>) {
+        let n = rows * cols;
+        let u = |seed: u64| crate::MaskRng::new(seed, "arcee-c", 0).uniform(n);
+        let base: Vec<f32> = u(1).iter().map(|u| (u - 0.5) * 0.1).collect();
+        let other = u(2)
+            .iter()
+            .zip(&base)
+            .enumerate()
+            .map(|(i, (u, b))| {
+                let row = 0.5 + 1.5 * ((i / cols) * 7919 % 101) as f32 / 100.0;
+                b + (u - 0.5) * 0.004 * row
+            })
+            .collect();
+        (base, other)
+    }
+
+    /// Tensors of a million entries and more take the merge pass that counts and decides at
+    /// once (entries near the threshold set at the end): the entries a full sort keeps, in
+    /// f32 and bf16; and when the sample is unlike the tensor (the sampled blocks alone moved
+    /// far), the bracket misses and the exact quartiles give the same result.
+    #[test]
+    fn the_counting_merge_pass_keeps_what_a_sort_keeps() {
+        let (rows, cols) = (1100, 1000);
+        let n = rows * cols;
+        let (base, other) = grid_pair(rows, cols);
+        let run = |base: &[f32], other: &[f32]| {
+            let mut got = vec![0f32; n];
+            let how = arcee_fusion_how(
+                HostTensor::F32(base),
+                HostTensor::F32(other),
+                cols,
+                HostOut::F32(&mut got),
+            )
+            .unwrap();
+            (got, how)
+        };
+        let want = arcee_fusion_sorted(&base, &other, cols);
+        let (got, how) = run(&base, &other);
+        assert!(matches!(how, Quartiles::Fused { .. }));
+        assert_eq!(got, want);
+        // continuous values: entries inside the threshold's bracket, some of them taken
+        let (cbase, cother) = continuous_pair(rows, cols);
+        let (cgot, chow) = run(&cbase, &cother);
+        assert_eq!(cgot, arcee_fusion_sorted(&cbase, &cother, cols));
+        let Quartiles::Fused { deferred, taken } = chow else {
+            panic!("{chow:?}")
+        };
+        assert!(
+            taken > 0 && taken < deferred && deferred < n / 16,
+            "{chow:?}"
+        );
+        let kept = got.iter().zip(&base).filter(|(g, b)| g != b).count();
+        assert!(kept > 0 && kept < n / 4, "{kept} of {n} entries taken");
+        let bf = |v: &[f32]| -> Vec<u8> {
+            v.iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
+                .collect()
+        };
+        let mut out = vec![0u8; 2 * n];
+        let how = arcee_fusion_how(
+            HostTensor::Stored(&bf(&base), super::super::HostDtype::BF16),
+            HostTensor::Stored(&bf(&other), super::super::HostDtype::BF16),
+            cols,
+            HostOut::Stored(&mut out, super::super::HostDtype::BF16),
+        )
+        .unwrap();
+        assert!(matches!(how, Quartiles::Fused { .. }));
+        assert_eq!(out, bf(&want));
+        // the sampled blocks moved 64 times as far as the rest: the sample's quartiles sit
+        // far above the tensor's
+        let mut other = other;
+        for (i, (o, b)) in other.iter_mut().zip(&base).enumerate() {
+            if !super::super::sampled::in_sampled_block(i) {
+                *o = b + (*o - b) / 64.0;
+            }
+        }
+        let want = arcee_fusion_sorted(&base, &other, cols);
+        let (got, how) = run(&base, &other);
+        assert_eq!(how, Quartiles::Histograms);
+        assert_eq!(got, want);
     }
 }

@@ -26,6 +26,14 @@ fn block_start(k: usize) -> usize {
     k * STRIDE + ((h >> 32) as usize) % (STRIDE - BLOCK + 1)
 }
 
+/// Whether entry `i` of a tensor lies in a sampled block (of a tensor of at least `i + STRIDE`
+/// entries).
+#[cfg(test)]
+pub(super) fn in_sampled_block(i: usize) -> bool {
+    let start = block_start(i / STRIDE);
+    (start..start + BLOCK).contains(&i)
+}
+
 /// The keys of a sample of each listed input's delta (unordered).
 fn sample_keys(
     n: usize,
@@ -259,29 +267,138 @@ pub(super) fn keys_at_ranks<S>(
     init: impl Fn() -> S + Sync + Send,
     keys: impl Fn(&mut S, usize, &mut [u32]) + Sync,
 ) -> Option<Vec<u32>> {
-    if n < MIN_SAMPLED || ranks.iter().any(|&r| r >= n) {
-        return None;
-    }
-    let mut sample = sample_blocks(n, &init, &keys, |k| k);
-    let brackets: Vec<(u32, u32)> = ranks
-        .iter()
-        .map(|&r| bracket(&mut sample, n, r, u32::MAX))
-        .collect();
+    let (_, brackets) = brackets_at_ranks(n, ranks, &init, &keys)?;
     let parts = map_chunk_values(n, &init, &keys, |k| {
         brackets
             .iter()
             .map(|&(a, b)| count_u32(k, a, b))
             .collect::<Vec<_>>()
     });
+    keys_in_brackets(&parts, &brackets, ranks)
+}
+
+/// The first half of [`keys_at_ranks`]: the sample's keys (unordered) and the bracket of each
+/// rank, `None` for a small tensor.
+#[allow(clippy::type_complexity)]
+pub(super) fn brackets_at_ranks<S>(
+    n: usize,
+    ranks: &[usize],
+    init: &(impl Fn() -> S + Sync + Send),
+    keys: &(impl Fn(&mut S, usize, &mut [u32]) + Sync),
+) -> Option<(Vec<u32>, Vec<(u32, u32)>)> {
+    if n < MIN_SAMPLED || ranks.iter().any(|&r| r >= n) {
+        return None;
+    }
+    let mut sample = sample_blocks(n, init, keys, |k| k);
+    let brackets = ranks
+        .iter()
+        .map(|&r| bracket(&mut sample, n, r, u32::MAX))
+        .collect();
+    Some((sample, brackets))
+}
+
+/// The second half of [`keys_at_ranks`]: the key at each rank from every stretch's parts
+/// (`parts[stretch][bracket]`, any order of stretches), `None` when a bracket missed.
+pub(super) fn keys_in_brackets(
+    parts: &[Vec<Part<u32>>],
+    brackets: &[(u32, u32)],
+    ranks: &[usize],
+) -> Option<Vec<u32>> {
     ranks
         .iter()
-        .zip(&brackets)
+        .zip(brackets)
         .enumerate()
         .map(|(i, (&r, &(a, b)))| {
             let mine: Vec<&Part<u32>> = parts.iter().map(|p| &p[i]).collect();
             threshold(&mine, a, b, r).map(|t| t.0)
         })
         .collect()
+}
+
+/// The order-preserving u32 key of an f32 in `f32::total_cmp` order.
+#[inline(always)]
+pub(super) fn total_key(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b >> 31 == 1 { !b } else { b | 0x8000_0000 }
+}
+
+/// Adds the counts of the [`total_key`]s of `values` against each bracket to its part: the
+/// brackets in one sweep, the keys inside compressed out sixteen at a time (AVX-512; else a
+/// sweep a bracket).
+pub(super) fn count_brackets(values: &[f32], brackets: &[(u32, u32)], parts: &mut [Part<u32>]) {
+    assert_eq!(brackets.len(), parts.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY (each): the CPU has the feature the function is compiled for
+        match brackets.len() {
+            3 => return unsafe { count_brackets_avx512::<3>(values, brackets, parts) },
+            1 => return unsafe { count_brackets_avx512::<1>(values, brackets, parts) },
+            _ => {}
+        }
+    }
+    let keys: Vec<u32> = values.iter().map(|v| total_key(*v)).collect();
+    for (p, &(a, b)) in parts.iter_mut().zip(brackets) {
+        p.add(count_u32(&keys, a, b));
+    }
+}
+
+/// [`count_brackets`] for `N` brackets in AVX-512 (the counters stay in registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn count_brackets_avx512<const N: usize>(
+    values: &[f32],
+    brackets: &[(u32, u32)],
+    parts: &mut [Part<u32>],
+) {
+    use std::arch::x86_64::*;
+    let (zero, one) = (_mm512_setzero_si512(), _mm512_set1_epi32(1));
+    let (flip, top) = (_mm512_set1_epi32(-1), _mm512_set1_epi32(i32::MIN));
+    let va: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(brackets[j].0 as i32));
+    let vb: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(brackets[j].1 as i32));
+    let (mut below, mut eq_a, mut eq_b) = ([zero; N], [zero; N], [zero; N]);
+    let blocks = values.chunks_exact(16);
+    let rest = blocks.remainder();
+    for block in blocks {
+        // SAFETY: `block` holds 16 f32 (an unaligned load of 64 bytes)
+        let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+        // total_key: negative values flipped whole, the others' sign bit set
+        let negative = _mm512_cmplt_epi32_mask(v, zero);
+        let k = _mm512_mask_xor_epi32(_mm512_or_si512(v, top), negative, v, flip);
+        for j in 0..N {
+            let lt = _mm512_cmplt_epu32_mask(k, va[j]);
+            below[j] = _mm512_mask_add_epi32(below[j], lt, below[j], one);
+            let ea = _mm512_cmpeq_epu32_mask(k, va[j]);
+            eq_a[j] = _mm512_mask_add_epi32(eq_a[j], ea, eq_a[j], one);
+            let lt_b = _mm512_cmplt_epu32_mask(k, vb[j]);
+            let eb = _mm512_cmpeq_epu32_mask(k, vb[j]);
+            eq_b[j] = _mm512_mask_add_epi32(eq_b[j], eb, eq_b[j], one);
+            let inside = !(lt | ea) & lt_b;
+            if inside != 0 {
+                let out = &mut parts[j].inside;
+                out.reserve(16);
+                let len = out.len();
+                // SAFETY: room for 16 keys was reserved after `len`; the first popcount of
+                // them are the compressed keys, which `set_len` takes
+                unsafe {
+                    _mm512_storeu_si512(
+                        out.as_mut_ptr().add(len).cast(),
+                        _mm512_maskz_compress_epi32(inside, k),
+                    );
+                    out.set_len(len + inside.count_ones() as usize);
+                }
+            }
+        }
+    }
+    let rest: Vec<u32> = rest.iter().map(|v| total_key(*v)).collect();
+    for (j, (p, &(a, b))) in parts.iter_mut().zip(brackets).enumerate() {
+        // (the lanes' sums are at most the slice's length: a chunk's, well inside i32)
+        p.below += _mm512_reduce_add_epi32(below[j]) as u32 as usize;
+        p.eq_a += _mm512_reduce_add_epi32(eq_a[j]) as u32 as usize;
+        if b != a {
+            p.eq_b += _mm512_reduce_add_epi32(eq_b[j]) as u32 as usize;
+        }
+        p.add(count_u32_lanes(&rest, a, b));
+    }
 }
 
 avx2_dispatch! {
@@ -342,11 +459,30 @@ fn bracket<K: Copy + Ord + Default>(sample: &mut [K], n: usize, r: usize, top: K
 
 /// What the pass found in one chunk for one threshold's bracket `a..=b`: how many keys lie
 /// below `a`, equal `a`, equal `b` (when `b != a`), and the keys strictly between.
-struct Part<K = u32> {
+pub(super) struct Part<K = u32> {
     below: usize,
     eq_a: usize,
     eq_b: usize,
     inside: Vec<K>,
+}
+
+impl<K> Part<K> {
+    pub(super) fn empty() -> Self {
+        Part {
+            below: 0,
+            eq_a: 0,
+            eq_b: 0,
+            inside: Vec::new(),
+        }
+    }
+
+    /// Adds another stretch's counts and keys.
+    fn add(&mut self, o: Part<K>) {
+        self.below += o.below;
+        self.eq_a += o.eq_a;
+        self.eq_b += o.eq_b;
+        self.inside.extend(o.inside);
+    }
 }
 
 /// Per bracket `a..=b` (keys, so at most `i32::MAX`): the keys of `d` below `a`, equal to `a`,
