@@ -378,19 +378,21 @@ fn count_brackets_avx512<const N: usize>(
             let eb = _mm512_cmpeq_epu32_mask(k, vb[j]);
             eq_b[j] = _mm512_mask_add_epi32(eq_b[j], eb, eq_b[j], one);
             let inside = !(lt | ea) & lt_b;
-            if inside != 0 {
-                let out = &mut parts[j].inside;
-                out.reserve(16);
-                let len = out.len();
-                // SAFETY: room for 16 keys was reserved after `len`; the first popcount of
-                // them are the compressed keys, which `set_len` takes
-                unsafe {
-                    _mm512_storeu_si512(
-                        out.as_mut_ptr().add(len).cast(),
-                        _mm512_maskz_compress_epi32(inside, k),
-                    );
-                    out.set_len(len + inside.count_ones() as usize);
-                }
+            // stored whether or not a key is inside (a branch on it mispredicts: a bracket
+            // holds a percent or so of the keys, so a block of sixteen often has one)
+            let out = &mut parts[j].inside;
+            if out.capacity() - out.len() < 16 {
+                out.reserve(1024);
+            }
+            let len = out.len();
+            // SAFETY: room for 16 keys after `len` (ensured above); the first popcount of
+            // them are the compressed keys, which `set_len` takes
+            unsafe {
+                _mm512_storeu_si512(
+                    out.as_mut_ptr().add(len).cast(),
+                    _mm512_maskz_compress_epi32(inside, k),
+                );
+                out.set_len(len + inside.count_ones() as usize);
             }
         }
     }
