@@ -83,6 +83,32 @@ fn exp_nonpositive(x: f64) -> f64 {
     e * f64::from_bits(((k + 1023) as u64) << 52)
 }
 
+/// The largest `|x - b|` (as f32 computes it) of rows whose KL takes [`exp_near_zero`]: 1/16
+/// less the f32 subtraction's rounding, so the exact difference is at most 1/16.
+const NEAR: f32 = 0.0625 * (1.0 - 1e-6);
+
+/// `e^d` for `|d| <= 1/16` in f64 by its Taylor polynomial of degree 10 (truncation below 3e-21)
+/// in fused multiply-adds (the same on every CPU, see [`exp_nonpositive`]).
+#[inline(always)]
+fn exp_near_zero(d: f64) -> f64 {
+    let mut e: f64 = 1.0 / 3_628_800.0; // 1/10!
+    for c in [
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        e = e.mul_add(d, c);
+    }
+    e
+}
+
 /// `ln(1 + t)` for `0 <= t <= 1e-3` by four terms of its series (truncation below 2e-16 t).
 #[inline(always)]
 fn ln_1p_small(t: f64) -> f64 {
@@ -277,10 +303,11 @@ fn kl_terms8_avx512(k: KlConsts, x: &[f32], base: &[f32], s: &KlScratch) -> ([f6
 
 /// The fast KL's body (see [`arcee_row_kl`]); `None` where an entry's softmax is so small
 /// that the `+ 1e-8` is more than a 1e-3 relative change (the series of `ln(1 + t)` would
-/// not hold there). The first loop takes each entry's two exponentials and the reciprocal of
-/// their product (the division overlaps the exponentials' multiply-adds; one division an
-/// entry instead of two); `terms` sums the entries eight at a time ([`kl_terms8`] or a SIMD
-/// build of it).
+/// not hold there). The first loop takes each entry's two exponentials (the second by a short
+/// series from the first where no entry of the row moved by more than 1/16: a fine-tune's rows)
+/// and the reciprocal of their product (the division overlaps the exponentials' multiply-adds;
+/// one division an entry instead of two); `terms` sums the entries eight at a time
+/// ([`kl_terms8`] or a SIMD build of it).
 #[inline(always)]
 fn row_kl_fast(
     x: &[f32],
@@ -291,20 +318,34 @@ fn row_kl_fast(
     let n = x.len();
     let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let mb = base.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let moved = x
+        .iter()
+        .zip(base)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     let (p, q, r) = (&mut s.p[..n], &mut s.q[..n], &mut s.r[..n]);
-    for (((p, q), r), (a, b)) in p
-        .iter_mut()
-        .zip(q.iter_mut())
-        .zip(r.iter_mut())
-        .zip(x.iter().zip(base))
-    {
-        let (e, f) = (
-            exp_nonpositive(*a as f64 - mx),
-            exp_nonpositive(*b as f64 - mb),
-        );
-        *p = e;
-        *q = f;
-        *r = 1.0 / (e * f);
+    let pairs = p.iter_mut().zip(q.iter_mut()).zip(r.iter_mut());
+    if moved <= NEAR {
+        // e^(a - mx) = e^(b - mb) e^(mb - mx) e^(a - b): one full exponential an entry and a
+        // short series (a fine-tune's row moves each entry by little; then the maxima differ
+        // by as little)
+        let shift = (mb - mx).exp();
+        for (((p, q), r), (a, b)) in pairs.zip(x.iter().zip(base)) {
+            let f = exp_nonpositive(*b as f64 - mb);
+            let e = f * (shift * exp_near_zero(*a as f64 - *b as f64));
+            *p = e;
+            *q = f;
+            *r = 1.0 / (e * f);
+        }
+    } else {
+        for (((p, q), r), (a, b)) in pairs.zip(x.iter().zip(base)) {
+            let (e, f) = (
+                exp_nonpositive(*a as f64 - mx),
+                exp_nonpositive(*b as f64 - mb),
+            );
+            *p = e;
+            *q = f;
+            *r = 1.0 / (e * f);
+        }
     }
     let (sp, sq) = (sum8(p), sum8(q));
     // ln p_i = (x_i - mx) - ln s + ln(1 + 1e-8 s / e_i), the same for q: only the two small
@@ -738,6 +779,20 @@ mod tests {
         assert_eq!(exp_nonpositive(-1e-300), 1.0);
     }
 
+    #[test]
+    fn exp_near_zero_is_libm_exp_to_a_few_ulps() {
+        let mut d = -0.0625f64;
+        while d <= 0.0625 {
+            let (got, want) = (exp_near_zero(d), d.exp());
+            assert!(
+                (got - want).abs() <= 2.0 * f64::EPSILON * want,
+                "exp({d}) = {want}, got {got}"
+            );
+            d += 0.000_731;
+        }
+        assert_eq!(exp_near_zero(0.0), 1.0);
+    }
+
     /// A base row of `n` entries uniform in `[-scale, scale]` and the row that moves each by
     /// up to `delta`.
     fn row_pair(
@@ -766,6 +821,8 @@ mod tests {
             (2048, 0.05, 0.005),
             (2048, 0.05, 1e-6),
             (5632, 0.3, 0.01),
+            (3000, 0.3, 0.0624), // the series of e^(a - b) at its limit
+            (3000, 0.3, 0.0626), // just past it: two exponentials an entry
             (4096, 0.0, 0.0),
             (1000, 3.0, 0.1),  // entries with softmax below 1e-5: the exact path
             (1000, 30.0, 1.0), // most entries far below the max
