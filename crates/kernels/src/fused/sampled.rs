@@ -209,10 +209,82 @@ pub(super) fn kth_streamed<S>(
     threshold(&parts, a, b, n - k.min(n)).map(|t| (k, Some(t)))
 }
 
+/// One chunk of variances against the bracket `a..=b` of their keys: the [`Part`] and how many
+/// are zero (AVX-512: one sweep, the keys inside compressed out eight at a time; else the
+/// count in AVX2 and a collecting sweep where a block holds keys inside).
+fn count_f64(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the function is compiled for
+        return unsafe { count_f64_avx512(v, a, b) };
+    }
+    count_f64_avx2(v, a, b)
+}
+
 avx2_dispatch! {
-    /// One chunk of variances against the bracket `a..=b` of their keys: the [`Part`] and how many
-    /// are zero.
-    fn count_f64(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) = count_f64_lanes;
+    /// [`count_f64`] without AVX-512.
+    fn count_f64_avx2(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) = count_f64_lanes;
+}
+
+/// [`count_f64`] in AVX-512: counters in registers, the keys inside stored by a compress
+/// without a branch (a block often holds one: the branch would mispredict).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn count_f64_avx512(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
+    use std::arch::x86_64::*;
+    let (zero, one) = (_mm512_setzero_si512(), _mm512_set1_epi64(1));
+    let (flip, top) = (_mm512_set1_epi64(-1), _mm512_set1_epi64(i64::MIN));
+    let (va, vb) = (_mm512_set1_epi64(a as i64), _mm512_set1_epi64(b as i64));
+    let (mut below, mut eq_a, mut eq_b, mut zeros) = (zero, zero, zero, zero);
+    let mut keys: Vec<u64> = Vec::new();
+    let whole = v.len() / 8 * 8;
+    let rest = &v[whole..];
+    // room for a stretch's keys before it: no call inside the loop (the counters would be
+    // spilled around it)
+    for stretch in v[..whole].chunks(1024) {
+        keys.reserve(stretch.len());
+        for block in stretch.chunks_exact(8) {
+            // SAFETY: `block` holds 8 f64 (an unaligned load of 64 bytes)
+            let bits = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+            // f64_key: negative values flipped whole, the others' sign bit set
+            let negative = _mm512_cmplt_epi64_mask(bits, zero);
+            let k = _mm512_mask_xor_epi64(_mm512_or_si512(bits, top), negative, bits, flip);
+            let lt = _mm512_cmplt_epu64_mask(k, va);
+            below = _mm512_mask_add_epi64(below, lt, below, one);
+            let ea = _mm512_cmpeq_epu64_mask(k, va);
+            eq_a = _mm512_mask_add_epi64(eq_a, ea, eq_a, one);
+            let eb = _mm512_cmpeq_epu64_mask(k, vb);
+            eq_b = _mm512_mask_add_epi64(eq_b, eb, eq_b, one);
+            // +0.0 and -0.0 (the value compare, as the scalar count)
+            let z =
+                _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(_mm512_castsi512_pd(bits), _mm512_setzero_pd());
+            zeros = _mm512_mask_add_epi64(zeros, z, zeros, one);
+            let inside = !(lt | ea) & _mm512_cmplt_epu64_mask(k, vb);
+            let len = keys.len();
+            // SAFETY: room for the stretch's keys after its first `len` (reserved above), so for
+            // 8 more here; the first popcount of them are the compressed keys, which `set_len`
+            // takes
+            unsafe {
+                _mm512_storeu_si512(
+                    keys.as_mut_ptr().add(len).cast(),
+                    _mm512_maskz_compress_epi64(inside, k),
+                );
+                keys.set_len(len + inside.count_ones() as usize);
+            }
+        }
+    }
+    let (tail, tail_zeros) = count_f64_lanes(rest, a, b);
+    let sum = |x: __m512i| _mm512_reduce_add_epi64(x) as usize;
+    keys.extend(tail.inside);
+    (
+        Part {
+            below: sum(below) + tail.below,
+            eq_a: sum(eq_a) + tail.eq_a,
+            eq_b: if b == a { 0 } else { sum(eq_b) + tail.eq_b },
+            inside: keys,
+        },
+        sum(zeros) + tail_zeros,
+    )
 }
 
 #[inline(always)]
@@ -361,38 +433,43 @@ fn count_brackets_avx512<const N: usize>(
     let va: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(brackets[j].0 as i32));
     let vb: [__m512i; N] = std::array::from_fn(|j| _mm512_set1_epi32(brackets[j].1 as i32));
     let (mut below, mut eq_a, mut eq_b) = ([zero; N], [zero; N], [zero; N]);
-    let blocks = values.chunks_exact(16);
-    let rest = blocks.remainder();
-    for block in blocks {
-        // SAFETY: `block` holds 16 f32 (an unaligned load of 64 bytes)
-        let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
-        // total_key: negative values flipped whole, the others' sign bit set
-        let negative = _mm512_cmplt_epi32_mask(v, zero);
-        let k = _mm512_mask_xor_epi32(_mm512_or_si512(v, top), negative, v, flip);
-        for j in 0..N {
-            let lt = _mm512_cmplt_epu32_mask(k, va[j]);
-            below[j] = _mm512_mask_add_epi32(below[j], lt, below[j], one);
-            let ea = _mm512_cmpeq_epu32_mask(k, va[j]);
-            eq_a[j] = _mm512_mask_add_epi32(eq_a[j], ea, eq_a[j], one);
-            let lt_b = _mm512_cmplt_epu32_mask(k, vb[j]);
-            let eb = _mm512_cmpeq_epu32_mask(k, vb[j]);
-            eq_b[j] = _mm512_mask_add_epi32(eq_b[j], eb, eq_b[j], one);
-            let inside = !(lt | ea) & lt_b;
-            // stored whether or not a key is inside (a branch on it mispredicts: a bracket
-            // holds a percent or so of the keys, so a block of sixteen often has one)
-            let out = &mut parts[j].inside;
-            if out.capacity() - out.len() < 16 {
-                out.reserve(1024);
-            }
-            let len = out.len();
-            // SAFETY: room for 16 keys after `len` (ensured above); the first popcount of
-            // them are the compressed keys, which `set_len` takes
-            unsafe {
-                _mm512_storeu_si512(
-                    out.as_mut_ptr().add(len).cast(),
-                    _mm512_maskz_compress_epi32(inside, k),
-                );
-                out.set_len(len + inside.count_ones() as usize);
+    let whole = values.len() / 16 * 16;
+    let rest = &values[whole..];
+    // room for a stretch's keys before it: no call inside the loop (the counters would be
+    // spilled around it)
+    for stretch in values[..whole].chunks(1024) {
+        for p in parts.iter_mut() {
+            p.inside.reserve(stretch.len());
+        }
+        for block in stretch.chunks_exact(16) {
+            // SAFETY: `block` holds 16 f32 (an unaligned load of 64 bytes)
+            let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+            // total_key: negative values flipped whole, the others' sign bit set
+            let negative = _mm512_cmplt_epi32_mask(v, zero);
+            let k = _mm512_mask_xor_epi32(_mm512_or_si512(v, top), negative, v, flip);
+            for j in 0..N {
+                let lt = _mm512_cmplt_epu32_mask(k, va[j]);
+                below[j] = _mm512_mask_add_epi32(below[j], lt, below[j], one);
+                let ea = _mm512_cmpeq_epu32_mask(k, va[j]);
+                eq_a[j] = _mm512_mask_add_epi32(eq_a[j], ea, eq_a[j], one);
+                let lt_b = _mm512_cmplt_epu32_mask(k, vb[j]);
+                let eb = _mm512_cmpeq_epu32_mask(k, vb[j]);
+                eq_b[j] = _mm512_mask_add_epi32(eq_b[j], eb, eq_b[j], one);
+                let inside = !(lt | ea) & lt_b;
+                // stored whether or not a key is inside (a branch on it mispredicts: a bracket
+                // holds a percent or so of the keys, so a block of sixteen often has one)
+                let out = &mut parts[j].inside;
+                let len = out.len();
+                // SAFETY: room for the stretch's keys after its first `len` (reserved above), so
+                // for 16 more here; the first popcount of them are the compressed keys, which
+                // `set_len` takes
+                unsafe {
+                    _mm512_storeu_si512(
+                        out.as_mut_ptr().add(len).cast(),
+                        _mm512_maskz_compress_epi32(inside, k),
+                    );
+                    out.set_len(len + inside.count_ones() as usize);
+                }
             }
         }
     }
@@ -1089,6 +1166,46 @@ mod tests {
                         keys.iter().filter(|&&x| x > a && x < b).count()
                     );
                 }
+            }
+        }
+    }
+
+    /// The AVX-512 variance counts equal the AVX2 build's (and the scalar loop's): both signs,
+    /// zeros of both signs, ties at the bracket's ends, partial blocks.
+    #[test]
+    fn variance_counts_agree_across_builds() {
+        use super::super::f64_key;
+        let values: Vec<f64> = crate::MaskRng::new(4, "variances", 0)
+            .uniform(3001)
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| match i % 11 {
+                0 => 0.0,
+                1 => -0.0,
+                _ => ((u as f64 - 0.2) * 64.0).round() / 16.0,
+            })
+            .collect();
+        let k = f64_key;
+        for (a, b) in [
+            (k(-0.5), k(1.25)),
+            (k(0.0), k(0.0)),
+            (k(-0.0), k(2.0)),
+            (0, u64::MAX),
+            (k(3.0), k(3.0)),
+        ] {
+            for len in [0, 7, 8, 3000, 3001] {
+                let v = &values[..len];
+                let (mut want, wz) = count_f64_lanes(v, a, b);
+                let (mut got, gz) = count_f64(v, a, b);
+                assert_eq!(
+                    (want.below, want.eq_a, want.eq_b, wz),
+                    (got.below, got.eq_a, got.eq_b, gz),
+                    "len {len}, bracket {a}..{b}"
+                );
+                want.inside.sort_unstable();
+                got.inside.sort_unstable();
+                assert_eq!(want.inside, got.inside, "len {len}");
+                assert_eq!(wz, v.iter().filter(|x| **x == 0.0).count());
             }
         }
     }
