@@ -1,11 +1,14 @@
 //! Arcee Fusion (mergekit 0.1.5's `arcee_fusion.py`) without sorting: the importance of an
 //! entry is `|other - base|` times its row's KL divergence between the softmaxes of the other
 //! and the base rows; entries whose importance reaches `median + 1.5 IQR` take the other
-//! model's value. Passes: the rows' KL divergences (row-parallel, f64, a value per row); the
-//! three quartiles, exact, from a 1/32 sample and one counting pass on tensors of 2^20 entries
-//! and more (`sampled::keys_at_ranks`), else (or when a bracket misses) by a radix selection
-//! over the importances' bits (two histogram passes), the importances recomputed from the KL
-//! values each time; the merge.
+//! model's value. Passes: the rows' KL divergences (row-parallel, f64, a value per row); then
+//! on tensors of 2^20 entries and more a 1/32 sample brackets the three quartiles and so the
+//! threshold, and the merge pass counts every importance against the brackets while it decides
+//! each entry away from the threshold, the few near it set once the counts give the exact
+//! quartiles (`merge_deciding`); else a counting pass first (`sampled::keys_by_counting`), or
+//! on small tensors (or when a bracket misses) a radix selection over the importances' bits
+//! (two histogram passes) before the merge. Importances are recomputed from the KL values in
+//! each pass.
 
 use super::sampled::{Part, brackets_at_ranks, count_brackets, keys_in_brackets, total_key};
 use super::{
@@ -642,8 +645,10 @@ fn arcee_fusion_how(
         return Ok(Quartiles::Histograms);
     }
     // small tensors (or a threshold bracket holding many entries): the quartiles first
-    let (q, how) = match sampled.and_then(|_| super::sampled::keys_at_ranks(n, &ranks, init, keys))
-    {
+    let counted = sampled.and_then(|(_, brackets)| {
+        super::sampled::keys_by_counting(n, &brackets, &ranks, &init, &keys)
+    });
+    let (q, how) = match counted {
         Some(keys) => (
             keys.into_iter().map(from_total_key).collect(),
             Quartiles::Blocks,
@@ -680,10 +685,16 @@ fn threshold_bounds(brackets: &[(u32, u32)], sample: &[u32]) -> Option<(f32, f32
     let (lo, hi) = (threshold_of([b0, a1, a2]), threshold_of([a0, b1, b2]));
     let undecided = sample
         .iter()
-        .map(|k| from_total_key(*k))
-        .filter(|v| !(*v < lo || *v >= hi))
+        .filter(|k| undecided(from_total_key(**k), (lo, hi)))
         .count();
     (lo.is_finite() && hi.is_finite() && undecided * 16 <= sample.len()).then_some((lo, hi))
+}
+
+/// Whether importance `v` is left to the threshold in `lo..hi` (neither surely below nor surely
+/// at or above it; a NaN too).
+#[inline(always)]
+fn undecided(v: f32, (lo, hi): (f32, f32)) -> bool {
+    !(v < lo || v >= hi)
 }
 
 /// An entry the merge pass left to the threshold: where, its importance, and its value when
@@ -738,12 +749,13 @@ fn merge_deciding(
         let (x, b, imp) = (&x[..len], &b[..len], &mut res[..len]);
         let mut parts: Vec<Part> = brackets.iter().map(|_| Part::empty()).collect();
         count_brackets(imp, brackets, &mut parts);
-        let undecided = |v: f32| !(v < lo || v >= hi);
-        let count = imp.iter().fold(0u32, |c, v| c + undecided(*v) as u32);
+        let count = imp
+            .iter()
+            .fold(0u32, |c, v| c + undecided(*v, (lo, hi)) as u32);
         let mut deferred = Vec::with_capacity(count as usize);
         if count > 0 {
             for (i, ((v, x), b)) in imp.iter().zip(x).zip(b).enumerate() {
-                if undecided(*v) {
+                if undecided(*v, (lo, hi)) {
                     deferred.push(Deferred {
                         at: start + i,
                         importance: *v,

@@ -145,12 +145,7 @@ pub(super) fn kth_sampled(
     let parts: Vec<Part<u64>> = values
         .par_chunks(CHUNK)
         .map(|c| {
-            let mut p = Part {
-                below: 0,
-                eq_a: 0,
-                eq_b: 0,
-                inside: Vec::new(),
-            };
+            let mut p = Part::empty();
             for v in c {
                 let k = key(*v);
                 p.below += (k < a) as usize;
@@ -226,6 +221,28 @@ avx2_dispatch! {
     fn count_f64_avx2(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) = count_f64_lanes;
 }
 
+/// Appends the first `count` keys of `compressed` (keys compressed to the front of a register:
+/// the whole register stored, the compressing store being slow on some CPUs) to `out`.
+///
+/// # Safety
+/// `out` has room for 64 bytes of keys after its length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn append_compressed<K: Copy>(
+    out: &mut Vec<K>,
+    compressed: std::arch::x86_64::__m512i,
+    count: u32,
+) {
+    let len = out.len();
+    debug_assert!(out.capacity() - len >= 64 / std::mem::size_of::<K>());
+    // SAFETY: the caller's room after `len`; the first `count` keys are the compressed ones
+    unsafe {
+        std::arch::x86_64::_mm512_storeu_si512(out.as_mut_ptr().add(len).cast(), compressed);
+        out.set_len(len + count as usize);
+    }
+}
+
 /// [`count_f64`] in AVX-512: counters in registers, the keys inside stored by a compress
 /// without a branch (a block often holds one: the branch would mispredict).
 #[cfg(target_arch = "x86_64")]
@@ -260,17 +277,14 @@ fn count_f64_avx512(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
                 _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(_mm512_castsi512_pd(bits), _mm512_setzero_pd());
             zeros = _mm512_mask_add_epi64(zeros, z, zeros, one);
             let inside = !(lt | ea) & _mm512_cmplt_epu64_mask(k, vb);
-            let len = keys.len();
-            // SAFETY: room for the stretch's keys after its first `len` (reserved above), so for
-            // 8 more here; the first popcount of them are the compressed keys, which `set_len`
-            // takes
+            // SAFETY: room for the stretch's keys (reserved above), so for 8 more here
             unsafe {
-                _mm512_storeu_si512(
-                    keys.as_mut_ptr().add(len).cast(),
+                append_compressed(
+                    &mut keys,
                     _mm512_maskz_compress_epi64(inside, k),
-                );
-                keys.set_len(len + inside.count_ones() as usize);
-            }
+                    inside.count_ones(),
+                )
+            };
         }
     }
     let (tail, tail_zeros) = count_f64_lanes(rest, a, b);
@@ -332,21 +346,34 @@ fn count_f64_lanes(v: &[f64], a: u64, b: u64) -> (Part<u64>, usize) {
 /// computes for `out.len()` entries from `start` (any monotone u32 key; Arcee Fusion's
 /// quartiles of its importances): a 1/32 sample brackets each rank and one pass counts and
 /// collects. `None` when the tensor is small or a bracket misses (the caller takes its exact
-/// histogram passes).
-pub(super) fn keys_at_ranks<S>(
+/// histogram passes). (Arcee Fusion calls its two halves itself; the tests call the whole.)
+#[cfg(test)]
+fn keys_at_ranks<S>(
     n: usize,
     ranks: &[usize],
     init: impl Fn() -> S + Sync + Send,
     keys: impl Fn(&mut S, usize, &mut [u32]) + Sync,
 ) -> Option<Vec<u32>> {
     let (_, brackets) = brackets_at_ranks(n, ranks, &init, &keys)?;
-    let parts = map_chunk_values(n, &init, &keys, |k| {
+    keys_by_counting(n, &brackets, ranks, &init, &keys)
+}
+
+/// The second half of [`keys_at_ranks`] for brackets already taken: one pass counts the keys
+/// against them; `None` when a bracket missed.
+pub(super) fn keys_by_counting<S>(
+    n: usize,
+    brackets: &[(u32, u32)],
+    ranks: &[usize],
+    init: &(impl Fn() -> S + Sync + Send),
+    keys: &(impl Fn(&mut S, usize, &mut [u32]) + Sync),
+) -> Option<Vec<u32>> {
+    let parts = map_chunk_values(n, init, keys, |k| {
         brackets
             .iter()
             .map(|&(a, b)| count_u32(k, a, b))
             .collect::<Vec<_>>()
     });
-    keys_in_brackets(&parts, &brackets, ranks)
+    keys_in_brackets(&parts, brackets, ranks)
 }
 
 /// The first half of [`keys_at_ranks`]: the sample's keys (unordered) and the bracket of each
@@ -369,7 +396,7 @@ pub(super) fn brackets_at_ranks<S>(
     Some((sample, brackets))
 }
 
-/// The second half of [`keys_at_ranks`]: the key at each rank from every stretch's parts
+/// The keys at the ranks from every stretch's parts
 /// (`parts[stretch][bracket]`, any order of stretches), `None` when a bracket missed.
 pub(super) fn keys_in_brackets(
     parts: &[Vec<Part<u32>>],
@@ -458,18 +485,14 @@ fn count_brackets_avx512<const N: usize>(
                 let inside = !(lt | ea) & lt_b;
                 // stored whether or not a key is inside (a branch on it mispredicts: a bracket
                 // holds a percent or so of the keys, so a block of sixteen often has one)
-                let out = &mut parts[j].inside;
-                let len = out.len();
-                // SAFETY: room for the stretch's keys after its first `len` (reserved above), so
-                // for 16 more here; the first popcount of them are the compressed keys, which
-                // `set_len` takes
+                // SAFETY: room for the stretch's keys (reserved above), so for 16 more here
                 unsafe {
-                    _mm512_storeu_si512(
-                        out.as_mut_ptr().add(len).cast(),
+                    append_compressed(
+                        &mut parts[j].inside,
                         _mm512_maskz_compress_epi32(inside, k),
-                    );
-                    out.set_len(len + inside.count_ones() as usize);
-                }
+                        inside.count_ones(),
+                    )
+                };
             }
         }
     }
@@ -638,16 +661,14 @@ fn collect_inside_avx512(d: &[f32], a: u32, b: u32, out: &mut Vec<u32>) {
         let inside = _mm512_cmpgt_epu32_mask(k, va) & _mm512_cmplt_epu32_mask(k, vb);
         if inside != 0 {
             out.reserve(16);
-            let len = out.len();
-            // SAFETY: room for 16 keys was reserved after `len`; the first popcount of them
-            // are the compressed keys, which `set_len` takes
+            // SAFETY: room for 16 keys was reserved
             unsafe {
-                _mm512_storeu_si512(
-                    out.as_mut_ptr().add(len).cast(),
+                append_compressed(
+                    out,
                     _mm512_maskz_compress_epi32(inside, k),
-                );
-                out.set_len(len + inside.count_ones() as usize);
-            }
+                    inside.count_ones(),
+                )
+            };
         }
     }
     collect_inside(rest, a, b, out);
